@@ -1,0 +1,261 @@
+"""Reading and writing volumes, with their geometry.
+
+Arrays inside autoseg are always ordered ``(C, Z, Y, X)`` for images and ``(Z, Y, X)`` for label
+maps, where Z is the file's third voxel axis (NIfTI ``k``) and X its first (``i``): the through-plane
+axis of most scans comes first, as in nnU-Net. ``Geometry.spacing`` follows the same order.
+The original header travels with the array so that a prediction is written with exactly the
+input's geometry (shape, affine, qform/sform codes).
+
+NIfTI goes through nibabel; other formats (.nrrd, .nhdr, .mha, .mhd) through SimpleITK, which is
+imported only when such a file is met.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg.errors import AutosegError
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS
+
+
+def file_ending(path: str | Path) -> str | None:
+    """The recognised image ending of ``path`` (``.nii.gz``, ``.mha``, ...) or None."""
+    name = str(path).lower()
+    for ending in IMAGE_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    return None
+
+
+def strip_ending(path: str | Path) -> str:
+    """File name without its image ending: ``a/case_01.nii.gz`` -> ``case_01``."""
+    name = Path(path).name
+    ending = file_ending(name)
+    return name[: -len(ending)] if ending else name
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxels of an array lie in the world.
+
+    Attributes:
+        shape: spatial shape of the array, (Z, Y, X).
+        spacing: voxel size in mm along the same axes.
+        affine: 4x4 voxel(i, j, k) -> world matrix of the file (nibabel convention, RAS+).
+        header: the reader's original header (nibabel header or SimpleITK meta image), kept
+            only to write outputs with identical geometry; not compared, not serialised.
+    """
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    affine: tuple[tuple[float, ...], ...]
+    header: Any = field(default=None, compare=False, repr=False)
+
+    def same_grid(self, other: Geometry, atol: float = 1e-3) -> bool:
+        """True when both describe the same voxel grid (shape, spacing and affine)."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=atol, rtol=1e-4)
+            and np.allclose(self.affine, other.affine, atol=atol, rtol=1e-4)
+        )
+
+
+@dataclass(frozen=True)
+class Image:
+    """A (multi-channel) image: ``array`` is float32 ``(C, Z, Y, X)``."""
+
+    array: np.ndarray
+    geometry: Geometry
+
+
+def _affine_tuple(affine: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64))
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim < 2 or data.ndim > 4:
+        raise AutosegError(f"{path}: expected a 2D, 3D or 4D volume, found {data.ndim} dimensions")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if data.ndim == 2:
+        data = data[:, :, None]
+        zooms = (*zooms[:2], 1.0) if len(zooms) >= 2 else (1.0, 1.0, 1.0)
+    # (i, j, k[, c]) -> ([c,] k, j, i)
+    if data.ndim == 4:
+        data = np.transpose(data, (3, 2, 1, 0))
+        shape = data.shape[1:]
+    else:
+        data = np.transpose(data, (2, 1, 0))
+        shape = data.shape
+    geometry = Geometry(
+        shape=tuple(int(s) for s in shape),
+        spacing=tuple(reversed(zooms)),
+        affine=_affine_tuple(img.affine),
+        header=img.header.copy(),
+    )
+    return data, geometry
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
+    try:
+        import SimpleITK as sitk  # noqa: N813 - imported lazily: 53 MB, only for non-NIfTI files
+    except ImportError as exc:
+        raise AutosegError(
+            f"{path}: reading {file_ending(path)} files needs SimpleITK "
+            "(pip install 'autoseg[itk]')"
+        ) from exc
+    itk = sitk.ReadImage(str(path))
+    data = sitk.GetArrayFromImage(itk)  # (z, y, x[, c]) for 3D
+    ncomp = itk.GetNumberOfComponentsPerPixel()
+    if itk.GetDimension() == 2:
+        data = data[None] if ncomp == 1 else data[None]
+    if ncomp > 1:
+        data = np.moveaxis(data, -1, 0)
+    spacing = tuple(float(s) for s in itk.GetSpacing())
+    if len(spacing) == 2:
+        spacing = (*spacing, 1.0)
+    direction = np.array(itk.GetDirection(), dtype=np.float64).reshape(len(itk.GetSpacing()), -1)
+    origin = np.array(itk.GetOrigin(), dtype=np.float64)
+    affine = np.eye(4)
+    n = direction.shape[0]
+    affine[:n, :n] = direction * np.array(spacing[:n])[None, :]
+    affine[:n, 3] = origin
+    # ITK is LPS, nibabel RAS: flip the first two world axes
+    affine[:2] *= -1
+    geometry = Geometry(
+        shape=tuple(int(s) for s in (data.shape[1:] if ncomp > 1 else data.shape)),
+        spacing=tuple(reversed(spacing)),
+        affine=_affine_tuple(affine),
+        header=itk,
+    )
+    return data, geometry
+
+
+def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """Read one file as stored: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` for a 4D file.
+
+    Raises:
+        AutosegError: the file is missing, empty, unreadable or of an unknown format.
+    """
+    path = Path(path)
+    ending = file_ending(path)
+    if ending is None:
+        raise AutosegError(f"{path}: not a supported image file ({', '.join(IMAGE_ENDINGS)})")
+    if not path.is_file():
+        raise AutosegError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise AutosegError(f"{path}: file is empty")
+    try:
+        if ending in NIFTI_ENDINGS:
+            return _read_nifti(path)
+        return _read_itk(path)
+    except AutosegError:
+        raise
+    except Exception as exc:  # nibabel/gzip/zlib raise many types for corrupt files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AutosegError(f"{path}: cannot be read ({reason})") from exc
+
+
+def read_image(paths: tuple[Path, ...] | list[Path]) -> Image:
+    """Read the channel files of one case into a float32 ``(C, Z, Y, X)`` image.
+
+    ``paths`` is one file per channel, or a single 3D or 4D file.
+
+    Raises:
+        AutosegError: a file cannot be read, or the channels do not share one grid.
+    """
+    arrays: list[np.ndarray] = []
+    geometry: Geometry | None = None
+    for path in paths:
+        data, geo = read_array(path)
+        if geometry is None:
+            geometry = geo
+        elif not geometry.same_grid(geo):
+            raise AutosegError(
+                f"{path}: channel grid {geo.shape} @ {geo.spacing} differs from "
+                f"{paths[0]} ({geometry.shape} @ {geometry.spacing})"
+            )
+        data = data.astype(np.float32, copy=False)
+        arrays.append(data if data.ndim == 4 else data[None])
+    if geometry is None:
+        raise AutosegError("no image files given")
+    array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    return Image(array=np.ascontiguousarray(array), geometry=geometry)
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write a ``(Z, Y, X)`` label map with ``geometry`` (atomically: temp file + rename).
+
+    The header of the source image is reused, so shape, affine and qform/sform codes are
+    exactly the input's.
+    """
+    path = Path(path)
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"label shape {array.shape} does not match geometry {geometry.shape}")
+    dtype = np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int16
+    data = np.ascontiguousarray(array.astype(dtype, copy=False))
+    tmp = _atomic_target(path)
+    try:
+        if file_ending(path) in NIFTI_ENDINGS:
+            _write_nifti(data, geometry, tmp, ending=file_ending(path) or ".nii.gz")
+        else:
+            _write_itk(data, geometry, tmp, ending=file_ending(path) or ".mha")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
+    import nibabel as nib
+
+    header = geometry.header.copy() if isinstance(geometry.header, nib.Nifti1Header) else None
+    affine = np.array(geometry.affine, dtype=np.float64)
+    out = np.transpose(data, (2, 1, 0))  # (Z, Y, X) -> (i, j, k)
+    img = nib.Nifti1Image(out, affine, header=header)
+    img.set_data_dtype(data.dtype)
+    if header is not None:
+        img.header.set_slope_inter(1, 0)
+        img.set_qform(header.get_qform(), code=int(header["qform_code"]))
+        img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    # nibabel picks the compression from the file name; the temp name hides it
+    with open(tmp, "wb") as fh:
+        if ending == ".nii.gz":
+            import gzip
+
+            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+                gz.write(img.to_bytes())
+        else:
+            fh.write(img.to_bytes())
+
+
+def _write_itk(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
+    import SimpleITK as sitk  # noqa: N813
+
+    itk = sitk.GetImageFromArray(data)
+    if geometry.header is not None and hasattr(geometry.header, "GetOrigin"):
+        itk.CopyInformation(geometry.header)
+    else:
+        itk.SetSpacing(tuple(reversed(geometry.spacing)))
+    final = tmp.with_name(tmp.name + ending)
+    sitk.WriteImage(itk, str(final))
+    os.replace(final, tmp)

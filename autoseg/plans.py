@@ -1,0 +1,141 @@
+"""Plans: what the planner decided, read by preprocessing, training and prediction.
+
+Written as ``<home>/<dataset>/plans.json`` (or ``plans_<planner>.json`` for other planners).
+Every field is plain data so the file stays readable and diffable; the same fingerprint and
+budget always give byte-identical JSON.
+
+Axis order everywhere is (Z, Y, X) — see ``autoseg.io``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoseg.serial import dump_json, load_json
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How one channel is normalised.
+
+    Attributes:
+        scheme: ``"ct"`` (clip to the dataset's foreground [0.5, 99.5] percentiles, then z-score
+            with the dataset's foreground mean/std), ``"zscore"`` (per image: clip to the image's
+            own [0.5, 99.5] percentiles, then z-score) or ``"none"``.
+        clip_low, clip_high, mean, std: dataset-level values, used by ``"ct"`` only.
+        use_nonzero_mask: per-image statistics from the nonzero region only (set when cropping to
+            nonzero removed more than 25% of the median image).
+    """
+
+    scheme: str
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    use_nonzero_mask: bool = False
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One trainable configuration (``2d``, ``3d_fullres``, ``3d_lowres``).
+
+    Attributes:
+        name: configuration name.
+        spacing: target spacing (Z, Y, X) the data is resampled to (always 3 values; the 2d
+            configuration trains on Z-slices of volumes at this spacing).
+        patch_size: network input size, 2 values (Y, X) for 2d, 3 values (Z, Y, X) for 3d.
+        batch_size: samples per iteration.
+        strides: per stage, the downsampling stride per axis; the first stage is all ones.
+        kernel_sizes: per stage, the convolution kernel per axis (3, or 1 on a thick axis).
+        features_per_stage: feature channels per encoder stage.
+        normalization: one entry per input channel.
+        network: registered architecture name (``"unet"`` or ``"resenc"``).
+        blocks_per_stage: convolution blocks per encoder stage (2 for the plain U-Net, more for
+            residual encoders); the decoder uses 2 per stage.
+        median_shape: median (Z, Y, X) shape of the cases after cropping and resampling.
+        data_identifier: name of the preprocessed-data folder; configurations sharing a spacing
+            share the preprocessed data.
+        anisotropic_axis: index of the thick axis resampled with order 0, or None.
+        batch_dice: compute the Dice loss over the whole batch instead of per sample.
+        previous_stage: for a cascade's second stage, the configuration it builds on.
+        estimated_memory_gb: the planner's activation-memory estimate for this batch and patch.
+    """
+
+    name: str
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    strides: tuple[tuple[int, ...], ...]
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    features_per_stage: tuple[int, ...]
+    normalization: tuple[Normalization, ...]
+    network: str = "unet"
+    blocks_per_stage: tuple[int, ...] = ()
+    median_shape: tuple[int, ...] = ()
+    data_identifier: str = ""
+    anisotropic_axis: int | None = None
+    batch_dice: bool = False
+    previous_stage: str | None = None
+    estimated_memory_gb: float = 0.0
+
+    @property
+    def ndim(self) -> int:
+        """2 or 3: the network's spatial dimensionality."""
+        return len(self.patch_size)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.strides)
+
+    def total_stride(self) -> tuple[int, ...]:
+        """Product of the strides per axis (the patch is a multiple of it)."""
+        total = [1] * self.ndim
+        for stride in self.strides:
+            total = [t * s for t, s in zip(total, stride, strict=True)]
+        return tuple(total)
+
+
+@dataclass(frozen=True)
+class Plans:
+    """Everything the planner decided for one dataset.
+
+    Attributes:
+        dataset_name: the dataset folder's name.
+        planner: registered planner name that made these plans.
+        gpu_memory_gb: the GPU memory budget planned for.
+        min_feature_map: smallest feature-map edge the network pools down to (voxels).
+        channels: channel (modality) names, in input order.
+        labels: label value -> name, background (0) included; keys are strings in JSON.
+        configurations: name -> configuration.
+    """
+
+    dataset_name: str
+    planner: str
+    gpu_memory_gb: float
+    min_feature_map: int
+    channels: tuple[str, ...]
+    labels: dict[int, str]
+    configurations: dict[str, Configuration] = field(default_factory=dict)
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        return tuple(sorted(v for v in self.labels if v != 0))
+
+    def configuration(self, name: str) -> Configuration:
+        """The named configuration; raises AutosegError listing the planned ones."""
+        if name not in self.configurations:
+            from autoseg.errors import AutosegError
+
+            raise AutosegError(
+                f"configuration '{name}' is not planned for {self.dataset_name}; "
+                f"planned: {', '.join(sorted(self.configurations))}"
+            )
+        return self.configurations[name]
+
+    def to_json(self, path: str | Path) -> None:
+        dump_json(self, path)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Plans:
+        return load_json(cls, path)
