@@ -1,10 +1,10 @@
 """Reading and writing volumes, with their geometry.
 
 Arrays inside autoseg are always ordered ``(C, Z, Y, X)`` for images and ``(Z, Y, X)`` for label
-maps, where Z is the file's third voxel axis (NIfTI ``k``) and X its first (``i``): the through-plane
-axis of most scans comes first, as in nnU-Net. ``Geometry.spacing`` follows the same order.
-The original header travels with the array so that a prediction is written with exactly the
-input's geometry (shape, affine, qform/sform codes).
+maps, where Z is the file's third voxel axis (NIfTI ``k``) and X its first (``i``): the
+through-plane axis of most scans comes first, as in nnU-Net. ``Geometry.spacing`` follows the
+same order. The original header travels with the array so that a prediction is written with
+exactly the input's geometry (shape, affine, qform/sform codes).
 
 NIfTI goes through nibabel; other formats (.nrrd, .nhdr, .mha, .mhd) through SimpleITK, which is
 imported only when such a file is met.
