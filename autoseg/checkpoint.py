@@ -1,0 +1,106 @@
+"""Checkpoints that load without running foreign code.
+
+A checkpoint is a plain dict of tensors saved with ``torch.save``: ``model`` (state dict),
+``optimizer`` (optional state dict, tensors and numbers only) and ``meta`` (JSON text stored as a
+uint8 tensor). Loading always uses ``torch.load(weights_only=True)``, which refuses pickled
+objects; such a file is reported as untrusted, not executed. Writes go through a temp file and a
+rename, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoseg.errors import AutosegError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint file holds."""
+
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+    meta: dict[str, Any]
+
+
+def _encode_meta(meta: dict[str, Any]) -> torch.Tensor:
+    text = json.dumps(meta, sort_keys=True)
+    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).clone()
+
+
+def _decode_meta(tensor: torch.Tensor) -> dict[str, Any]:
+    return json.loads(bytes(tensor.cpu().numpy().tobytes()).decode("utf-8"))
+
+
+def save_checkpoint(
+    path: str | Path,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    meta: dict[str, Any],
+) -> None:
+    """Save atomically (temp file in the same folder, then rename).
+
+    Args:
+        path: destination file.
+        model_state: the network's ``state_dict()``.
+        optimizer_state: the optimizer's ``state_dict()`` or None.
+        meta: JSON-serialisable metadata (plans, configuration, fold, epoch, ...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {
+        "format_version": torch.tensor(FORMAT_VERSION),
+        "model": {k: v.detach().cpu() for k, v in model_state.items()},
+        "meta": _encode_meta(meta),
+    }
+    if optimizer_state is not None:
+        payload["optimizer"] = optimizer_state
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by ``save_checkpoint``, weights only.
+
+    Raises:
+        AutosegError: the file is missing, corrupt, holds pickled objects (refused: loading them
+            could run foreign code) or is not an autoseg checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AutosegError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise AutosegError(
+                f"{path}: refused: the checkpoint contains pickled Python objects, which could run "
+                "foreign code; autoseg only loads plain tensors and JSON"
+            ) from exc
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise AutosegError(f"{path}: not a readable checkpoint ({first})") from exc
+    if not isinstance(payload, dict) or "model" not in payload or "meta" not in payload:
+        raise AutosegError(f"{path}: not an autoseg checkpoint (no 'model' and 'meta' entries)")
+    try:
+        meta = _decode_meta(payload["meta"])
+    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+        raise AutosegError(f"{path}: checkpoint metadata is corrupt") from exc
+    return Checkpoint(
+        model_state=payload["model"], optimizer_state=payload.get("optimizer"), meta=meta
+    )
