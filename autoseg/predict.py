@@ -1,0 +1,293 @@
+"""Sliding-window inference: the pure core (tensors in, logits out; no disk, no models).
+
+A volume larger than the network's patch is covered by overlapping tiles (step 0.5 of the patch
+by default). Every tile's logits are weighted by a Gaussian importance map, which trusts the
+tile centre more than its border, and the weighted sum is divided by the summed weights.
+Mirroring test-time augmentation averages the logits over every combination of flips of the
+mirror axes (8 passes in 3D): flip the tile, run the network, flip the output back.
+
+Tiles (and their mirrored copies) are batched: one forward pass takes ``tile_batch`` inputs. The
+image, the accumulators and the importance map stay on the image's device, so on a GPU nothing
+goes back to the host between tiles. Autocast (bf16) is the caller's choice: the network output
+is cast to float32 before it is accumulated.
+
+Model loading, folds and folders live in ``autoseg.predictor``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+
+__all__ = [
+    "gaussian_importance_map",
+    "mirror_combinations",
+    "sliding_window_logits",
+    "sliding_window_logits_slices",
+    "sliding_window_positions",
+]
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+def gaussian_importance_map(
+    patch_size: Sequence[int], sigma_scale: float = 1.0 / 8
+) -> np.ndarray:
+    """Separable Gaussian weights over one patch, 1 at the centre.
+
+    Args:
+        patch_size: the patch's shape, e.g. (Z, Y, X) or (Y, X).
+        sigma_scale: sigma per axis as a fraction of the patch edge (nnU-Net: 1/8).
+
+    Returns:
+        float32 array of shape ``patch_size``; maximum 1, symmetric under a flip of any axis and
+        strictly positive (values that underflow are clamped to the smallest non-zero one).
+    """
+    weights = np.ones((), dtype=np.float64)
+    for size in patch_size:
+        centre = (size - 1) / 2.0
+        sigma = max(size * sigma_scale, 1e-6)
+        axis = np.exp(-0.5 * ((np.arange(size) - centre) / sigma) ** 2)
+        weights = np.multiply.outer(weights, axis)
+    weights = (weights / weights.max()).astype(np.float32)
+    positive = weights[weights > 0]
+    weights[weights <= 0] = positive.min()
+    return weights
+
+
+def _axis_starts(size: int, patch: int, step: float) -> list[int]:
+    """Tile start indices along one axis (a single 0 when the axis fits in one patch)."""
+    if size <= patch:
+        return [0]
+    n = math.ceil((size - patch) / (patch * step)) + 1
+    actual = (size - patch) / (n - 1)
+    return [int(round(i * actual)) for i in range(n)]
+
+
+def sliding_window_positions(
+    image_shape: Sequence[int], patch_size: Sequence[int], step: float = 0.5
+) -> list[tuple[int, ...]]:
+    """Start corners of the tiles covering an image.
+
+    Per axis the number of tiles is ``ceil((size - patch) / (patch * step)) + 1``, spread evenly
+    so that the first starts at 0 and the last ends at the border. An axis no larger than the
+    patch gets one tile at 0 (the image is padded to the patch before tiling).
+
+    Args:
+        image_shape: spatial shape of the image.
+        patch_size: spatial shape of one tile, same number of axes.
+        step: tile offset as a fraction of the patch, in (0, 1].
+
+    Returns:
+        Tile corners in C order (last axis fastest).
+    """
+    if len(image_shape) != len(patch_size):
+        raise ValueError(f"image shape {tuple(image_shape)} and patch {tuple(patch_size)} differ")
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step}")
+    per_axis = [_axis_starts(s, p, step) for s, p in zip(image_shape, patch_size, strict=True)]
+    return list(itertools.product(*per_axis))
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``mirror_axes`` (the empty one first): 2**len(mirror_axes) flips."""
+    axes = tuple(sorted(set(mirror_axes)))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def _pad_to_patch(
+    image: torch.Tensor, patch_size: Sequence[int]
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Pad the trailing axes of ``image`` (constant 0, centred) up to ``patch_size``.
+
+    Returns:
+        The padded image and the slices (over the padded axes) that cut the original back out.
+    """
+    spatial = image.shape[-len(patch_size) :]
+    before = [max(p - s, 0) // 2 for s, p in zip(spatial, patch_size, strict=True)]
+    after = [max(p - s, 0) - b for s, p, b in zip(spatial, patch_size, before, strict=True)]
+    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
+    if not any(before) and not any(after):
+        return image, crop
+    pad: list[int] = []
+    for b, a in zip(reversed(before), reversed(after), strict=True):  # F.pad: last axis first
+        pad += [b, a]
+    return F.pad(image, pad, mode="constant", value=0.0), crop
+
+
+def _accumulate_tiles(
+    network: Network,
+    image: torch.Tensor,
+    corners: Sequence[tuple[int, ...]],
+    tile_shape: Sequence[int],
+    num_classes: int,
+    flips: Sequence[tuple[int, ...]],
+    tile_batch: int,
+    importance: torch.Tensor,
+) -> torch.Tensor:
+    """Weighted average of the network's logits over tiles of ``image``.
+
+    Args:
+        network: maps ``(B, C, *tile_shape)`` to ``(B, K, *tile_shape)`` logits.
+        image: ``(C, *S)``, already at least ``tile_shape`` on every axis.
+        corners: tile start corners in ``S``.
+        tile_shape: the tile's shape (same number of axes as ``S``).
+        num_classes: K.
+        flips: tuples of tile axes (0-based, spatial) to flip; the logits are averaged over them.
+        tile_batch: network inputs per forward pass (mirrored copies count).
+        importance: float32 ``tile_shape`` weights on the image's device.
+
+    Returns:
+        float32 ``(K, *S)`` logits on the image's device.
+    """
+    spatial = tuple(image.shape[1:])
+    logits = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=image.device)
+    weight = torch.zeros(spatial, dtype=torch.float32, device=image.device)
+    share = importance / len(flips)  # each flip contributes its share of the tile's weight
+    jobs = [(corner, flip) for corner in corners for flip in flips]  # tile-major
+    for first in range(0, len(jobs), max(1, tile_batch)):
+        chunk = jobs[first : first + max(1, tile_batch)]
+        windows = [
+            tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))
+            for corner, _ in chunk
+        ]
+        inputs = []
+        for window, (_, flip) in zip(windows, chunk, strict=True):
+            tile = image[(slice(None), *window)]  # (C, *tile)
+            inputs.append(tile.flip([a + 1 for a in flip]) if flip else tile)
+        out = network(torch.stack(inputs))  # (B, K, *tile)
+        if isinstance(out, (list, tuple)):  # a network left in deep-supervision mode
+            out = out[0]
+        if tuple(out.shape) != (len(chunk), num_classes, *tile_shape):
+            raise ValueError(
+                f"network returned {tuple(out.shape)}, expected "
+                f"{(len(chunk), num_classes, *tile_shape)}"
+            )
+        out = out.float()
+        for b, (window, (_, flip)) in enumerate(zip(windows, chunk, strict=True)):
+            tile_logits = out[b].flip([a + 1 for a in flip]) if flip else out[b]  # (K, *tile)
+            logits[(slice(None), *window)] += tile_logits * share
+            if not flip:
+                weight[window] += importance
+    return logits / weight
+
+
+def sliding_window_logits(
+    network: Network,
+    image: torch.Tensor,
+    patch_size: Sequence[int],
+    num_classes: int,
+    *,
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    tile_batch: int = 4,
+    use_gaussian: bool = True,
+) -> torch.Tensor:
+    """Logits of ``network`` over a whole image by overlapping, Gaussian-weighted tiles.
+
+    Args:
+        network: maps ``(B, C, *patch)`` to ``(B, K, *patch)`` logits (eval mode, no deep
+            supervision). Called under ``torch.inference_mode``.
+        image: ``(C, *S)`` float tensor with ``len(S) == len(patch_size)`` (2D or 3D), on the
+            device the network runs on.
+        patch_size: the network's input size.
+        num_classes: K, background included.
+        step: tile offset as a fraction of the patch.
+        mirror_axes: spatial axes (0-based, of ``S``) for mirroring test-time augmentation; the
+            logits are averaged over all 2**len(mirror_axes) flip combinations.
+        tile_batch: network inputs per forward pass (tiles times mirrored copies).
+        use_gaussian: weight tiles by ``gaussian_importance_map``; False weights them equally.
+
+    Returns:
+        float32 ``(K, *S)`` logits on ``image.device``. An image smaller than the patch is padded
+        with zeros (centred) and the result cropped back.
+    """
+    ndim = len(patch_size)
+    if image.ndim != ndim + 1:
+        raise ValueError(f"image {tuple(image.shape)} is not (C, *S) for a {ndim}D patch")
+    if any(a < 0 or a >= ndim for a in mirror_axes):
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..{ndim - 1}")
+    padded, crop = _pad_to_patch(image, patch_size)
+    corners = sliding_window_positions(padded.shape[1:], patch_size, step)
+    importance = _importance(patch_size, use_gaussian, image.device)
+    with torch.inference_mode():
+        logits = _accumulate_tiles(
+            network,
+            padded,
+            corners,
+            patch_size,
+            num_classes,
+            mirror_combinations(mirror_axes),
+            tile_batch,
+            importance,
+        )
+    return logits[(slice(None), *crop)]
+
+
+def sliding_window_logits_slices(
+    network: Network,
+    volume: torch.Tensor,
+    patch_size: Sequence[int],
+    num_classes: int,
+    *,
+    step: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    tile_batch: int = 4,
+    use_gaussian: bool = True,
+) -> torch.Tensor:
+    """Logits of a 2D network over every Z-slice of a volume.
+
+    Each slice is tiled as in ``sliding_window_logits``; tiles of several slices go through the
+    network together (``tile_batch`` inputs per forward pass), so small slices do not leave the
+    device idle.
+
+    Args:
+        network: 2D network, ``(B, C, Y, X)`` -> ``(B, K, Y, X)``.
+        volume: ``(C, Z, Y, X)`` tensor.
+        patch_size: (Y, X) patch.
+        num_classes: K.
+        step: tile offset as a fraction of the patch (in-plane).
+        mirror_axes: in-plane axes to mirror: 0 = Y, 1 = X.
+        tile_batch: network inputs per forward pass.
+        use_gaussian: weight tiles by the 2D Gaussian importance map.
+
+    Returns:
+        float32 ``(K, Z, Y, X)`` logits on ``volume.device``; identical (up to rounding) to
+        running ``sliding_window_logits`` on each slice.
+    """
+    if len(patch_size) != 2 or volume.ndim != 4:
+        raise ValueError(f"need a (C, Z, Y, X) volume and a 2D patch, got {tuple(volume.shape)}")
+    if any(a not in (0, 1) for a in mirror_axes):
+        raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..1 (Y, X)")
+    tile_shape = (1, *patch_size)
+    padded, crop = _pad_to_patch(volume, tile_shape)
+    corners = [
+        (z, *corner)
+        for z in range(padded.shape[1])
+        for corner in sliding_window_positions(padded.shape[2:], patch_size, step)
+    ]
+    importance = _importance(patch_size, use_gaussian, volume.device)[None]  # (1, Y, X)
+
+    def slice_network(x: torch.Tensor) -> torch.Tensor:  # (B, C, 1, Y, X) -> (B, K, 1, Y, X)
+        out = network(x[:, :, 0])
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return out[:, :, None]
+
+    flips = [tuple(a + 1 for a in flip) for flip in mirror_combinations(mirror_axes)]
+    with torch.inference_mode():
+        logits = _accumulate_tiles(
+            slice_network, padded, corners, tile_shape, num_classes, flips, tile_batch, importance
+        )
+    return logits[(slice(None), *crop)]
+
+
+def _importance(patch_size: Sequence[int], use_gaussian: bool, device: torch.device) -> torch.Tensor:
+    if use_gaussian:
+        return torch.from_numpy(gaussian_importance_map(patch_size)).to(device)
+    return torch.ones(tuple(patch_size), dtype=torch.float32, device=device)

@@ -1,0 +1,393 @@
+"""Training one fold of one configuration.
+
+``train_fold`` is the whole job: it reads the plans and the preprocessed cases, trains the planned
+network with SGD (nesterov, momentum 0.99, lr 1e-2 with poly decay 0.9, weight decay 3e-5,
+gradient clipping 12) on Dice + cross-entropy with deep supervision, checkpoints atomically, and
+at the end predicts and scores the fold's validation cases. Every budget is a value of
+``TrainSettings`` (``--epochs 50``), never a subclass.
+
+Determinism: the data of epoch ``e`` comes from a loader seeded with ``(seed, e)``, so a run
+resumed from a checkpoint sees the same batches as an uninterrupted one.
+
+Multi-GPU / multi-node: started by ``torchrun``, each process trains on its share of the batch
+(DistributedDataParallel); rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoseg import __version__
+from autoseg.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.errors import AutosegError
+from autoseg.paths import DatasetDirs
+from autoseg.plans import Configuration, Plans
+from autoseg.progress import History, add_file_log, write_progress
+from autoseg.serial import atomic_write_text, dump_json, to_dict
+from autoseg.splits import fold_cases, load_or_create_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The training budget and run options.
+
+    Attributes:
+        epochs: number of epochs.
+        iterations: training iterations per epoch.
+        val_iterations: validation batches per epoch for the online pseudo-Dice.
+        device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
+        seed: seeds the data order and augmentation, and the network's initial weights.
+        workers: background augmentation processes (None: a choice by device).
+        resume: continue from ``checkpoint_latest.pt``.
+        checkpoint_every: save ``checkpoint_latest.pt`` every this many epochs (and at least
+            every 5 minutes, and at the end).
+        validate: predict and score the validation cases at the end of the fold.
+        initial_lr, momentum, weight_decay, grad_clip: the optimiser's settings.
+    """
+
+    epochs: int = 1000
+    iterations: int = 250
+    val_iterations: int = 50
+    device: str = "auto"
+    seed: int = 0
+    workers: int | None = None
+    resume: bool = False
+    checkpoint_every: int = 5
+    validate: bool = True
+    initial_lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AutosegError("--device cuda: no CUDA GPU is available here (use --device cpu)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise AutosegError(f"--device {name}: expected auto, cuda or cpu")
+    return torch.device(name)
+
+
+def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """Polynomial decay: ``initial * (1 - epoch / epochs) ** exponent``."""
+    return initial * (1 - epoch / epochs) ** exponent
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(), device
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank), device
+
+
+def _preprocessed_ids(folder: Path) -> list[str]:
+    return sorted(p.name[: -len(".json")] for p in folder.glob("*.json"))
+
+
+class _Trainer:
+    """State of one fold's training; ``run`` is the only entry point."""
+
+    def __init__(self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str,
+                 settings: TrainSettings):
+        from autoseg.preprocess import preprocessed_folder
+
+        self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
+        self.config: Configuration = plans.configuration(config_name)
+        self.data_folder = preprocessed_folder(dirs.work, self.config)
+        case_ids = _preprocessed_ids(self.data_folder) if self.data_folder.is_dir() else []
+        if not case_ids:
+            raise AutosegError(
+                f"{self.data_folder}: no preprocessed cases for configuration '{config_name}'; "
+                f"run `autoseg plan {dirs.name}` first"
+            )
+        self.split = fold_cases(load_or_create_splits(dirs.splits, case_ids), fold, case_ids)
+        self.model_folder = dirs.model_folder(plans.planner, config_name)
+        self.fold_dir = self.model_folder / f"fold_{fold}"
+        self.device = resolve_device(settings.device)
+        self.dist, self.device = _init_distributed(self.device)
+        self.num_classes = len(plans.labels)
+        self.label_names = [plans.labels[v] for v in plans.foreground_labels]
+
+    # ----------------------------------------------------------------- setup
+    def _build(self) -> None:
+        from autoseg.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+        from autoseg.network import build_network
+
+        torch.manual_seed(self.settings.seed)
+        net = build_network(self.config, len(self.plans.channels), self.num_classes, True)
+        self.network = net.to(self.device)
+        self.model = self.network
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.network, device_ids=ids)
+        self.optimizer = torch.optim.SGD(
+            self.network.parameters(),
+            lr=self.settings.initial_lr,
+            momentum=self.settings.momentum,
+            nesterov=True,
+            weight_decay=self.settings.weight_decay,
+        )
+        weights = deep_supervision_weights(self.config.num_stages - 1)
+        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.config.batch_dice), weights)
+        self.history = History()
+        self.start_epoch = 0
+
+    def _meta(self, epoch: int) -> dict:
+        return {
+            "autoseg_version": __version__,
+            "plans": to_dict(self.plans),
+            "configuration": self.config.name,
+            "fold": self.fold,
+            "epoch": epoch,
+            "num_classes": self.num_classes,
+            "in_channels": len(self.plans.channels),
+            "settings": to_dict(self.settings),
+            "history": self.history.to_dict(),
+        }
+
+    def _save(self, name: str, epoch: int) -> None:
+        if self.dist.main:
+            save_checkpoint(
+                self.fold_dir / name,
+                self.network.state_dict(),
+                self.optimizer.state_dict(),
+                self._meta(epoch),
+            )
+
+    def _restore(self) -> None:
+        latest = self.fold_dir / "checkpoint_latest.pt"
+        final = self.fold_dir / "checkpoint_final.pt"
+        if not self.settings.resume:
+            if latest.exists() or final.exists():
+                raise AutosegError(
+                    f"{self.fold_dir}: this fold was already trained (or started); pass --resume "
+                    "to continue it, or delete the folder to train it again"
+                )
+            return
+        source = latest if latest.exists() else final if final.exists() else None
+        if source is None:
+            log.info("nothing to resume in %s: starting at epoch 0", self.fold_dir)
+            return
+        ckpt = load_checkpoint(source, map_location=self.device)
+        if ckpt.meta.get("configuration") != self.config.name:
+            raise AutosegError(f"{source}: checkpoint of another configuration")
+        self.network.load_state_dict(ckpt.model_state)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.start_epoch = int(ckpt.meta["epoch"]) + 1
+        self.history = History.from_dict(ckpt.meta.get("history", {}))
+        self.history.truncate(self.start_epoch)
+        log.info("resumed %s at epoch %d", source, self.start_epoch)
+
+    def _loader(self, cases: tuple[str, ...], seed: int, augment: bool):
+        from autoseg.data import BatchLoader
+
+        per_rank = max(1, math.ceil(self.config.batch_size / self.dist.world))
+        config = dataclasses.replace(self.config, batch_size=per_rank)
+        workers = self.settings.workers
+        if workers is None:
+            workers = min(12, max(1, (os.cpu_count() or 2) - 1)) if self.device.type == "cuda" else 0
+        return BatchLoader(self.data_folder, cases, config, seed=seed, augment=augment,
+                           num_workers=workers if augment else 0)
+
+    # ----------------------------------------------------------------- steps
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        cuda = self.device.type == "cuda"
+        image = torch.from_numpy(np.ascontiguousarray(batch["image"]))
+        target = torch.from_numpy(np.ascontiguousarray(batch["target"])).long()
+        if cuda:
+            image, target = image.pin_memory(), target.pin_memory()
+        return image.to(self.device, non_blocking=cuda), target.to(self.device, non_blocking=cuda)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _train_step(self, batch: dict) -> float:
+        from autoseg.loss import downsample_target
+
+        image, target = self._to_device(batch)
+        targets = downsample_target(target, self.config.num_stages - 1, self.config.strides)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            outputs = self.model(image)
+        loss = self.loss([o.float() for o in outputs], targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _val_step(self, batch: dict) -> tuple[float, torch.Tensor]:
+        from autoseg.loss import dice_counts, downsample_target
+
+        image, target = self._to_device(batch)
+        targets = downsample_target(target, self.config.num_stages - 1, self.config.strides)
+        with self._autocast():
+            outputs = self.model(image)
+        outputs = [o.float() for o in outputs]
+        loss = self.loss(outputs, targets)
+        tp, fp, fn = dice_counts(outputs[0], target, self.num_classes)
+        return float(loss), torch.stack([tp, fp, fn]).double().cpu()
+
+    def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            counts = counts.to(self.device)
+            dist.all_reduce(counts)
+        return counts.cpu()
+
+    # ----------------------------------------------------------------- loop
+    def run(self) -> Path:
+        self._build()
+        self._restore()
+        handler = add_file_log(self.fold_dir / "training.log") if self.dist.main else None
+        try:
+            if self.dist.main:
+                self._write_model_files()
+            self._epochs()
+            if self.dist.main:
+                self._save("checkpoint_final.pt", self.settings.epochs - 1)
+                latest = self.fold_dir / "checkpoint_latest.pt"
+                latest.unlink(missing_ok=True)
+                if self.settings.validate and self.split.val:
+                    self._validate_cases()
+        finally:
+            if handler is not None:
+                logging.getLogger("autoseg").removeHandler(handler)
+                handler.close()
+        return self.fold_dir
+
+    def _write_model_files(self) -> None:
+        self.fold_dir.mkdir(parents=True, exist_ok=True)
+        self.plans.to_json(self.model_folder / "plans.json")
+        dump_json({"labels": self.plans.labels, "channels": list(self.plans.channels)},
+                  self.model_folder / "dataset.json")
+
+    def _epochs(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        s = self.settings
+        val_cases = self.split.val or self.split.train
+        last_save = time.monotonic()
+        with Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), disable=not self.dist.main, transient=False,
+        ) as bar:
+            task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
+            for epoch in range(self.start_epoch, s.epochs):
+                t0 = time.perf_counter()
+                lr = poly_lr(s.initial_lr, epoch, s.epochs)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}")
+                self.model.train()
+                losses = []
+                seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
+                with self._loader(self.split.train, seed, augment=True) as loader:
+                    for _ in range(s.iterations):
+                        losses.append(self._train_step(next(loader)))
+                        bar.advance(task)
+                self.model.eval()
+                val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+                with self._loader(val_cases, s.seed + 17 + self.dist.rank, augment=False) as vl:
+                    for _ in range(s.val_iterations):
+                        loss, c = self._val_step(next(vl))
+                        val_losses.append(loss)
+                        counts += c
+                tp, fp, fn = self._reduce(counts)
+                dice = [float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn)]
+                seconds = time.perf_counter() - t0
+                best = self.history.add(float(np.mean(losses)), float(np.mean(val_losses)),
+                                        dice, lr, seconds)
+                info = (f"loss {np.mean(losses):.4f} val {np.mean(val_losses):.4f} "
+                        f"dice {' '.join(f'{d:.3f}' for d in dice)} {seconds:.1f}s")
+                bar.update(task, info=info)
+                log.info("epoch %d: %s lr %.5f", epoch, info, lr)
+                if self.dist.main:
+                    if best:
+                        self._save("checkpoint_best.pt", epoch)
+                    due = (epoch + 1) % s.checkpoint_every == 0 or time.monotonic() - last_save > 300
+                    if due and epoch + 1 < s.epochs:
+                        self._save("checkpoint_latest.pt", epoch)
+                        last_save = time.monotonic()
+                    write_progress(self.history, self.fold_dir, self.label_names)
+
+    def _validate_cases(self) -> None:
+        """Predict the validation cases from the raw images and score them (summary.json)."""
+        from autoseg.dataset import load_dataset
+        from autoseg.evaluate import evaluate_folders
+        from autoseg.predict import Predictor, predict_folder
+
+        raw = self.dirs.raw
+        if raw is None or not raw.is_dir():
+            log.warning("raw data of %s not found: validation cases not predicted", self.dirs.name)
+            return
+        spec = load_dataset(raw)
+        wanted = set(self.split.val)
+        cases = [c for c in spec.cases if c.case_id in wanted]
+        out = self.fold_dir / "validation"
+        predictor = Predictor(self.model_folder, folds=[self.fold], device=str(self.device),
+                              postprocess=False)
+        inputs = [p for c in cases for p in c.images]
+        report = predict_folder(inputs, out, predictor, overwrite=True)
+        for problem in report.failed:
+            log.warning("validation case failed: %s", problem)
+        refs = self.fold_dir / ".validation_refs"
+        refs.mkdir(exist_ok=True)
+        for case in cases:
+            link = refs / f"{case.case_id}{spec.file_ending}"
+            if not link.exists() and case.label is not None:
+                link.symlink_to(case.label.resolve())
+        evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
+        evaluation.to_json(self.fold_dir / "summary.json")
+        means = {self.plans.labels[k]: v for k, v in evaluation.mean_dice_per_label().items()}
+        log.info("fold %s validation Dice: %s", self.fold, means)
+        atomic_write_text(self.fold_dir / "validation_done", "ok\n")
+
+
+def train_fold(dirs: DatasetDirs, plans: Plans, configuration: str, fold: str,
+               settings: TrainSettings) -> Path:
+    """Train one fold of one configuration; returns the fold's folder.
+
+    Raises:
+        AutosegError: missing plans/preprocessed data, an already-trained fold without
+            ``--resume``, or a device that is not available.
+    """
+    return _Trainer(dirs, plans, configuration, fold, settings).run()
