@@ -111,12 +111,12 @@ def keep_largest_component(
 
 def apply_postprocessing(labels_array: np.ndarray, decision: PostprocessingDecision) -> np.ndarray:
     """Apply a decision to one label map; returns a new array, the input is left untouched."""
-    out = np.array(labels_array, copy=True)
+    out = labels_array
     if decision.largest_component_foreground:
-        out = keep_largest_component(out, None)
+        out = keep_largest_component(out, None)  # a new array
     if decision.largest_component_labels:
         out = keep_largest_component(out, decision.largest_component_labels)
-    return out
+    return np.array(labels_array, copy=True) if out is labels_array else out
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
