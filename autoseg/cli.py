@@ -38,8 +38,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
 def _err(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True,
-                                                soft_wrap=True)
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {message}", markup=True, soft_wrap=True
+    )
 
 
 def user_errors(func: F) -> F:
@@ -165,11 +166,184 @@ def train(
     dirs = resolve_dataset(dataset, resolve_home(home))
     plans = Plans.from_json(dirs.require_plans(planner))
     settings = TrainSettings(
-        epochs=epochs, iterations=iterations, val_iterations=val_iterations, device=device,
-        seed=seed, workers=workers, resume=resume, validate=validate,
+        epochs=epochs,
+        iterations=iterations,
+        val_iterations=val_iterations,
+        device=device,
+        seed=seed,
+        workers=workers,
+        resume=resume,
+        validate=validate,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
+
+
+def _find_models(
+    home: Path, dataset: str | None, configuration: str | None, planner: str | None
+) -> list[Path]:
+    """Model folders under home with at least one finished fold, filtered by the options."""
+    from autoseg.paths import resolve_dataset
+
+    pattern_ds = "*"
+    if dataset is not None:
+        pattern_ds = resolve_dataset(dataset, home).name
+    found = sorted(
+        {p.parent.parent for p in home.glob(f"{pattern_ds}/models/*/*/fold_*/checkpoint_final.pt")}
+    )
+    return [
+        f
+        for f in found
+        if (configuration is None or f.name == configuration)
+        and (planner is None or f.parent.name == planner)
+    ]
+
+
+@app.command()
+@user_errors
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Option("-i", "--input", help="Input folder or image file (repeatable).")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset name.")] = None,
+    configuration: Annotated[
+        str | None, typer.Option("-c", "--configuration", help="2d, 3d_fullres, ...")
+    ] = None,
+    folds: Annotated[
+        str | None, typer.Option("-f", "--folds", help="Comma-separated folds (default: all).")
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("-m", "--model", help="A model folder (models/<planner>/<config>)."),
+    ] = None,
+    planner: Annotated[str | None, typer.Option("--planner", help="Planner of the model.")] = None,
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="final, best or a file name.")
+    ] = "final",
+    home: HomeOpt = None,
+    device: DeviceOpt = "auto",
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring test-time aug.")] = True,
+    postprocess: Annotated[
+        bool, typer.Option("--postprocess/--no-postprocess", help="Apply the CV decision.")
+    ] = True,
+    save_probabilities: Annotated[
+        bool, typer.Option("--save-probabilities", help="Also write CASE.npz.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+) -> None:
+    """Predict NIfTI images with a trained model; outputs keep each input's exact geometry."""
+    from autoseg.errors import AutosegError
+    from autoseg.paths import resolve_home
+    from autoseg.predictor import Predictor, predict_folder
+
+    for path in inputs:
+        if not path.exists():
+            raise AutosegError(f"{path}: input not found")
+    if model is None:
+        root = resolve_home(home)
+        candidates = _find_models(root, dataset, configuration, planner)
+        if not candidates:
+            raise AutosegError(
+                f"no trained model found in {root}"
+                + (f" for dataset {dataset}" if dataset else "")
+                + "; train one (autoseg train) or pass -m MODEL_FOLDER"
+            )
+        if len(candidates) > 1:
+            listing = "\n".join(
+                f"  {c.parent.parent.parent.name} -c {c.name} --planner {c.parent.name}"
+                for c in candidates
+            )
+            raise AutosegError(f"several trained models; choose with -d/-c/--planner:\n{listing}")
+        model = candidates[0]
+    name = checkpoint if checkpoint.endswith(".pt") else f"checkpoint_{checkpoint}.pt"
+    fold_list = [f.strip() for f in folds.split(",")] if folds else None
+    predictor = Predictor(
+        model, folds=fold_list, checkpoint=name, device=device, tta=tta, postprocess=postprocess
+    )
+    report = predict_folder(
+        inputs, output, predictor, overwrite=overwrite, save_probabilities=save_probabilities
+    )
+    console = _console()
+    console.print(
+        f"{len(report.written)} written to {output}"
+        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
+    )
+    if report.failed:
+        _err(
+            f"{len(report.failed)} case(s) failed:\n" + "\n".join(f"  - {p}" for p in report.failed)
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
+    references: Annotated[Path, typer.Argument(help="Folder of reference label maps.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write evaluation.json/.csv here.")
+    ] = None,
+    nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
+    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+) -> None:
+    """Dice, IoU, precision, recall, HD95 and NSD per case and label, with means per label."""
+    from autoseg.evaluate import evaluate_folders
+
+    evaluation = evaluate_folders(
+        predictions, references, nsd_tolerance_mm=nsd_tolerance, workers=_workers(workers)
+    )
+    evaluation.print_table(_console())
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        evaluation.to_json(output / "evaluation.json")
+        evaluation.to_csv(output / "evaluation.csv")
+        _console().print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.csv'}")
+
+
+@app.command("find-best")
+@user_errors
+def find_best(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or name.")],
+    home: HomeOpt = None,
+) -> None:
+    """The best trained configuration by cross-validation Dice, and how to predict with it."""
+    from autoseg.crossval import find_best_configuration
+    from autoseg.paths import resolve_dataset, resolve_home
+
+    dirs = resolve_dataset(dataset, resolve_home(home))
+    find_best_configuration(dirs).print(_console())
+
+
+@app.command()
+@user_errors
+def demo(
+    home: HomeOpt = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
+    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 15,
+    device: DeviceOpt = "auto",
+    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+) -> None:
+    """Plan, train, predict and evaluate on real hippocampus MRI shipped in the package."""
+    from autoseg.demo import run_demo
+    from autoseg.paths import resolve_home
+
+    console = _console()
+    result = run_demo(
+        resolve_home(home),
+        epochs=epochs,
+        iterations=iterations,
+        device=device,
+        workers=_workers(workers),
+        console=console,
+    )
+    console.rule("[bold]done")
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in result.mean_dice.items())
+    console.print(f"mean Dice on the 6 held-out cases: {dice}")
+    console.print(f"predictions: {result.predictions}")
+    console.print(f"evaluation:  {result.evaluation_json}")
+    console.print(f"picture:     {result.overlay_png}")
+    console.print("times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
 
 
 def main() -> None:

@@ -31,10 +31,19 @@ class PlanSummary:
     def print(self, console) -> None:
         from rich.table import Table
 
-        table = Table(title=f"{self.dataset}: {self.num_cases} cases, planner "
-                      f"'{self.plans.planner}', {self.plans.gpu_memory_gb:g} GB GPU budget")
-        for column in ("configuration", "spacing", "patch", "batch", "stages", "features",
-                       "est. GB"):
+        table = Table(
+            title=f"{self.dataset}: {self.num_cases} cases, planner "
+            f"'{self.plans.planner}', {self.plans.gpu_memory_gb:g} GB GPU budget"
+        )
+        for column in (
+            "configuration",
+            "spacing",
+            "patch",
+            "batch",
+            "stages",
+            "features",
+            "est. GB",
+        ):
             table.add_column(column)
         for name, c in self.plans.configurations.items():
             table.add_row(
@@ -50,8 +59,15 @@ class PlanSummary:
         console.print(f"written to {self.work} in {self.seconds:.1f} s")
 
 
-def plan_dataset(dataset: str, *, home: Path | None, planner: str, gpu_memory_gb: float,
-                 workers: int, preprocess: bool = True) -> PlanSummary:
+def plan_dataset(
+    dataset: str,
+    *,
+    home: Path | None,
+    planner: str,
+    gpu_memory_gb: float,
+    workers: int,
+    preprocess: bool = True,
+) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases.
 
     Raises:

@@ -30,8 +30,9 @@ class History:
     def from_dict(cls, data: dict) -> History:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
-    def add(self, train_loss: float, val_loss: float, dice: list[float], lr: float,
-            seconds: float) -> bool:
+    def add(
+        self, train_loss: float, val_loss: float, dice: list[float], lr: float, seconds: float
+    ) -> bool:
         """Record one epoch; returns True when the EMA pseudo-Dice is a new best."""
         mean = sum(dice) / len(dice) if dice else 0.0
         ema = mean if not self.ema_dice else 0.9 * self.ema_dice[-1] + 0.1 * mean

@@ -120,8 +120,9 @@ def _preprocessed_ids(folder: Path) -> list[str]:
 class _Trainer:
     """State of one fold's training; ``run`` is the only entry point."""
 
-    def __init__(self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str,
-                 settings: TrainSettings):
+    def __init__(
+        self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str, settings: TrainSettings
+    ):
         from autoseg.preprocess import preprocessed_folder
 
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
@@ -221,9 +222,17 @@ class _Trainer:
         config = dataclasses.replace(self.config, batch_size=per_rank)
         workers = self.settings.workers
         if workers is None:
-            workers = min(12, max(1, (os.cpu_count() or 2) - 1)) if self.device.type == "cuda" else 0
-        return BatchLoader(self.data_folder, cases, config, seed=seed, augment=augment,
-                           num_workers=workers if augment else 0)
+            workers = (
+                min(12, max(1, (os.cpu_count() or 2) - 1)) if self.device.type == "cuda" else 0
+            )
+        return BatchLoader(
+            self.data_folder,
+            cases,
+            config,
+            seed=seed,
+            augment=augment,
+            num_workers=workers if augment else 0,
+        )
 
     # ----------------------------------------------------------------- steps
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,8 +305,10 @@ class _Trainer:
     def _write_model_files(self) -> None:
         self.fold_dir.mkdir(parents=True, exist_ok=True)
         self.plans.to_json(self.model_folder / "plans.json")
-        dump_json({"labels": self.plans.labels, "channels": list(self.plans.channels)},
-                  self.model_folder / "dataset.json")
+        dump_json(
+            {"labels": self.plans.labels, "channels": list(self.plans.channels)},
+            self.model_folder / "dataset.json",
+        )
 
     def _epochs(self) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -306,9 +317,13 @@ class _Trainer:
         val_cases = self.split.val or self.split.train
         last_save = time.monotonic()
         with Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"), disable=not self.dist.main, transient=False,
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            disable=not self.dist.main,
+            transient=False,
         ) as bar:
             task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
             for epoch in range(self.start_epoch, s.epochs):
@@ -332,18 +347,25 @@ class _Trainer:
                         val_losses.append(loss)
                         counts += c
                 tp, fp, fn = self._reduce(counts)
-                dice = [float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn)]
+                dice = [
+                    float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn, strict=True)
+                ]
                 seconds = time.perf_counter() - t0
-                best = self.history.add(float(np.mean(losses)), float(np.mean(val_losses)),
-                                        dice, lr, seconds)
-                info = (f"loss {np.mean(losses):.4f} val {np.mean(val_losses):.4f} "
-                        f"dice {' '.join(f'{d:.3f}' for d in dice)} {seconds:.1f}s")
+                best = self.history.add(
+                    float(np.mean(losses)), float(np.mean(val_losses)), dice, lr, seconds
+                )
+                info = (
+                    f"loss {np.mean(losses):.4f} val {np.mean(val_losses):.4f} "
+                    f"dice {' '.join(f'{d:.3f}' for d in dice)} {seconds:.1f}s"
+                )
                 bar.update(task, info=info)
                 log.info("epoch %d: %s lr %.5f", epoch, info, lr)
                 if self.dist.main:
                     if best:
                         self._save("checkpoint_best.pt", epoch)
-                    due = (epoch + 1) % s.checkpoint_every == 0 or time.monotonic() - last_save > 300
+                    due = (
+                        epoch + 1
+                    ) % s.checkpoint_every == 0 or time.monotonic() - last_save > 300
                     if due and epoch + 1 < s.epochs:
                         self._save("checkpoint_latest.pt", epoch)
                         last_save = time.monotonic()
@@ -351,9 +373,10 @@ class _Trainer:
 
     def _validate_cases(self) -> None:
         """Predict the validation cases from the raw images and score them (summary.json)."""
+        from autoseg.crossval import VALIDATION_DONE, decide_cv_postprocessing
         from autoseg.dataset import load_dataset
         from autoseg.evaluate import evaluate_folders
-        from autoseg.predict import Predictor, predict_folder
+        from autoseg.predictor import Predictor, predict_folder
 
         raw = self.dirs.raw
         if raw is None or not raw.is_dir():
@@ -363,8 +386,9 @@ class _Trainer:
         wanted = set(self.split.val)
         cases = [c for c in spec.cases if c.case_id in wanted]
         out = self.fold_dir / "validation"
-        predictor = Predictor(self.model_folder, folds=[self.fold], device=str(self.device),
-                              postprocess=False)
+        predictor = Predictor(
+            self.model_folder, folds=[self.fold], device=str(self.device), postprocess=False
+        )
         inputs = [p for c in cases for p in c.images]
         report = predict_folder(inputs, out, predictor, overwrite=True)
         for problem in report.failed:
@@ -377,13 +401,15 @@ class _Trainer:
                 link.symlink_to(case.label.resolve())
         evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
         evaluation.to_json(self.fold_dir / "summary.json")
-        means = {self.plans.labels[k]: v for k, v in evaluation.mean_dice_per_label().items()}
+        means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
         log.info("fold %s validation Dice: %s", self.fold, means)
-        atomic_write_text(self.fold_dir / "validation_done", "ok\n")
+        atomic_write_text(self.fold_dir / VALIDATION_DONE, "ok\n")
+        decide_cv_postprocessing(self.model_folder, list(self.plans.foreground_labels))
 
 
-def train_fold(dirs: DatasetDirs, plans: Plans, configuration: str, fold: str,
-               settings: TrainSettings) -> Path:
+def train_fold(
+    dirs: DatasetDirs, plans: Plans, configuration: str, fold: str, settings: TrainSettings
+) -> Path:
     """Train one fold of one configuration; returns the fold's folder.
 
     Raises:
