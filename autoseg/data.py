@@ -1,0 +1,377 @@
+"""Training batches: patch sampling from preprocessed cases, augmentation, background workers.
+
+``BatchLoader`` is an endless iterator of ``dict(image=(B, C, *patch) float32,
+target=(B, 1, *patch) int16)``. Per batch it draws ``B`` cases at random (with replacement)
+and one patch from each:
+
+- The last ``n_fg`` samples are forced to contain foreground: a random class present in the
+  case's stored class locations, a random stored voxel of it, and the patch centred there.
+  ``n_fg = max(1, round(B * oversample_foreground))`` for ``B >= 2`` (0 when
+  ``oversample_foreground == 0``); with ``B == 1`` the single sample is forced with probability
+  ``oversample_foreground``. A case without foreground gets a random position instead.
+- The others are placed uniformly at random.
+- Placement is that of the *patch*: along an axis at least as long as the patch it stays inside
+  the image; along a shorter axis the image is centred in it. With augmentation the region
+  read around the patch is larger (``autoseg.augment.sample_size``) so rotation and scaling find
+  image data in the corners; whatever lies outside the image is 0 (image) and 0 (label).
+- 2D configurations pick a Z slice (the chosen voxel's slice for forced samples) and place the
+  ``(Y, X)`` patch in it.
+
+Cases are read through memory maps, so only the sampled region is read from disk.
+
+Randomness comes from ``seed`` alone: the sampler has its own generator, and the global
+``np.random`` and ``random`` states that batchgenerators draws from are swapped in and out
+around each batch, so two loaders (or a loader and the trainer) never disturb each other.
+Worker ``k`` is seeded from ``(seed, k)`` and batches are taken from the workers in turn, so a
+given ``(seed, num_workers)`` always yields the same batches in the same order (``num_workers``
+0 and 1 coincide).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import pickle
+import queue as queue_module
+import random
+import signal
+import time
+import traceback
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg.augment import sample_size, training_transforms
+from autoseg.errors import AutosegError
+from autoseg.plans import Configuration
+from autoseg.preprocess import PreprocessedCase, load_case
+
+log = logging.getLogger(__name__)
+
+_CACHED_CASES = 64  # open memory maps and class locations kept per sampler
+_QUEUE_DEPTH = 2  # batches buffered per worker
+_POLL_S = 0.1
+_GRACE_S = 1.0  # how long close() lets workers finish a batch before terminating them
+
+
+class WorkerError(RuntimeError):
+    """A background worker failed or died; the message holds the worker's traceback."""
+
+
+def forced_foreground_count(batch_size: int, fraction: float, rng: np.random.Generator) -> int:
+    """How many samples of a batch are forced to contain foreground (see module docstring)."""
+    if fraction <= 0:
+        return 0
+    if batch_size == 1:
+        return int(rng.random() < fraction)
+    return min(batch_size, max(1, int(np.floor(batch_size * fraction + 0.5))))
+
+
+def read_region(array: np.ndarray, start: Sequence[int], out: np.ndarray) -> np.ndarray:
+    """Copy ``array[:, start:start + size]`` (per spatial axis) into a zero-filled ``out``.
+
+    Args:
+        array: ``(C, *spatial)``, typically a memory map; only the overlap is read.
+        start: first voxel per spatial axis, may be negative.
+        out: ``(C, *size)`` zeros; what lies outside ``array`` stays 0.
+
+    Returns:
+        ``out``.
+    """
+    src, dst = [slice(None)], [slice(None)]
+    for first, length, extent in zip(start, out.shape[1:], array.shape[1:], strict=True):
+        lo, hi = max(first, 0), min(first + length, extent)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - first, hi - first))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class _Sampler:
+    """Draws and augments one batch at a time; lives in the main process or in a worker."""
+
+    def __init__(
+        self,
+        folder: Path,
+        case_ids: tuple[str, ...],
+        config: Configuration,
+        augment: bool,
+        oversample_foreground: float,
+    ) -> None:
+        self.folder = folder
+        self.case_ids = case_ids
+        self.patch = np.asarray(config.patch_size, dtype=int)
+        self.batch_size = config.batch_size
+        self.region = np.asarray(sample_size(config.patch_size, augment), dtype=int)
+        self.transforms = training_transforms(config.patch_size) if augment else None
+        self.oversample = oversample_foreground
+        self._cases: OrderedDict[str, PreprocessedCase] = OrderedDict()
+        self.reseed(0, 0)
+
+    def reseed(self, seed: int, worker: int) -> None:
+        """Derive this sampler's generators from ``(seed, worker)``."""
+        sampling, np_global, py_global = np.random.SeedSequence([seed, worker]).spawn(3)
+        self.rng = np.random.default_rng(sampling)
+        self.np_random_state = np.random.RandomState(np_global.generate_state(1)).get_state()
+        self.py_random_state = random.Random(int(py_global.generate_state(1)[0])).getstate()
+
+    @contextmanager
+    def _global_random_states(self) -> Iterator[None]:
+        """Swap this sampler's states into ``np.random`` and ``random`` (batchgenerators
+        draws from both) and restore the caller's afterwards."""
+        outer = np.random.get_state(), random.getstate()
+        np.random.set_state(self.np_random_state)
+        random.setstate(self.py_random_state)
+        try:
+            yield
+        finally:
+            self.np_random_state, self.py_random_state = np.random.get_state(), random.getstate()
+            np.random.set_state(outer[0])
+            random.setstate(outer[1])
+
+    def _case(self, case_id: str) -> PreprocessedCase:
+        case = self._cases.pop(case_id, None)
+        if case is None:
+            case = load_case(self.folder, case_id, mmap=True)
+        self._cases[case_id] = case
+        if len(self._cases) > _CACHED_CASES:
+            self._cases.popitem(last=False)
+        return case
+
+    def _foreground_voxel(self, case: PreprocessedCase) -> np.ndarray | None:
+        present = sorted(k for k, v in case.class_locations.items() if k > 0 and len(v))
+        if not present:
+            return None
+        locations = case.class_locations[present[self.rng.integers(len(present))]]
+        return np.asarray(locations[self.rng.integers(len(locations))], dtype=int)  # (Z, Y, X)
+
+    def _patch_start(self, shape: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+        # Along axes at least as long as the patch it stays inside; shorter axes are centred.
+        lo = np.where(shape >= self.patch, 0, -((self.patch - shape) // 2))
+        hi = np.where(shape >= self.patch, shape - self.patch, lo)
+        if centre is None:
+            return self.rng.integers(lo, hi + 1)
+        return np.clip(centre - self.patch // 2, lo, hi)
+
+    def _sample(self, case_id: str, forced: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The case's image and label (a Z slice of them in 2D) and where the region starts."""
+        case = self._case(case_id)
+        image, seg = case.image, case.seg  # (C, Z, Y, X), (1, Z, Y, X)
+        if seg is None:
+            raise AutosegError(f"{self.folder}: case '{case_id}' has no label map to train on")
+        voxel = self._foreground_voxel(case) if forced else None
+        if len(self.patch) == 2:
+            z = int(voxel[0]) if voxel is not None else int(self.rng.integers(image.shape[1]))
+            image, seg = image[:, z], seg[:, z]
+            voxel = voxel[1:] if voxel is not None else None
+        start = self._patch_start(np.asarray(image.shape[1:]), voxel)
+        return image, seg, start - (self.region - self.patch) // 2
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        """One batch: ``image`` (B, C, *patch) float32 and ``target`` (B, 1, *patch) int16."""
+        n_forced = forced_foreground_count(self.batch_size, self.oversample, self.rng)
+        data = target = None
+        for i in range(self.batch_size):
+            case_id = self.case_ids[self.rng.integers(len(self.case_ids))]
+            image, seg, start = self._sample(case_id, forced=i >= self.batch_size - n_forced)
+            if data is None:
+                channels = image.shape[0]
+                data = np.zeros((self.batch_size, channels, *self.region), np.float32)
+                target = np.zeros((self.batch_size, 1, *self.region), np.int8)
+            if image.shape[0] != data.shape[1]:
+                raise AutosegError(f"{self.folder}: case '{case_id}' has another channel count")
+            read_region(image, start, data[i])  # (C, *region)
+            read_region(seg, start, target[i])  # (1, *region)
+        if self.transforms is not None:
+            with self._global_random_states():
+                out = self.transforms(data=data, seg=target)
+            data, target = out["data"], out["seg"]
+        return {
+            "image": np.ascontiguousarray(data, dtype=np.float32),
+            "target": np.ascontiguousarray(target).astype(np.int16),
+        }
+
+
+def _put(q: Any, item: Any, stop: Any) -> bool:
+    """Put ``item`` on a bounded queue unless ``stop`` is set first."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue_module.Full:
+            continue
+    return False
+
+
+def _worker_main(sampler: _Sampler, seed: int, worker: int, q: Any, stop: Any) -> None:
+    """Worker process: produce batches until ``stop``; report an exception and exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    try:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            sampler.reseed(seed, worker)
+            while not stop.is_set():
+                if not _put(q, ("batch", sampler.next_batch(), ""), stop):
+                    break
+        q.cancel_join_thread()  # unread batches may be dropped at exit
+    except BaseException as exc:
+        text = traceback.format_exc()
+        payload: BaseException | None = exc
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            payload = None  # the traceback text still reaches the main process
+        _put(q, ("error", payload, text), stop)
+
+
+def _shutdown(processes: list[Any], queues: list[Any], stop: Any) -> None:
+    """Stop workers: let them finish briefly, then terminate, then kill; never blocks long."""
+    stop.set()
+    deadline = time.monotonic() + _GRACE_S
+    for p in processes:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=1.0)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=1.0)
+    for q in queues:
+        q.cancel_join_thread()
+        q.close()
+
+
+class BatchLoader:
+    """Endless iterator of training batches; see the module docstring for the sampling rules.
+
+    Args:
+        folder: preprocessed-data folder (``<case>.img.npy``, ``.seg.npy``, ``.fg.npz``,
+            ``.json``).
+        case_ids: cases to draw from (with replacement).
+        config: the configuration (``patch_size``, ``batch_size``; 2 patch values = 2D slices).
+        seed: non-negative; fixes every batch for a given ``num_workers``.
+        augment: apply nnU-Net's augmentation (``autoseg.augment``); False gives plain crops.
+        num_workers: 0 samples in the calling process; more starts that many worker processes
+            (``fork`` where available), each buffering up to two batches.
+        oversample_foreground: fraction of each batch forced to contain foreground.
+
+    Raises:
+        AutosegError: no cases, or a case's preprocessed files are missing.
+
+    Yields:
+        ``dict(image=(B, C, *patch) float32, target=(B, 1, *patch) int16)``.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        case_ids: Sequence[str],
+        config: Configuration,
+        *,
+        seed: int,
+        augment: bool = True,
+        num_workers: int = 0,
+        oversample_foreground: float = 1 / 3,
+    ) -> None:
+        folder = Path(folder)
+        case_ids = tuple(case_ids)
+        if not case_ids:
+            raise AutosegError(f"{folder}: no training cases to sample from")
+        missing = [c for c in case_ids if not (folder / f"{c}.json").is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise AutosegError(
+                f"{folder}: {len(missing)} case(s) not preprocessed ({shown}); "
+                "run preprocessing first"
+            )
+        if seed < 0 or num_workers < 0 or config.batch_size < 1:
+            raise ValueError("seed and num_workers must be >= 0 and batch_size >= 1")
+        if not 0.0 <= oversample_foreground <= 1.0:
+            raise ValueError(
+                f"oversample_foreground must be in [0, 1], not {oversample_foreground}"
+            )
+        self.num_workers = num_workers
+        self._sampler = _Sampler(folder, case_ids, config, augment, oversample_foreground)
+        self._sampler.reseed(seed, 0)
+        self._closed = False
+        self._turn = 0
+        self._processes: list[Any] = []
+        self._queues: list[Any] = []
+        self._finalizer: weakref.finalize | None = None
+        if num_workers:
+            self._start(seed)
+
+    def _start(self, seed: int) -> None:
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+        stop = ctx.Event()
+        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._queues, stop)
+        for worker in range(self.num_workers):
+            q = ctx.Queue(maxsize=_QUEUE_DEPTH)
+            p = ctx.Process(
+                target=_worker_main,
+                args=(self._sampler, seed, worker, q, stop),
+                name=f"autoseg-data-{worker}",
+                daemon=True,
+            )
+            self._queues.append(q)
+            self._processes.append(p)
+            p.start()
+        log.debug("started %d data workers", self.num_workers)
+
+    def __iter__(self) -> BatchLoader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._closed:
+            raise RuntimeError("BatchLoader is closed")
+        if not self.num_workers:
+            return self._sampler.next_batch()
+        worker = self._turn
+        kind, payload, text = self._receive(worker)
+        self._turn = (worker + 1) % self.num_workers
+        if kind == "error":
+            self.close()
+            cause = WorkerError(f"data worker {worker} failed:\n{text}")
+            if payload is not None:
+                raise payload from cause
+            raise cause
+        return payload
+
+    def _receive(self, worker: int) -> tuple[str, Any, str]:
+        q, p = self._queues[worker], self._processes[worker]
+        while True:
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue_module.Empty:
+                if p.is_alive():
+                    continue
+            try:  # it may have written its last message just before exiting
+                return q.get(timeout=_GRACE_S)
+            except queue_module.Empty:
+                code = p.exitcode
+                self.close()
+                raise WorkerError(
+                    f"data worker {worker} exited unexpectedly (exit code {code})"
+                ) from None
+
+    def close(self) -> None:
+        """Stop the workers (within about a second, terminating them if needed)."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
