@@ -6,43 +6,52 @@ A model folder is ``<home>/<dataset>/models/<planner>/<config>/`` (see docs/arch
 fold (mirroring TTA), averaged over the folds -> softmax -> ``restore_probabilities`` (original
 spacing and uncropped shape) -> argmax -> label values -> post-processing.
 
-Folders are handled by ``autoseg.predict_folder``; this module only holds the models.
+``predict_folder`` runs a folder of cases through a ``Predictor``: reading and preprocessing the
+next case and exporting the previous one run in background threads while the network works.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
+import tempfile
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import MofNCompleteColumn, Progress
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.errors import AutosegError
-from autoseg.io import Geometry, Image
+from autoseg.checkpoint import Checkpoint, load_checkpoint
+from autoseg.errors import AutosegError, Problem
+from autoseg.io import (
+    Geometry,
+    Image,
+    file_ending,
+    read_image,
+    write_label,
+)
 from autoseg.plans import Configuration, Plans
-from autoseg.predict import sliding_window_logits, sliding_window_logits_slices
+from autoseg.predict import (
+    cpu_count,
+    group_input_files,
+    resolve_device,
+    sliding_window_logits,
+    sliding_window_logits_slices,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "resolve_device"]
+__all__ = ["PredictionReport", "Predictor", "predict_folder"]
 
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AutosegError(f"device '{device}' requested but CUDA is not available")
-    return resolved
 
 
 def _available_folds(folder: Path, checkpoint: str) -> list[str]:
@@ -56,15 +65,9 @@ def _available_folds(folder: Path, checkpoint: str) -> list[str]:
 
 
 def _not_a_model(folder: Path, why: str) -> AutosegError:
-    hint = ""
-    if folder.is_dir():
-        inner = sorted(p.parent for p in folder.glob("**/plans.json") if p.parent != folder)
-        inner = [p for p in inner if any(_FOLD_DIR.match(c.name) for c in p.iterdir())]
-        if inner:
-            hint = "; model folders below it: " + ", ".join(str(p) for p in inner[:5])
     return AutosegError(
         f"{folder}: not an autoseg model folder ({why}); expected "
-        f"<home>/<dataset>/models/<planner>/<config>/ with plans.json and fold_<k>/{hint}"
+        "<home>/<dataset>/models/<planner>/<config>/ holding plans.json and fold_<k>/"
     )
 
 
@@ -97,8 +100,7 @@ class Predictor:
         postprocess: bool = True,
         tile_batch: int | None = None,
     ) -> None:
-        self.model_folder = Path(model_folder)
-        folder = self.model_folder
+        folder = self.model_folder = Path(model_folder)
         if not folder.is_dir():
             raise AutosegError(f"{folder}: model folder not found")
         if not (folder / "plans.json").is_file():
@@ -106,34 +108,43 @@ class Predictor:
         available = _available_folds(folder, checkpoint)
         if not available:
             raise _not_a_model(folder, f"no fold_<k>/{checkpoint}")
-        if folds is None:
-            self.folds = tuple(available)
-        else:
-            self.folds = tuple(str(f) for f in folds)
-            missing = [f for f in self.folds if f not in available]
-            if missing:
-                raise AutosegError(
-                    f"{folder}: no {checkpoint} for fold(s) {', '.join(missing)}; "
-                    f"available: {', '.join(available)}"
-                )
+        self.folds = tuple(available) if folds is None else tuple(str(f) for f in folds)
+        missing = [f for f in self.folds if f not in available]
+        if missing:
+            raise AutosegError(
+                f"{folder}: no {checkpoint} for fold(s) {', '.join(missing)}; "
+                f"available: {', '.join(available)}"
+            )
         try:
             self.plans = Plans.from_json(folder / "plans.json")
         except (ValueError, TypeError, KeyError) as exc:
             raise AutosegError(f"{folder / 'plans.json'}: not valid autoseg plans ({exc})") from exc
         self.device = resolve_device(device)
-        self.tta = tta
-        self.step = step
+        self.tta, self.step = tta, step
         self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
-        self.label_values = np.array(sorted(self.plans.labels), dtype=np.int64)
-        self.num_classes = len(self.label_values)
-        self.in_channels = len(self.plans.channels)
+        self.label_values = np.array(sorted(self.plans.labels), dtype=np.int64)  # class i -> value
+        self.num_classes, self.in_channels = len(self.label_values), len(self.plans.channels)
         if self.device.type == "cpu":
-            torch.set_num_threads(_cpu_count())
+            torch.set_num_threads(cpu_count())
         else:
             torch.backends.cudnn.benchmark = True  # one patch size: pick the fastest kernels
-        self.config: Configuration | None = None
-        self.networks = [self._load_fold(fold, checkpoint) for fold in self.folds]
-        self.postprocessing = self._load_postprocessing() if postprocess else None
+        paths = [folder / f"fold_{fold}" / checkpoint for fold in self.folds]
+        checkpoints = [load_checkpoint(path, map_location="cpu") for path in paths]
+        names = {c.meta.get("configuration", folder.name) for c in checkpoints}
+        if len(names) > 1:
+            raise AutosegError(f"{folder}: folds trained with different configurations {names}")
+        self.configuration: Configuration = self.plans.configuration(names.pop())
+        if self.configuration.previous_stage:
+            raise AutosegError(
+                f"{folder}: '{self.configuration.name}' is a cascade stage; predicting cascades "
+                "is not supported"
+            )
+        self.networks = [self._network(p, c) for p, c in zip(paths, checkpoints, strict=True)]
+        self.postprocessing = None
+        if postprocess and (folder / "postprocessing.json").is_file():
+            from autoseg.postprocess import PostprocessingDecision
+
+            self.postprocessing = PostprocessingDecision.from_json(folder / "postprocessing.json")
         log.info(
             "loaded %s (%s, folds %s) on %s",
             folder,
@@ -142,56 +153,28 @@ class Predictor:
             self.device,
         )
 
-    @property
-    def configuration(self) -> Configuration:
-        """The configuration every fold was trained with."""
-        assert self.config is not None  # set by the first _load_fold
-        return self.config
-
-    def _load_fold(self, fold: str, checkpoint: str) -> torch.nn.Module:
+    def _network(self, path: Path, ckpt: Checkpoint) -> torch.nn.Module:
+        """The fold's network with its weights, in eval mode on the device."""
         from autoseg.network import build_network
 
-        path = self.model_folder / f"fold_{fold}" / checkpoint
-        ckpt = load_checkpoint(path, map_location="cpu")
-        meta = ckpt.meta
-        name = meta.get("configuration", self.model_folder.name)
-        if self.config is None:
-            self.config = self.plans.configuration(name)
-            if self.config.previous_stage:
-                raise AutosegError(
-                    f"{self.model_folder}: cascade configuration '{name}' needs the predictions "
-                    f"of '{self.config.previous_stage}'; cascades are not supported by predict"
-                )
-        elif name != self.config.name:
-            raise AutosegError(f"{path}: trained as '{name}', other folds as '{self.config.name}'")
         for key, planned in (("num_classes", self.num_classes), ("in_channels", self.in_channels)):
-            if key in meta and int(meta[key]) != planned:
-                raise AutosegError(
-                    f"{path}: {key} {meta[key]} does not match plans.json ({planned})"
-                )
-        net = build_network(self.config, self.in_channels, self.num_classes, deep_supervision=False)
+            if key in ckpt.meta and int(ckpt.meta[key]) != planned:
+                raise AutosegError(f"{path}: {key} {ckpt.meta[key]} differs from plans.json")
+        net = build_network(
+            self.configuration, self.in_channels, self.num_classes, deep_supervision=False
+        )
         try:
             net.load_state_dict(ckpt.model_state)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise AutosegError(
-                f"{path}: weights do not fit the network planned in plans.json ({first})"
-            ) from exc
+            raise AutosegError(f"{path}: weights do not fit the planned network ({first})") from exc
         net.deep_supervision = False
         return net.to(self.device).eval()
 
-    def _load_postprocessing(self) -> Any:
-        path = self.model_folder / "postprocessing.json"
-        if not path.is_file():
-            return None
-        from autoseg.postprocess import PostprocessingDecision
-
-        return PostprocessingDecision.from_json(path)
-
     # ------------------------------------------------------------------ one case, in stages
 
-    def preprocess(self, image: Image) -> tuple[np.ndarray, Any]:
-        """Crop, resample and normalise ``image`` as in training.
+    def preprocess(self, image: Image, case_id: str = "") -> tuple[np.ndarray, Any]:
+        """Crop, resample and normalise ``image`` as in training (``case_id`` names it in errors).
 
         Returns:
             The network-grid array ``(C, Z', Y', X')`` and its ``CaseProperties``.
@@ -206,7 +189,7 @@ class Predictor:
                 f"image has {image.array.shape[0]} channel(s); the model takes "
                 f"{self.in_channels} ({', '.join(self.plans.channels)})"
             )
-        array, _, props = preprocess_image(image, self.configuration)
+        array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
         return array, props
 
     def predict_preprocessed(self, array: np.ndarray) -> np.ndarray:
@@ -220,36 +203,25 @@ class Predictor:
         """
         config = self.configuration
         image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+        window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
+        mirror_axes = tuple(range(config.ndim)) if self.tta else ()
+        cuda = self.device.type == "cuda"
+        total = torch.zeros(0)
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else contextlib.nullcontext()
+            torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
         )
-        total: torch.Tensor | None = None
-        with autocast:
-            for net in self.networks:
-                if config.ndim == 2:
-                    logits = sliding_window_logits_slices(
-                        net,
-                        image,
-                        config.patch_size,
-                        self.num_classes,
-                        step=self.step,
-                        mirror_axes=(0, 1) if self.tta else (),
-                        tile_batch=self.tile_batch,
-                    )
-                else:
-                    logits = sliding_window_logits(
-                        net,
-                        image,
-                        config.patch_size,
-                        self.num_classes,
-                        step=self.step,
-                        mirror_axes=(0, 1, 2) if self.tta else (),
-                        tile_batch=self.tile_batch,
-                    )
-                total = logits if total is None else total.add_(logits)
-        assert total is not None  # at least one fold is loaded
+        with torch.inference_mode(), autocast:
+            for i, net in enumerate(self.networks):
+                logits = window(  # (K, Z, Y, X) float32
+                    net,
+                    image,
+                    config.patch_size,
+                    self.num_classes,
+                    step=self.step,
+                    mirror_axes=mirror_axes,
+                    tile_batch=self.tile_batch,
+                )
+                total = logits if i == 0 else total.add_(logits)
         probs = torch.softmax(total / len(self.networks), dim=0)  # (K, Z, Y, X)
         return probs.cpu().numpy()
 
@@ -268,7 +240,9 @@ class Predictor:
 
         restored = np.asarray(restore_probabilities(probs, props), dtype=np.float32)
         index = np.argmax(restored, axis=0)  # (Z, Y, X) class indices
-        dtype = np.uint8 if self.label_values.max() < 256 and self.label_values.min() >= 0 else np.int32
+        dtype = (
+            np.uint8 if self.label_values.max() < 256 and self.label_values.min() >= 0 else np.int32
+        )
         labels = self.label_values.astype(dtype)[index]
         if self.postprocessing is not None:
             from autoseg.postprocess import apply_postprocessing
@@ -318,16 +292,155 @@ class Predictor:
         labels, _ = self.predict_image(Image(np.ascontiguousarray(array), geometry))
         return labels
 
-    def predict_folder(self, inputs: Sequence[Path], output_dir: Path, **kwargs: Any) -> Any:
-        """``autoseg.predict_folder.predict_folder(inputs, output_dir, self, **kwargs)``."""
-        from autoseg.predict_folder import predict_folder
-
+    def predict_folder(
+        self, inputs: Sequence[Path], output_dir: Path, **kwargs: Any
+    ) -> PredictionReport:
+        """Shorthand for ``predict_folder(inputs, output_dir, self, **kwargs)``."""
         return predict_folder(inputs, output_dir, self, **kwargs)
 
 
-def _cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+# ---------------------------------------------------------------------- folders of cases
+
+# endings whose writer would leave a second (data) file behind: write the one-file variant
+_OUTPUT_ENDING = {".nhdr": ".nrrd", ".mhd": ".mha"}
+
+
+@dataclass(frozen=True)
+class PredictionReport:
+    """What ``predict_folder`` did.
+
+    Attributes:
+        written: label maps written (one per case, in case order).
+        failed: cases that could not be read or grouped, with the reason; the others went on.
+        skipped: existing outputs left untouched (``overwrite=False``).
+    """
+
+    written: tuple[Path, ...]
+    failed: tuple[Problem, ...]
+    skipped: tuple[Path, ...] = ()
+
+
+def _output_path(output_dir: Path, case: str, files: Sequence[Path]) -> Path:
+    ending = file_ending(files[0]) or ".nii.gz"
+    return output_dir / f"{case}{_OUTPUT_ENDING.get(ending, ending)}"
+
+
+def _save_probabilities(probs: np.ndarray, label_values: np.ndarray, path: Path) -> None:
+    """``probabilities`` (K, Z, Y, X) float16 and ``labels`` (K,) in an .npz, atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, probabilities=probs.astype(np.float16), labels=label_values)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def predict_folder(
+    inputs: Sequence[Path],
+    output_dir: Path,
+    predictor: Predictor,
+    *,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: bool = True,
+) -> PredictionReport:
+    """Predict every case of ``inputs`` into ``output_dir``.
+
+    Each case is written as ``output_dir/CASE<ending of its input>`` (``.nhdr``/``.mhd`` inputs
+    give ``.nrrd``/``.mha``) with the input's exact geometry, and with ``save_probabilities``
+    also ``output_dir/CASE.npz`` (``probabilities`` float16 (K, Z, Y, X), ``labels`` (K,)).
+    Reading and preprocessing the next case and exporting the previous one run in background
+    threads while the network works. A case that cannot be read is recorded in ``failed`` and
+    the others go on. Existing outputs are never overwritten unless ``overwrite``: such cases are
+    skipped (with a warning) and listed in ``skipped``, so an interrupted run can be resumed.
+
+    Args:
+        inputs: folders and/or image files (see ``group_input_files``).
+        output_dir: destination folder (created); must not be a folder holding inputs.
+        predictor: the loaded model.
+        overwrite: replace existing outputs.
+        save_probabilities: also write the probabilities.
+        progress: show a progress bar.
+
+    Returns:
+        The written, failed and skipped cases.
+
+    Raises:
+        AutosegError: ``output_dir`` holds inputs, an input is missing, or nothing to predict.
+    """
+    output_dir = Path(output_dir)
+    input_dirs = {(p if p.is_dir() else p.parent).resolve() for p in map(Path, inputs)}
+    if output_dir.resolve() in input_dirs:
+        raise AutosegError(f"{output_dir}: the output folder must not be an input folder")
+    cases, problems = group_input_files(inputs, predictor.in_channels)
+    if not cases and not problems:
+        raise AutosegError(f"no image files found in {', '.join(map(str, inputs))}")
+    todo: list[tuple[str, list[Path], Path]] = []
+    skipped: list[Path] = []
+    for case, files in cases.items():
+        out = _output_path(output_dir, case, files)
+        targets = [out] + ([output_dir / f"{case}.npz"] if save_probabilities else [])
+        if not overwrite and any(t.exists() for t in targets):
+            skipped.append(out)
+        else:
+            todo.append((case, files, out))
+    if skipped:
+        log.warning(
+            "%d case(s) already have outputs in %s: skipped (overwrite to replace them)",
+            len(skipped),
+            output_dir,
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def load(files: list[Path], case: str) -> tuple[Image, np.ndarray, Any]:
+        image = read_image(files)
+        return (image, *predictor.preprocess(image, case))
+
+    def export(probs: np.ndarray, props: Any, image: Image, case: str, out: Path) -> Path:
+        labels, restored = predictor.finalize(probs, props)
+        write_label(labels, image.geometry, out)
+        if save_probabilities:
+            _save_probabilities(restored, predictor.label_values, output_dir / f"{case}.npz")
+        return out
+
+    written: list[Path] = []
+    failed = list(problems)
+    bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress)
+    with (
+        bar,
+        ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer,
+    ):
+        task = bar.add_task("predicting", total=len(todo))
+        reads: deque[tuple[str, list[Path], Path, Future]] = deque()
+        writes: deque[Future] = deque()
+        queue = iter(todo)
+
+        def prefetch() -> None:
+            for case, files, out in itertools.islice(queue, 1):
+                reads.append((case, files, out, reader.submit(load, files, case)))
+
+        prefetch()
+        prefetch()  # two cases in flight: one being read, one ready
+        while reads:
+            case, files, out, pending = reads.popleft()
+            prefetch()
+            try:
+                image, array, props = pending.result()
+            except AutosegError as exc:
+                log.warning("case %s not predicted: %s", case, exc)
+                message = str(exc).removeprefix(f"{files[0]}: ")  # the path is the Problem's
+                failed.append(Problem(str(files[0]), message))
+                bar.advance(task)
+                continue
+            probs = predictor.predict_preprocessed(array)
+            writes.append(writer.submit(export, probs, props, image, case, out))
+            writes[-1].add_done_callback(lambda _: bar.advance(task))
+            while len(writes) > 1:  # bound the memory held by finished cases
+                written.append(writes.popleft().result())
+        while writes:
+            written.append(writes.popleft().result())
+    log.info("%d case(s) written to %s, %d failed", len(written), output_dir, len(failed))
+    return PredictionReport(tuple(written), tuple(failed), tuple(skipped))

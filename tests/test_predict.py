@@ -1,0 +1,384 @@
+"""Prediction: sliding window, Gaussian weights, mirroring TTA, model folders, folders of cases."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from autoseg.checkpoint import save_checkpoint
+from autoseg.errors import AutosegError
+from autoseg.io import read_image
+from autoseg.network import build_network
+from autoseg.plans import Configuration, Normalization, Plans
+from autoseg.postprocess import PostprocessingDecision
+from autoseg.predict import (
+    Predictor,
+    gaussian_importance_map,
+    group_input_files,
+    mirror_combinations,
+    predict_folder,
+    sliding_window_logits,
+    sliding_window_logits_slices,
+    sliding_window_positions,
+)
+from autoseg.serial import to_dict
+
+# ---------------------------------------------------------------------------- pure core
+
+
+def identity_net(channels: int, ndim: int) -> torch.nn.Module:
+    """A 1x1 convolution returning its input: num_classes == channels."""
+    conv = (torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)(channels, channels, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(channels).view(channels, channels, *([1] * ndim)))
+    return conv
+
+
+def skewed_net(ndim: int, seed: int = 0) -> torch.nn.Module:
+    """A network that is not flip-equivariant: position-dependent, asymmetric kernel."""
+    torch.manual_seed(seed)
+    conv_type = torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d
+    conv = conv_type(1, 2, 3, padding=1)
+
+    class Skewed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            ramp = torch.linspace(0, 1, x.shape[-1])  # breaks mirror symmetry along X
+            return conv(x) + ramp
+
+    return Skewed()
+
+
+def test_gaussian_map_centre_symmetry_positivity() -> None:
+    for patch in [(9, 9, 9), (8, 12), (5, 16, 7), (1, 6)]:
+        g = gaussian_importance_map(patch)
+        assert g.shape == patch and g.dtype == np.float32
+        assert g.max() == pytest.approx(1.0)
+        assert (g > 0).all()
+        for axis in range(len(patch)):
+            np.testing.assert_array_equal(g, np.flip(g, axis))
+        centre = tuple((s - 1) // 2 for s in patch)
+        assert g[centre] == g.max()
+    g = gaussian_importance_map((9,), sigma_scale=1 / 9)  # sigma exactly 1 voxel
+    assert g[4] == 1.0 and g[5] == pytest.approx(np.exp(-0.5), rel=1e-6)
+    tiny = gaussian_importance_map((64, 64, 64), sigma_scale=1 / 256)  # would underflow to 0
+    assert tiny.min() > 0 and tiny.min() == tiny[tiny < 1].min()
+
+
+@pytest.mark.parametrize(
+    "size,patch,step", [(10, 4, 0.5), (37, 8, 0.5), (8, 8, 0.5), (5, 8, 0.5), (100, 32, 0.25)]
+)
+def test_positions_cover_every_voxel(size: int, patch: int, step: float) -> None:
+    starts = sorted({p[0] for p in sliding_window_positions((size, 3), (patch, 3), step)})
+    assert starts[0] == 0
+    if size >= patch:
+        assert starts[-1] == size - patch
+        assert len(starts) == int(np.ceil((size - patch) / (patch * step))) + 1
+        assert max(np.diff(starts), default=0) <= np.ceil(patch * step)
+    covered = np.zeros(max(size, patch), dtype=bool)
+    for s in starts:
+        covered[s : s + patch] = True
+    assert covered[:size].all()
+
+
+def test_positions_are_a_grid() -> None:
+    corners = sliding_window_positions((20, 33, 8), (8, 10, 8))
+    assert len(corners) == 4 * 6 * 1 and len(set(corners)) == len(corners)
+
+
+@pytest.mark.parametrize(
+    "shape,patch",
+    [
+        ((16, 16, 16), (8, 8, 8)),
+        ((19, 23, 10), (8, 10, 6)),  # not divisible by the step
+        ((5, 6, 7), (8, 10, 6)),  # smaller than the patch on some axes
+        ((3, 4, 2), (8, 8, 8)),  # smaller on every axis
+        ((30, 17), (12, 8)),  # 2D
+        ((5, 40), (12, 8)),
+    ],
+)
+def test_identity_network_reproduces_input(shape: tuple, patch: tuple) -> None:
+    image = torch.randn(2, *shape)
+    net = identity_net(2, len(patch))
+    for mirror in [(), tuple(range(len(patch)))]:
+        out = sliding_window_logits(net, image, patch, 2, mirror_axes=mirror, tile_batch=3)
+        assert out.shape == image.shape and out.dtype == torch.float32
+        torch.testing.assert_close(out, image, rtol=1e-5, atol=1e-5)
+
+
+def test_tta_is_the_average_of_flipped_runs() -> None:
+    net = skewed_net(2)
+    image = torch.randn(1, 20, 20)  # symmetric tile grid: 0, 4, 8, 12 on both axes
+    tta = sliding_window_logits(net, image, (8, 8), 2, mirror_axes=(0, 1))
+    by_hand = torch.zeros_like(tta)
+    for flip in mirror_combinations((0, 1)):
+        dims = [a + 1 for a in flip]
+        run = sliding_window_logits(net, image.flip(dims) if dims else image, (8, 8), 2)
+        by_hand += run.flip(dims) if dims else run
+    torch.testing.assert_close(tta, by_hand / 4, rtol=1e-5, atol=1e-5)
+    plain = sliding_window_logits(net, image, (8, 8), 2)
+    assert not torch.allclose(tta, plain, atol=1e-3)  # TTA did something
+
+
+def test_tta_per_tile_and_symmetry_3d() -> None:
+    net = skewed_net(3, seed=1)
+    flips = mirror_combinations((0, 1, 2))
+    assert len(flips) == 8
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:  # TTA of one tile, by hand
+        outs = [net(x.flip([a + 2 for a in f])).flip([a + 2 for a in f]) for f in flips]
+        return torch.stack(outs).mean(0)
+
+    image = torch.randn(1, 11, 13, 9)
+    tta = sliding_window_logits(net, image, (6, 8, 6), 2, mirror_axes=(0, 1, 2), tile_batch=5)
+    ref = sliding_window_logits(averaged, image, (6, 8, 6), 2, tile_batch=1)
+    torch.testing.assert_close(tta, ref, rtol=1e-5, atol=1e-5)
+    # a flip-symmetric input gives a flip-symmetric result, though the network is not symmetric
+    sym = torch.randn(1, 12, 12, 12)
+    sym = sym + sym.flip([3])
+    out = sliding_window_logits(net, sym, (8, 8, 8), 2, mirror_axes=(0, 1, 2))
+    torch.testing.assert_close(out, out.flip([3]), rtol=1e-4, atol=1e-4)
+
+
+def test_tile_batch_does_not_change_the_result() -> None:
+    net = skewed_net(3)
+    image = torch.randn(1, 14, 10, 12)
+    a = sliding_window_logits(net, image, (6, 6, 6), 2, mirror_axes=(2,), tile_batch=1)
+    b = sliding_window_logits(net, image, (6, 6, 6), 2, mirror_axes=(2,), tile_batch=7)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_slices_match_per_slice_2d() -> None:
+    net = skewed_net(2)
+    volume = torch.randn(1, 5, 13, 7)  # Y larger than the patch, X smaller
+    out = sliding_window_logits_slices(net, volume, (8, 8), 2, mirror_axes=(0, 1), tile_batch=6)
+    for z in range(volume.shape[1]):
+        ref = sliding_window_logits(net, volume[:, z], (8, 8), 2, mirror_axes=(0, 1))
+        torch.testing.assert_close(out[:, z], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_network_output_is_reported() -> None:
+    with pytest.raises(ValueError, match="network returned"):
+        sliding_window_logits(identity_net(2, 2), torch.randn(2, 8, 8), (4, 4), num_classes=3)
+
+
+# ---------------------------------------------------------------------------- input files
+
+
+def touch(folder: Path, *names: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"x")
+    return [folder / n for n in names]
+
+
+def test_group_input_files(tmp_path: Path) -> None:
+    touch(tmp_path / "a", "p_0000.nii.gz", "p_0001.nii.gz", "q_0000.nii.gz", "r.nii.gz")
+    touch(tmp_path / "a", "notes.txt", ".hidden.nii.gz")
+    cases, problems = group_input_files([tmp_path / "a"], num_channels=2)
+    assert list(cases) == ["p", "r"]  # r: one 4D file
+    assert [p.name for p in cases["p"]] == ["p_0000.nii.gz", "p_0001.nii.gz"]
+    assert len(problems) == 1 and "q_0001.nii.gz" in problems[0].message
+
+    touch(tmp_path / "b", "s_0000.nii.gz", "t.nii", "scan_0001.nii.gz", "u.nii.gz", "u_0000.nii.gz")
+    cases, problems = group_input_files([tmp_path / "b"], num_channels=1)
+    assert set(cases) == {"s", "t", "scan_0001"}
+    assert len(problems) == 1 and "more than once" in problems[0].message
+
+    files = touch(tmp_path / "c", "v_0000.nii.gz")
+    assert list(group_input_files(files, 1)[0]) == ["v"]
+    with pytest.raises(AutosegError, match="not found"):
+        group_input_files([tmp_path / "missing"], 1)
+
+
+# ---------------------------------------------------------------------------- model folders
+
+LABELS = {0: "background", 1: "anterior", 2: "posterior"}
+
+
+def tiny_config(name: str = "3d_fullres") -> Configuration:
+    ndim = 2 if name == "2d" else 3
+    return Configuration(
+        name=name,
+        spacing=(1.0, 1.0, 1.0),
+        patch_size=(16,) * ndim,
+        batch_size=2,
+        strides=((1,) * ndim, (2,) * ndim),
+        kernel_sizes=((3,) * ndim, (3,) * ndim),
+        features_per_stage=(4, 8),
+        normalization=(Normalization("zscore"),),
+    )
+
+
+def make_model(root: Path, name: str = "3d_fullres", folds: tuple[str, ...] = ("0", "1")) -> Path:
+    config = tiny_config(name)
+    plans = Plans("Task99_Synthetic", "default", 8.0, 4, ("MRI",), LABELS, {name: config})
+    folder = root / "models" / "default" / name
+    folder.mkdir(parents=True)
+    plans.to_json(folder / "plans.json")
+    for i, fold in enumerate(folds):
+        torch.manual_seed(i)
+        net = build_network(config, 1, len(LABELS), deep_supervision=True)
+        meta = {"plans": to_dict(plans), "configuration": name, "fold": fold, "epoch": 0}
+        meta |= {"num_classes": len(LABELS), "in_channels": 1}
+        save_checkpoint(
+            folder / f"fold_{fold}" / "checkpoint_final.pt", net.state_dict(), None, meta
+        )
+    return folder
+
+
+def oblique_nifti(path: Path, shape_ijk: tuple[int, int, int], seed: int = 0) -> nib.Nifti1Image:
+    """A blob image whose affine rotates and scales (qform code 1, sform code 2)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape_ijk], indexing="ij"), -1)
+    d = (((grid - np.array(shape_ijk) / 2) / (np.array(shape_ijk) / 4)) ** 2).sum(-1)
+    data = (100 + 50 * (d < 1) + rng.normal(0, 5, shape_ijk)).astype(np.float32)
+    data[:1] = 0
+    c, s = np.cos(0.3), np.sin(0.3)
+    rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.3, 0.8, 1.7])
+    affine[:3, 3] = [-12.5, 40.0, 7.25]
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return img
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model: Path) -> Predictor:
+    return Predictor(model, device="cpu")
+
+
+def test_predict_folder_keeps_geometry_and_survives_bad_files(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    sources = {
+        f"case_{i}": oblique_nifti(inputs / f"case_{i}_0000.nii.gz", (21, 18, 13), i)
+        for i in range(2)
+    }
+    (inputs / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (inputs / "README.txt").write_text("stray")
+    out = tmp_path / "out"
+    report = predict_folder([inputs], out, predictor, save_probabilities=True, progress=False)
+    assert [p.name for p in report.written] == ["case_0.nii.gz", "case_1.nii.gz"]
+    assert len(report.failed) == 1 and "broken_0000.nii.gz" in report.failed[0].path
+    for case, src in sources.items():
+        pred = nib.load(str(out / f"{case}.nii.gz"))
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+        assert int(pred.header["qform_code"]) == 1 and int(pred.header["sform_code"]) == 2
+        np.testing.assert_allclose(pred.header.get_qform(), src.header.get_qform(), atol=1e-5)
+        values = np.asarray(pred.dataobj)
+        assert set(np.unique(values)) <= set(LABELS)
+        probs = np.load(out / f"{case}.npz")
+        assert probs["probabilities"].dtype == np.float16
+        assert probs["probabilities"].shape == (3, *reversed(src.shape))
+        np.testing.assert_allclose(probs["probabilities"].astype(np.float32).sum(0), 1, atol=1e-2)
+        argmax = probs["labels"][probs["probabilities"].argmax(0)]
+        agree = (np.transpose(argmax, (2, 1, 0)) == values).mean()
+        assert agree > 0.99  # float16 ties aside, the labels are the argmax
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_existing_outputs_are_not_overwritten(predictor: Predictor, tmp_path: Path) -> None:
+    oblique_nifti(tmp_path / "in" / "a.nii.gz", (12, 10, 9))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.nii.gz").write_bytes(b"old")
+    report = predict_folder([tmp_path / "in"], out, predictor, progress=False)
+    assert report.written == () and [p.name for p in report.skipped] == ["a.nii.gz"]
+    assert (out / "a.nii.gz").read_bytes() == b"old"
+    report = predict_folder([tmp_path / "in"], out, predictor, overwrite=True, progress=False)
+    assert [p.name for p in report.written] == ["a.nii.gz"]
+    assert nib.load(str(out / "a.nii.gz")).shape == (12, 10, 9)
+    with pytest.raises(AutosegError, match="must not be an input folder"):
+        predict_folder([tmp_path / "in"], tmp_path / "in", predictor, progress=False)
+
+
+def test_prediction_is_deterministic_and_uses_every_fold(
+    predictor: Predictor, model: Path, tmp_path: Path
+) -> None:
+    assert predictor.folds == ("0", "1") and len(predictor.networks) == 2
+    img = read_image([Path(oblique_nifti(tmp_path / "x.nii.gz", (15, 12, 9)).get_filename())])
+    labels, probs = predictor.predict_image(img)
+    again, probs_again = predictor.predict_image(img)
+    np.testing.assert_array_equal(labels, again)
+    np.testing.assert_array_equal(probs, probs_again)
+    assert labels.shape == img.array.shape[1:] and probs.shape == (3, *labels.shape)
+    # both folds count: the ensemble differs from fold 0 alone
+    single = Predictor(model, folds=[0], device="cpu")
+    assert single.folds == ("0",)
+    assert not np.allclose(single.predict_image(img)[1], probs, atol=1e-4)
+    via_array = predictor.predict_array(img.array[0], img.geometry.spacing)
+    np.testing.assert_array_equal(via_array, labels)
+
+
+def test_postprocessing_is_applied(tmp_path: Path) -> None:
+    folder = make_model(tmp_path, folds=("0",))
+    PostprocessingDecision(largest_component_foreground=True).to_json(
+        folder / "postprocessing.json"
+    )
+    rng = np.random.default_rng(3)
+    array = rng.normal(100, 30, (1, 18, 20, 16)).astype(np.float32)
+    raw = Predictor(folder, device="cpu", tta=False, postprocess=False).predict_array(
+        array, (1,) * 3
+    )
+    post = Predictor(folder, device="cpu", tta=False).predict_array(array, (1.0, 1.0, 1.0))
+    assert ndimage.label(post > 0, np.ones((3, 3, 3)))[1] <= 1
+    assert set(np.unique(post)) <= set(LABELS)
+    assert ((post > 0) <= (raw > 0)).all()  # only removes voxels
+
+
+def test_2d_model_predicts_slices(tmp_path: Path) -> None:
+    folder = make_model(tmp_path, name="2d", folds=("all",))
+    predictor = Predictor(folder, device="cpu")
+    labels = predictor.predict_array(np.random.default_rng(0).normal(size=(7, 20, 9)), (2, 1, 1))
+    assert labels.shape == (7, 20, 9) and set(np.unique(labels)) <= set(LABELS)
+
+
+def test_not_a_model_folder_is_refused(tmp_path: Path, model: Path) -> None:
+    with pytest.raises(AutosegError, match="not an autoseg model folder.*plans.json"):
+        Predictor(tmp_path, device="cpu")
+    (tmp_path / "plans.json").write_text((model / "plans.json").read_text())
+    with pytest.raises(AutosegError, match="not an autoseg model folder.*fold_"):
+        Predictor(tmp_path, device="cpu")
+    with pytest.raises(AutosegError, match="fold.*3"):
+        Predictor(model, folds=[3], device="cpu")
+    with pytest.raises(AutosegError, match="not found"):
+        Predictor(tmp_path / "nothing", device="cpu")
+
+
+def test_wrong_channel_count_fails_the_case_only(predictor: Predictor, tmp_path: Path) -> None:
+    data = np.ones((8, 9, 10, 2), dtype=np.float32)  # a 2-channel 4D file for a 1-channel model
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "two.nii.gz"))
+    oblique_nifti(tmp_path / "good.nii.gz", (9, 9, 9))
+    report = predict_folder(
+        [tmp_path / "two.nii.gz", tmp_path / "good.nii.gz"],
+        tmp_path / "o",
+        predictor,
+        progress=False,
+    )
+    assert [p.name for p in report.written] == ["good.nii.gz"]
+    assert len(report.failed) == 1 and "channel" in report.failed[0].message
+    assert sorted(os.listdir(tmp_path / "o")) == ["good.nii.gz"]
+
+
+def test_mirror_combinations() -> None:
+    combos = mirror_combinations((2, 0, 1))
+    assert combos[0] == () and len(combos) == 8 and len(set(combos)) == 8
+    assert set(itertools.chain(*combos)) == {0, 1, 2}
