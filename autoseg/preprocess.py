@@ -1,0 +1,477 @@
+"""Preprocessing: crop to the nonzero region, resample to the target spacing, normalise.
+
+One case is made ready for training by ``preprocess_image``; ``run_preprocessing`` does it for a
+whole dataset and stores, per case, in ``<home>/<dataset>/preprocessed/<data_identifier>/``:
+
+- ``<case>.img.npy``  float32 ``(C, Z, Y, X)``: cropped, resampled, normalised image;
+- ``<case>.seg.npy``  int8 ``(1, Z, Y, X)``: its labels on the same grid;
+- ``<case>.fg.npz``   label -> int32 ``(N, 3)`` coordinates of up to 10,000 voxels of it;
+- ``<case>.json``     ``CaseProperties``, written last: its presence means the case is complete.
+
+Preprocessing depends only on the spacing, the normalisation and the anisotropic axis, so
+configurations sharing a ``data_identifier`` (``2d`` and ``3d_fullres``) share the data.
+``restore_probabilities`` undoes crop and resampling for predicted class probabilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.dataset import Case, DatasetSpec
+from autoseg.errors import AutosegError, DatasetError, Problem
+from autoseg.io import Image, read_array, read_image
+from autoseg.plans import Configuration, Normalization, Plans
+from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
+from autoseg.serial import dump_json, load_json, to_dict
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the stored data changes for the same settings
+MAX_LOCATIONS = 10_000  # stored foreground coordinates per label and case
+IMAGE_ORDER = 3
+LABEL_ORDER = 1
+
+
+@dataclass(frozen=True)
+class CaseProperties:
+    """How a preprocessed case was made from its files, enough to map predictions back.
+
+    Attributes:
+        case_id: the case's identifier.
+        original_shape: spatial shape (Z, Y, X) as stored in the file.
+        original_spacing: the file's spacing (Z, Y, X) in mm.
+        crop_bbox: per axis ``(start, stop)`` of the nonzero crop in the original array.
+        shape_after_crop: spatial shape of the crop.
+        target_spacing: spacing the crop was resampled to.
+        shape_after_resample: spatial shape of the stored arrays.
+        plans_key: ``plans_key(config)`` of the settings it was made with.
+        anisotropic_axis: axis resampled with order 0 (thick slices), or None.
+    """
+
+    case_id: str
+    original_shape: tuple[int, ...]
+    original_spacing: tuple[float, ...]
+    crop_bbox: tuple[tuple[int, int], ...]
+    shape_after_crop: tuple[int, ...]
+    target_spacing: tuple[float, ...]
+    shape_after_resample: tuple[int, ...]
+    plans_key: str
+    anisotropic_axis: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class PreprocessedCase:
+    """A stored case: ``image`` (C, Z, Y, X) float32, ``seg`` (1, Z, Y, X) int8 or None,
+    ``class_locations`` label -> int32 (N, 3) voxel coordinates, and its properties."""
+
+    image: np.ndarray
+    seg: np.ndarray | None
+    class_locations: dict[int, np.ndarray]
+    properties: CaseProperties
+
+
+def plans_key(config: Configuration) -> str:
+    """Short stable hash of every setting the preprocessed data depends on."""
+    settings = {
+        "format": FORMAT_VERSION,
+        "spacing": [float(s) for s in config.spacing],
+        "normalization": to_dict(config.normalization),
+        "anisotropic_axis": config.anisotropic_axis,
+    }
+    text = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def preprocessed_folder(home_dataset_dir: Path, config: Configuration) -> Path:
+    """``<home>/<dataset>/preprocessed/<data_identifier>`` (the name if no identifier is set)."""
+    return Path(home_dataset_dir) / "preprocessed" / (config.data_identifier or config.name)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Per axis ``(start, stop)`` of the True voxels; the whole array when none is True.
+
+    Filling holes never changes this box (a hole is enclosed, so lies inside it), hence the crop
+    is computed from the raw nonzero voxels.
+    """
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        if len(hits) == 0:
+            return tuple((0, int(n)) for n in mask.shape)
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _mean_std(values: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
+    """Mean and std of a 1D float32 array, accumulated in float64 chunk by chunk (no copy)."""
+    mean = float(values.mean(dtype=np.float64))
+    squares = sum(
+        float(np.square(values[i : i + chunk].astype(np.float64) - mean).sum())
+        for i in range(0, values.size, chunk)
+    )
+    return mean, float(np.sqrt(squares / values.size))
+
+
+def normalize_channel(
+    channel: np.ndarray, norm: Normalization, mask: np.ndarray | None = None
+) -> None:
+    """Normalise one float32 ``(Z, Y, X)`` channel in place.
+
+    Args:
+        channel: the channel, modified in place.
+        norm: ``"ct"`` clips to ``[clip_low, clip_high]`` then z-scores with the dataset's
+            mean/std; ``"zscore"`` clips to the image's own 0.5/99.5 percentiles, then z-scores
+            with its own mean/std (statistics from ``mask`` only when ``use_nonzero_mask``, and
+            voxels outside it set to 0); ``"none"`` leaves it alone.
+        mask: the nonzero mask on the channel's grid (needed with ``use_nonzero_mask``).
+
+    Raises:
+        AutosegError: an unknown scheme, or a CT scheme without its dataset values.
+    """
+    if norm.scheme == "none":
+        return
+    if norm.scheme == "ct":
+        if None in (norm.clip_low, norm.clip_high, norm.mean, norm.std):
+            raise AutosegError(f"ct normalization needs clip_low, clip_high, mean, std: {norm}")
+        np.clip(channel, norm.clip_low, norm.clip_high, out=channel)
+        channel -= np.float32(norm.mean)
+        channel /= np.float32(max(norm.std, 1e-8))
+        return
+    if norm.scheme != "zscore":
+        raise AutosegError(f"unknown normalization scheme '{norm.scheme}' (ct, zscore, none)")
+    use_mask = norm.use_nonzero_mask and mask is not None
+    flat = channel.reshape(-1)
+    selected = channel[mask] if use_mask else flat
+    if selected.size == 0:
+        channel[...] = 0
+        return
+    low, high = np.percentile(selected, [0.5, 99.5])
+    np.clip(channel, float(low), float(high), out=channel)
+    selected = channel[mask] if use_mask else flat
+    mean, std = _mean_std(selected)
+    channel -= np.float32(mean)
+    channel /= np.float32(max(std, 1e-8))
+    if use_mask:
+        channel[~mask] = 0
+
+
+def preprocess_image(
+    image: Image, config: Configuration, label: np.ndarray | None = None, case_id: str = ""
+) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+    """Crop to nonzero, resample to ``config.spacing`` and normalise one case.
+
+    Args:
+        image: float32 ``(C, Z, Y, X)`` image with its geometry.
+        config: the configuration (spacing, normalization, anisotropic_axis are used).
+        label: optional integer ``(Z, Y, X)`` label map on the image's grid, values 0..127.
+        case_id: recorded in the properties.
+
+    Returns:
+        ``(image (C, Z, Y, X) float32, seg (1, Z, Y, X) int8 or None, properties)``.
+
+    Raises:
+        AutosegError: channel count or label shape do not fit, or labels outside 0..127.
+    """
+    array = image.array
+    if len(config.normalization) != array.shape[0]:
+        raise AutosegError(
+            f"case {case_id}: {array.shape[0]} channel(s), but configuration '{config.name}' "
+            f"normalises {len(config.normalization)}"
+        )
+    if label is not None and tuple(label.shape) != tuple(array.shape[1:]):
+        raise AutosegError(f"case {case_id}: label shape {label.shape} != image {array.shape[1:]}")
+    if label is not None and label.size and (label.min() < 0 or label.max() > 127):
+        raise AutosegError(f"case {case_id}: label values must lie in 0..127")
+    needs_mask = any(n.scheme == "zscore" and n.use_nonzero_mask for n in config.normalization)
+
+    raw_mask = np.any(array != 0, axis=0)
+    bbox = bounding_box(raw_mask)
+    crop = tuple(slice(a, b) for a, b in bbox)
+    mask = ndimage.binary_fill_holes(raw_mask[crop]) if needs_mask else None
+    del raw_mask
+    shape_after_crop = tuple(b - a for a, b in bbox)
+    new_shape = target_shape(shape_after_crop, image.geometry.spacing, config.spacing)
+    axis = config.anisotropic_axis
+
+    if new_shape == shape_after_crop:  # e.g. 1 mm isotropic data at 1 mm: nothing to resample
+        data = np.array(array[(slice(None), *crop)], dtype=np.float32, order="C")
+    else:
+        data = resample_image(array[(slice(None), *crop)], new_shape, IMAGE_ORDER, axis)
+    seg = None
+    if label is not None:
+        seg = resample_labels(label[crop], new_shape, LABEL_ORDER, axis, dtype=np.int8)
+        seg = np.array(seg[None], dtype=np.int8)  # own contiguous copy, never the caller's
+    if mask is not None:
+        mask = resample_labels(mask, new_shape, LABEL_ORDER, axis, dtype=bool)
+    for c, norm in enumerate(config.normalization):
+        normalize_channel(data[c], norm, mask)
+
+    props = CaseProperties(
+        case_id=case_id,
+        original_shape=tuple(int(s) for s in array.shape[1:]),
+        original_spacing=tuple(float(s) for s in image.geometry.spacing),
+        crop_bbox=bbox,
+        shape_after_crop=shape_after_crop,
+        target_spacing=tuple(float(s) for s in config.spacing),
+        shape_after_resample=tuple(int(s) for s in new_shape),
+        plans_key=plans_key(config),
+        anisotropic_axis=axis,
+    )
+    return data, seg, props
+
+
+def restore_probabilities(probs: np.ndarray, props: CaseProperties) -> np.ndarray:
+    """Map class probabilities from the preprocessed grid back to the original image.
+
+    Args:
+        probs: float32 ``(K, *shape_after_resample)``, channel 0 the background.
+        props: the case's properties.
+
+    Returns:
+        float32 ``(K, *original_shape)``: resampled with order 1 (0 along the thick axis) to the
+        crop's shape and pasted at ``crop_bbox``; outside the crop background is 1, others 0.
+    """
+    if tuple(probs.shape[1:]) != tuple(props.shape_after_resample):
+        raise ValueError(f"probabilities {probs.shape} do not fit {props.shape_after_resample}")
+    out = np.zeros((probs.shape[0], *props.original_shape), dtype=np.float32)
+    out[0] = 1.0
+    crop = tuple(slice(a, b) for a, b in props.crop_bbox)
+    for k in range(probs.shape[0]):
+        out[(k, *crop)] = resample_probabilities(
+            probs[k : k + 1], props.shape_after_crop, props.anisotropic_axis
+        )[0]
+    return out
+
+
+def class_locations(
+    seg: np.ndarray, case_id: str, max_per_label: int = MAX_LOCATIONS
+) -> dict[int, np.ndarray]:
+    """Coordinates of up to ``max_per_label`` voxels of each foreground label present.
+
+    The sample is drawn with a seed derived from ``case_id`` (sha256), so it is reproducible.
+
+    Args:
+        seg: ``(Z, Y, X)`` label map.
+        case_id: seeds the sampling.
+
+    Returns:
+        label -> int32 ``(N, 3)`` voxel coordinates (Z, Y, X), sorted in memory order.
+    """
+    digest = hashlib.sha256(case_id.encode("utf-8")).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    flat = seg.reshape(-1)
+    locations = {}
+    for value in np.unique(flat):
+        if value == 0:
+            continue
+        index = np.flatnonzero(flat == value)
+        if len(index) > max_per_label:
+            index = np.sort(index[rng.choice(len(index), max_per_label, replace=False)])
+        coords = np.stack(np.unravel_index(index, seg.shape), axis=1)
+        locations[int(value)] = coords.astype(np.int32)
+    return locations
+
+
+def _write_atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_npz(fh, arrays: dict[int, np.ndarray]) -> None:
+    """An ``np.load``-able .npz with fixed timestamps, so equal data gives equal bytes."""
+    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[key]))
+            zf.writestr(
+                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue()
+            )
+
+
+def _paths(folder: Path, case_id: str) -> dict[str, Path]:
+    names = {"img": ".img.npy", "seg": ".seg.npy", "fg": ".fg.npz", "json": ".json"}
+    return {k: folder / f"{case_id}{v}" for k, v in names.items()}
+
+
+def save_case(folder: Path, case: PreprocessedCase) -> None:
+    """Store a case (each file through a temp name; the properties last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = _paths(folder, case.properties.case_id)
+    paths["json"].unlink(missing_ok=True)  # an incomplete case must not look complete
+    _write_atomic(paths["img"], lambda fh: np.save(fh, case.image.astype(np.float32, copy=False)))
+    if case.seg is not None:
+        _write_atomic(paths["seg"], lambda fh: np.save(fh, case.seg.astype(np.int8, copy=False)))
+    else:
+        paths["seg"].unlink(missing_ok=True)
+    _write_atomic(paths["fg"], lambda fh: _write_npz(fh, case.class_locations))
+    dump_json(case.properties, paths["json"])
+
+
+def load_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase:
+    """Read a stored case; arrays are memory-mapped (read-only) when ``mmap``.
+
+    Raises:
+        AutosegError: the case is not (completely) preprocessed in ``folder``.
+    """
+    paths = _paths(Path(folder), case_id)
+    if not paths["json"].is_file():
+        raise AutosegError(f"{paths['json']}: case '{case_id}' is not preprocessed")
+    mode = "r" if mmap else None
+    try:
+        props = load_json(CaseProperties, paths["json"])
+        image = np.load(paths["img"], mmap_mode=mode)
+        seg = np.load(paths["seg"], mmap_mode=mode) if paths["seg"].is_file() else None
+        with np.load(paths["fg"]) as fg:
+            locations = {int(k): fg[k] for k in fg.files}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise AutosegError(f"{folder}: preprocessed case '{case_id}' is damaged ({exc})") from exc
+    return PreprocessedCase(image=image, seg=seg, class_locations=locations, properties=props)
+
+
+def _is_done(folder: Path, case: Case, key: str) -> bool:
+    paths = _paths(folder, case.case_id)
+    try:
+        props = load_json(CaseProperties, paths["json"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    needed = [paths["img"], paths["fg"]] + ([paths["seg"]] if case.label is not None else [])
+    return props.plans_key == key and all(p.is_file() for p in needed)
+
+
+def _read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    data, geometry = read_array(path)
+    if tuple(geometry.shape) != tuple(shape) or data.ndim != 3:
+        raise AutosegError(f"{path}: label shape {data.shape} does not match the image {shape}")
+    if np.issubdtype(data.dtype, np.floating):
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise AutosegError(f"{path}: label map holds non-integer values")
+        data = rounded
+    if data.size and (data.min() < 0 or data.max() > 127):
+        raise AutosegError(f"{path}: label values must lie in 0..127")
+    return data.astype(np.int8)
+
+
+def preprocess_case(case: Case, config: Configuration, folder: Path) -> str:
+    """Read, preprocess and store one case; returns its id (the worker task).
+
+    Raises:
+        AutosegError: a file cannot be read or does not fit (the message names it).
+    """
+    image = read_image(case.images)
+    label = _read_label(case.label, image.geometry.shape) if case.label is not None else None
+    try:
+        data, seg, props = preprocess_image(image, config, label, case.case_id)
+    except AutosegError as exc:
+        raise AutosegError(f"{case.images[0]}: {exc}") from exc
+    del image, label
+    locations = class_locations(seg[0], case.case_id) if seg is not None else {}
+    save_case(folder, PreprocessedCase(data, seg, locations, props))
+    return case.case_id
+
+
+def _case_size(case: Case) -> int:
+    try:
+        return sum(p.stat().st_size for p in case.images)
+    except OSError:
+        return 0
+
+
+def run_preprocessing(
+    spec: DatasetSpec,
+    plans: Plans,
+    config_names: Iterable[str],
+    home_dataset_dir: Path,
+    workers: int,
+) -> None:
+    """Preprocess every case of ``spec`` for each distinct data identifier of ``config_names``.
+
+    Idempotent: a case whose properties exist with the current ``plans_key`` is kept, so a
+    second run (or one after an interrupted run) only does what is missing. ``workers > 1`` runs
+    cases in that many spawned processes (a calling script needs the ``__main__`` guard); each
+    task holds one case in memory and returns only its id.
+
+    Raises:
+        AutosegError: unknown configuration, or cases that cannot be read (all of them listed).
+    """
+    from rich.progress import Progress
+
+    groups: dict[Path, Configuration] = {}
+    for name in config_names:
+        config = plans.configuration(name)
+        folder = preprocessed_folder(home_dataset_dir, config)
+        known = groups.setdefault(folder, config)
+        if plans_key(known) != plans_key(config):
+            raise AutosegError(
+                f"configurations '{known.name}' and '{config.name}' share the data identifier "
+                f"'{folder.name}' but preprocess differently"
+            )
+    problems: list[Problem] = []
+    for folder, config in groups.items():
+        start = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(".*.part"):
+            leftover.unlink(missing_ok=True)
+        key = plans_key(config)
+        todo = [c for c in spec.cases if not _is_done(folder, c, key)]
+        todo.sort(key=_case_size, reverse=True)  # big cases first balances the workers
+        reused = len(spec.cases) - len(todo)
+        with Progress(transient=False) as progress:
+            task = progress.add_task(f"preprocess {folder.name}", total=len(spec.cases))
+            progress.advance(task, reused)
+            for case, error in _run_tasks(todo, config, folder, workers):
+                if error is not None:
+                    problems.append(Problem(f"case {case.case_id}", str(error)))
+                progress.advance(task)
+        took = time.perf_counter() - start
+        logger.info("%s: %d case(s) done, %d reused, %.1f s", folder, len(todo), reused, took)
+    if problems:
+        raise DatasetError(problems, what="preprocessing")
+
+
+def _run_tasks(todo: list[Case], config: Configuration, folder: Path, workers: int):
+    """Yield ``(case, error or None)`` as cases finish, in-process or in a process pool."""
+    if workers <= 1 or len(todo) <= 1:
+        for case in todo:
+            try:
+                preprocess_case(case, config, folder)
+                yield case, None
+            except AutosegError as exc:
+                yield case, exc
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # never fork a (possibly threaded) parent
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context)
+    try:
+        futures = {pool.submit(preprocess_case, case, config, folder): case for case in todo}
+        for future in as_completed(futures):
+            try:
+                future.result()
+                yield futures[future], None
+            except AutosegError as exc:
+                yield futures[future], exc
+    finally:  # on an error or Ctrl-C, queued cases are dropped; running ones finish atomically
+        pool.shutdown(wait=True, cancel_futures=True)
