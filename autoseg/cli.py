@@ -156,6 +156,9 @@ def train(
     validate: Annotated[
         bool, typer.Option("--validate/--no-validate", help="Predict validation cases at the end.")
     ] = True,
+    checkpoint_every: Annotated[
+        int, typer.Option(min=1, help="Save checkpoint_latest.pt every N epochs.")
+    ] = 5,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -174,6 +177,7 @@ def train(
         workers=workers,
         resume=resume,
         validate=validate,
+        checkpoint_every=checkpoint_every,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")

@@ -331,7 +331,7 @@ class _Trainer:
                 lr = poly_lr(s.initial_lr, epoch, s.epochs)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}")
+                bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}", info="")
                 self.model.train()
                 losses = []
                 seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
