@@ -140,7 +140,12 @@ class DeepSupervisionLoss(nn.Module):
             for w, o, t in zip(self.weights, outputs, targets, strict=True)
             if w != 0
         ]
-        return torch.stack(terms).sum()
+        # A zero-weighted output is not scored, but it stays in the graph with a zero gradient:
+        # DistributedDataParallel requires every parameter to receive one.
+        unused = [
+            o.float().sum() * 0.0 for w, o in zip(self.weights, outputs, strict=True) if w == 0
+        ]
+        return torch.stack(terms + unused).sum()
 
 
 def downsample_target(

@@ -139,6 +139,8 @@ class _Trainer:
         self.fold_dir = self.model_folder / f"fold_{fold}"
         self.device = resolve_device(settings.device)
         self.dist, self.device = _init_distributed(self.device)
+        if not self.dist.main:  # one voice: rank 0 logs and writes
+            logging.getLogger("autoseg").setLevel(logging.WARNING)
         self.num_classes = len(plans.labels)
         self.label_names = [plans.labels[v] for v in plans.foreground_labels]
 
@@ -300,6 +302,10 @@ class _Trainer:
             if handler is not None:
                 logging.getLogger("autoseg").removeHandler(handler)
                 handler.close()
+            if self.dist.world > 1:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
         return self.fold_dir
 
     def _write_model_files(self) -> None:
