@@ -9,9 +9,10 @@ rename, so a crash never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from autoseg.errors import AutosegError
+from autoseg.serial import atomic_output
 
 FORMAT_VERSION = 1
 
@@ -64,14 +66,11 @@ def save_checkpoint(
     }
     if optimizer_state is not None:
         payload["optimizer"] = optimizer_state
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):  # from a killed run
+        stale.unlink(missing_ok=True)
+    # through a file object: a full disk is then an OSError, not an obscure RuntimeError
+    with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -88,13 +87,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "GLOBAL" in text or "Unsupported global" in text:  # a class or function to import
             raise AutosegError(
                 f"{path}: refused: the checkpoint contains pickled Python objects, which could run "
                 "foreign code; autoseg only loads plain tensors and JSON"
             ) from exc
+        # torch's weights-only message is long; its last part says what it met
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise AutosegError(f"{path}: not a readable checkpoint ({first})") from exc
+        raise AutosegError(
+            f"{path}: not a readable checkpoint ({detail.group(1) if detail else first})"
+        ) from exc
     if not isinstance(payload, dict) or "model" not in payload or "meta" not in payload:
         raise AutosegError(f"{path}: not an autoseg checkpoint (no 'model' and 'meta' entries)")
     try:

@@ -305,6 +305,46 @@ def evaluate(
         _console().print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.csv'}")
 
 
+@app.command()
+@user_errors
+def benchmark(
+    dataset: Annotated[str, typer.Argument(help="Dataset folder or name (planned).")],
+    configuration: Annotated[str, typer.Argument(help="2d, 3d_fullres or 3d_lowres.")],
+    home: HomeOpt = None,
+    planner: PlannerOpt = "default",
+    device: DeviceOpt = "auto",
+    iterations: Annotated[int, typer.Option(min=1, help="Timed training iterations.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed iterations before timing.")] = 5,
+    workers: Annotated[int | None, typer.Option(min=0, help="Data workers (as train).")] = None,
+    predict_cases: Annotated[int, typer.Option(min=0, help="Cases to predict (0: none).")] = 5,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring TTA.")] = True,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")] = None,
+) -> None:
+    """Epoch time with and without data loading, it/s, peak memory and prediction speed."""
+    from autoseg.benchmark import run_benchmark
+    from autoseg.paths import resolve_dataset, resolve_home
+    from autoseg.plans import Plans
+
+    dirs = resolve_dataset(dataset, resolve_home(home))
+    plans = Plans.from_json(dirs.require_plans(planner))
+    result = run_benchmark(
+        dirs,
+        plans,
+        configuration,
+        device=device,
+        iterations=iterations,
+        warmup=warmup,
+        workers=workers,
+        predict_cases=predict_cases,
+        tta=tta,
+    )
+    console = _console()
+    console.print(result.table())
+    if output is not None:
+        result.to_json(output)
+        console.print(f"written: {output}")
+
+
 @app.command("find-best")
 @user_errors
 def find_best(

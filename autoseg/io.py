@@ -13,7 +13,6 @@ imported only when such a file is met.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.serial import atomic_output
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -187,19 +187,14 @@ def read_image(paths: tuple[Path, ...] | list[Path]) -> Image:
                 f"{path}: channel grid {geo.shape} @ {geo.spacing} differs from "
                 f"{paths[0]} ({geometry.shape} @ {geometry.spacing})"
             )
-        data = data.astype(np.float32, copy=False)
+        # one conversion to C-ordered float32 (the stored array is a transposed view)
+        data = np.ascontiguousarray(data, dtype=np.float32)
         arrays.append(data if data.ndim == 4 else data[None])
+        del data
     if geometry is None:
         raise AutosegError("no image files given")
     array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-    return Image(array=np.ascontiguousarray(array), geometry=geometry)
-
-
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    return Image(array=array, geometry=geometry)
 
 
 def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:
@@ -213,16 +208,13 @@ def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
         raise ValueError(f"label shape {array.shape} does not match geometry {geometry.shape}")
     dtype = np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int16
     data = np.ascontiguousarray(array.astype(dtype, copy=False))
-    tmp = _atomic_target(path)
-    try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as (fd, tmp):
+        os.close(fd)  # the writers open the temp file by name
         if file_ending(path) in NIFTI_ENDINGS:
-            _write_nifti(data, geometry, tmp, ending=file_ending(path) or ".nii.gz")
+            _write_nifti(data, geometry, Path(tmp), ending=file_ending(path) or ".nii.gz")
         else:
-            _write_itk(data, geometry, tmp, ending=file_ending(path) or ".mha")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            _write_itk(data, geometry, Path(tmp), ending=file_ending(path) or ".mha")
 
 
 def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
@@ -242,7 +234,8 @@ def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -
         if ending == ".nii.gz":
             import gzip
 
-            with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+            # no file name (the temp name is random) and no time in the header: same bytes
+            with gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=fh, mtime=0) as gz:
                 gz.write(img.to_bytes())
         else:
             fh.write(img.to_bytes())

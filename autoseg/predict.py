@@ -192,7 +192,7 @@ def _accumulate_tiles(
             logits[(slice(None), *window)] += tile_logits * share
             if not flip:
                 weight[window] += importance
-    return logits / weight
+    return logits.div_(weight)  # in place: no second (K, *S) array
 
 
 def sliding_window_logits(

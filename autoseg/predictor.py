@@ -13,11 +13,12 @@ next case and exporting the previous one run in background threads while the net
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import logging
 import os
 import re
-import tempfile
+import zipfile
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,7 @@ from autoseg.predict import (
     sliding_window_logits,
     sliding_window_logits_slices,
 )
+from autoseg.serial import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,7 @@ class Predictor:
             The network-grid array ``(C, Z', Y', X')`` and its ``CaseProperties``.
 
         Raises:
-            AutosegError: the image has the wrong number of channels.
+            AutosegError: the image has the wrong number of channels, or NaN/Inf voxels.
         """
         from autoseg.preprocess import preprocess_image
 
@@ -189,6 +191,10 @@ class Predictor:
                 f"image has {image.array.shape[0]} channel(s); the model takes "
                 f"{self.in_channels} ({', '.join(self.plans.channels)})"
             )
+        # a float64 running sum needs no copy of the image; it is finite iff every voxel is
+        if not np.isfinite(image.array.sum(dtype=np.float64)):
+            bad = int(image.array.size - np.count_nonzero(np.isfinite(image.array)))
+            raise AutosegError(f"{bad} NaN or Inf voxel(s) in the image")
         array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
         return array, props
 
@@ -222,7 +228,12 @@ class Predictor:
                     tile_batch=self.tile_batch,
                 )
                 total = logits if i == 0 else total.add_(logits)
-        probs = torch.softmax(total / len(self.networks), dim=0)  # (K, Z, Y, X)
+                del logits
+            # mean over folds and softmax in place: (K, Z, Y, X) is the largest array here
+            probs = total.div_(len(self.networks))
+            probs -= probs.amax(dim=0, keepdim=True)
+            probs = probs.exp_()
+            probs /= probs.sum(dim=0, keepdim=True)
         return probs.cpu().numpy()
 
     def finalize(self, probs: np.ndarray, props: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -239,11 +250,13 @@ class Predictor:
         from autoseg.preprocess import restore_probabilities
 
         restored = np.asarray(restore_probabilities(probs, props), dtype=np.float32)
-        index = np.argmax(restored, axis=0)  # (Z, Y, X) class indices
         dtype = (
             np.uint8 if self.label_values.max() < 256 and self.label_values.min() >= 0 else np.int32
         )
-        labels = self.label_values.astype(dtype)[index]
+        values = self.label_values.astype(dtype)
+        labels = np.empty(restored.shape[1:], dtype=dtype)  # (Z, Y, X)
+        for z in range(labels.shape[0]):  # slice by slice: no int64 index of the whole volume
+            labels[z] = values[np.argmax(restored[:, z], axis=0)]
         if self.postprocessing is not None:
             from autoseg.postprocess import apply_postprocessing
 
@@ -326,15 +339,17 @@ def _output_path(output_dir: Path, case: str, files: Sequence[Path]) -> Path:
 
 
 def _save_probabilities(probs: np.ndarray, label_values: np.ndarray, path: Path) -> None:
-    """``probabilities`` (K, Z, Y, X) float16 and ``labels`` (K,) in an .npz, atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, probabilities=probs.astype(np.float16), labels=label_values)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``probabilities`` (K, Z, Y, X) float16 and ``labels`` (K,) in an .npz, atomically.
+
+    Like ``np.savez_compressed``, but with fixed timestamps: the same result, the same bytes.
+    """
+    arrays = {"probabilities": probs.astype(np.float16), "labels": label_values}
+    with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as member:  # streamed, no copy
+                np.lib.format.write_array(member, np.asanyarray(array))
 
 
 def predict_folder(
@@ -353,8 +368,9 @@ def predict_folder(
     also ``output_dir/CASE.npz`` (``probabilities`` float16 (K, Z, Y, X), ``labels`` (K,)).
     Reading and preprocessing the next case and exporting the previous one run in background
     threads while the network works. A case that cannot be read is recorded in ``failed`` and
-    the others go on. Existing outputs are never overwritten unless ``overwrite``: such cases are
-    skipped (with a warning) and listed in ``skipped``, so an interrupted run can be resumed.
+    the others go on. A case whose outputs all exist is skipped (with a warning) and listed in
+    ``skipped`` unless ``overwrite``, so an interrupted run can be resumed: every file goes
+    through a temp name, and the label map is written last.
 
     Args:
         inputs: folders and/or image files (see ``group_input_files``).
@@ -382,10 +398,14 @@ def predict_folder(
     for case, files in cases.items():
         out = _output_path(output_dir, case, files)
         targets = [out] + ([output_dir / f"{case}.npz"] if save_probabilities else [])
-        if not overwrite and any(t.exists() for t in targets):
+        # the label map is written last: a case with all its outputs is complete
+        if not overwrite and all(t.exists() for t in targets):
             skipped.append(out)
         else:
             todo.append((case, files, out))
+            for target in targets:  # temp files of a run that was killed
+                for stale in output_dir.glob(f".{glob.escape(target.name)}.*.part"):
+                    stale.unlink(missing_ok=True)
     if skipped:
         log.warning(
             "%d case(s) already have outputs in %s: skipped (overwrite to replace them)",
@@ -394,15 +414,17 @@ def predict_folder(
         )
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    def load(files: list[Path], case: str) -> tuple[Image, np.ndarray, Any]:
+    def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any]:
         image = read_image(files)
-        return (image, *predictor.preprocess(image, case))
+        return (image.geometry, *predictor.preprocess(image, case))  # the image is let go
 
-    def export(probs: np.ndarray, props: Any, image: Image, case: str, out: Path) -> Path:
+    def export(probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path) -> Path:
         labels, restored = predictor.finalize(probs, props)
-        write_label(labels, image.geometry, out)
+        del probs
         if save_probabilities:
             _save_probabilities(restored, predictor.label_values, output_dir / f"{case}.npz")
+        del restored
+        write_label(labels, geometry, out)  # last: its presence marks the case done
         return out
 
     written: list[Path] = []
@@ -428,7 +450,8 @@ def predict_folder(
             case, files, out, pending = reads.popleft()
             prefetch()
             try:
-                image, array, props = pending.result()
+                geometry, array, props = pending.result()
+                del pending  # the future would keep the arrays alive
             except AutosegError as exc:
                 log.warning("case %s not predicted: %s", case, exc)
                 message = str(exc).removeprefix(f"{files[0]}: ")  # the path is the Problem's
@@ -436,7 +459,9 @@ def predict_folder(
                 bar.advance(task)
                 continue
             probs = predictor.predict_preprocessed(array)
-            writes.append(writer.submit(export, probs, props, image, case, out))
+            del array
+            writes.append(writer.submit(export, probs, props, geometry, case, out))
+            del probs  # the export holds it, until it is written
             writes[-1].add_done_callback(lambda _: bar.advance(task))
             while len(writes) > 1:  # bound the memory held by finished cases
                 written.append(writes.popleft().result())

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
@@ -35,7 +34,7 @@ from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.io import Image, read_array, read_image
 from autoseg.plans import Configuration, Normalization, Plans
 from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
-from autoseg.serial import dump_json, load_json, to_dict
+from autoseg.serial import atomic_output, dump_json, load_json, to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -207,14 +206,14 @@ def preprocess_image(
     new_shape = target_shape(shape_after_crop, image.geometry.spacing, config.spacing)
     axis = config.anisotropic_axis
 
+    seg = None
+    if label is not None:  # first: the peak of its resampling does not add to the image's copy
+        seg = resample_labels(label[crop], new_shape, LABEL_ORDER, axis, dtype=np.int8)
+        seg = np.array(seg[None], dtype=np.int8)  # own contiguous copy, never the caller's
     if new_shape == shape_after_crop:  # e.g. 1 mm isotropic data at 1 mm: nothing to resample
         data = np.array(array[(slice(None), *crop)], dtype=np.float32, order="C")
     else:
         data = resample_image(array[(slice(None), *crop)], new_shape, IMAGE_ORDER, axis)
-    seg = None
-    if label is not None:
-        seg = resample_labels(label[crop], new_shape, LABEL_ORDER, axis, dtype=np.int8)
-        seg = np.array(seg[None], dtype=np.int8)  # own contiguous copy, never the caller's
     if mask is not None:
         mask = resample_labels(mask, new_shape, LABEL_ORDER, axis, dtype=bool)
     for c, norm in enumerate(config.normalization):
@@ -287,14 +286,8 @@ def class_locations(
 
 
 def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh:
+        write(fh)
 
 
 def _write_npz(fh, arrays: dict[int, np.ndarray]) -> None:
@@ -344,19 +337,22 @@ def load_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase
         seg = np.load(paths["seg"], mmap_mode=mode) if paths["seg"].is_file() else None
         with np.load(paths["fg"]) as fg:
             locations = {int(k): fg[k] for k in fg.files}
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise AutosegError(f"{folder}: preprocessed case '{case_id}' is damaged ({exc})") from exc
+    except (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+        raise AutosegError(
+            f"{folder}: preprocessed case '{case_id}' is damaged ({exc}); "
+            "`autoseg plan` on the dataset again redoes it"
+        ) from exc
     return PreprocessedCase(image=image, seg=seg, class_locations=locations, properties=props)
 
 
 def _is_done(folder: Path, case: Case, key: str) -> bool:
-    paths = _paths(folder, case.case_id)
+    """Whether the case is stored completely, with the settings ``key`` and readable files."""
     try:
-        props = load_json(CaseProperties, paths["json"])
-    except (OSError, ValueError, TypeError, KeyError):
+        stored = load_case(folder, case.case_id, mmap=True)  # mmap checks the sizes, reads little
+    except AutosegError:
         return False
-    needed = [paths["img"], paths["fg"]] + ([paths["seg"]] if case.label is not None else [])
-    return props.plans_key == key and all(p.is_file() for p in needed)
+    has_seg = stored.seg is not None or case.label is None
+    return stored.properties.plans_key == key and has_seg
 
 
 def _read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:

@@ -59,14 +59,32 @@ def _axis_matrix(n: int, m: int, order: int) -> np.ndarray | sparse.csr_array:
     return weights
 
 
+#: Voxels per block of ``_resample_axis``: the float32 copy it makes of its input is this big
+#: (16 MB), not as big as the volume.
+BLOCK_VOXELS = 1 << 22
+
+
 def _resample_axis(array: np.ndarray, axis: int, m: int, order: int) -> np.ndarray:
-    """Resample ``array`` along ``axis`` to ``m`` samples; float32, maybe a strided view."""
+    """Resample ``array`` along ``axis`` to ``m`` samples; float32, maybe a strided view.
+
+    The work goes in blocks along the next axis, so the input is never copied whole (as
+    float32, transposed) besides the output.
+    """
     n = array.shape[axis]
-    front = np.moveaxis(array, axis, 0)
-    # one copy: transposed (unless axis == 0) and cast (bool or int8 label maps) at once
-    flat = np.ascontiguousarray(front, dtype=np.float32).reshape(n, -1)
-    out = _axis_matrix(n, m, order) @ flat  # (m, n) @ (n, rest)
-    return np.moveaxis(out.reshape(m, *front.shape[1:]), 0, axis)
+    front = np.moveaxis(array, axis, 0)  # (n, *rest)
+    matrix = _axis_matrix(n, m, order)
+    out = np.empty((m, *front.shape[1:]), dtype=np.float32)
+    if front.ndim == 1:
+        out[:] = matrix @ np.asarray(front, dtype=np.float32)
+        return out
+    per_row = max(1, front[:, 0].size)
+    step = max(1, BLOCK_VOXELS // per_row)
+    for start in range(0, front.shape[1], step):
+        block = np.ascontiguousarray(front[:, start : start + step], dtype=np.float32)
+        product = matrix @ block.reshape(n, -1)  # (m, n) @ (n, block)
+        out[:, start : start + step] = product.reshape(m, *block.shape[1:])
+        del block, product
+    return np.moveaxis(out, 0, axis)
 
 
 def resample(array: np.ndarray, new_shape: Sequence[int], orders: Sequence[int]) -> np.ndarray:

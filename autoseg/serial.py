@@ -7,14 +7,18 @@ writes sorted, indented JSON atomically, so the same artifact gives byte-identic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import tempfile
+import secrets
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from autoseg.errors import AutosegError
 
 T = TypeVar("T")
 
@@ -103,18 +107,50 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n"
 
 
+def _open_temp(path: Path) -> tuple[int, str]:
+    """Create and open a new temp file beside ``path``: ``.NAME.XXXXXXXX.part``.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600), the file gets the permissions a plain
+    ``open`` gives (0666 less the umask), and keeps them when renamed to ``path``.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Write ``path`` through a temp file beside it, so that it is never seen half written.
+
+    Yields ``(fd, temp path)``: write through ``fd`` (and close it) or through the path. On
+    success the temp file is renamed to ``path``; on any error it is removed. An ``OSError``
+    (disk full, read-only folder) names ``path``, not the temp file. The folder must exist.
+    """
+    path = Path(path)
+    tmp = ""
+    try:
+        fd, tmp = _open_temp(path)
+        yield fd, tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, tmp):
+            exc.filename = str(path)
+        raise
+    finally:
+        if tmp and os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as (fd, _), os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def dump_json(obj: Any, path: str | Path) -> None:
@@ -122,7 +158,28 @@ def dump_json(obj: Any, path: str | Path) -> None:
     atomic_write_text(path, dumps(obj))
 
 
+class InvalidJsonFile(AutosegError, ValueError):
+    """A JSON file autoseg reads is not valid JSON or lacks what it must hold.
+
+    Also a ``ValueError``, so callers that treat damaged files as missing keep doing so.
+    """
+
+
 def load_json(cls: type[T], path: str | Path) -> T:
-    """Read a dataclass written by ``dump_json``."""
+    """Read a dataclass written by ``dump_json``.
+
+    Raises:
+        OSError: the file cannot be opened.
+        InvalidJsonFile: the file is not JSON or does not have the dataclass's shape; the
+            message names the file.
+    """
     with open(path, encoding="utf-8") as fh:
-        return from_dict(cls, json.load(fh))
+        try:
+            data = json.load(fh)
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise InvalidJsonFile(f"{path}: not valid JSON ({exc})") from exc
+    try:
+        return from_dict(cls, data)
+    except (TypeError, ValueError, KeyError) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise InvalidJsonFile(f"{path}: not a valid {cls.__name__} file ({reason})") from exc

@@ -6,6 +6,9 @@ gradient clipping 12) on Dice + cross-entropy with deep supervision, checkpoints
 at the end predicts and scores the fold's validation cases. Every budget is a value of
 ``TrainSettings`` (``--epochs 50``), never a subclass.
 
+One iteration (network, optimiser, loss, the step on a batch) is ``autoseg.step.TrainingStep``,
+shared with ``autoseg benchmark`` so that what is timed is what trains.
+
 Determinism: the data of epoch ``e`` comes from a loader seeded with ``(seed, e)``, so a run
 resumed from a checkpoint sees the same batches as an uninterrupted one.
 
@@ -34,6 +37,7 @@ from autoseg.plans import Configuration, Plans
 from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, dump_json, to_dict
 from autoseg.splits import fold_cases, load_or_create_splits
+from autoseg.step import TrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +117,28 @@ def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
     return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank), device
 
 
-def _preprocessed_ids(folder: Path) -> list[str]:
-    return sorted(p.name[: -len(".json")] for p in folder.glob("*.json"))
+def default_workers(device: torch.device) -> int:
+    """Background augmentation processes when none are asked for: on CUDA all CPUs but one
+    (at most 12), on the CPU none (the network needs the cores)."""
+    return min(12, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
+def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, list[str]]:
+    """The preprocessed-data folder of a configuration and its case ids (sorted).
+
+    Raises:
+        AutosegError: no preprocessed case (the dataset was not planned and preprocessed).
+    """
+    from autoseg.preprocess import preprocessed_folder
+
+    folder = preprocessed_folder(dirs.work, config)
+    ids = sorted(p.name[: -len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
+    if not ids:
+        raise AutosegError(
+            f"{folder}: no preprocessed cases for configuration '{config.name}'; "
+            f"run `autoseg plan {dirs.name}` first"
+        )
+    return folder, ids
 
 
 class _Trainer:
@@ -123,17 +147,9 @@ class _Trainer:
     def __init__(
         self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str, settings: TrainSettings
     ):
-        from autoseg.preprocess import preprocessed_folder
-
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
         self.config: Configuration = plans.configuration(config_name)
-        self.data_folder = preprocessed_folder(dirs.work, self.config)
-        case_ids = _preprocessed_ids(self.data_folder) if self.data_folder.is_dir() else []
-        if not case_ids:
-            raise AutosegError(
-                f"{self.data_folder}: no preprocessed cases for configuration '{config_name}'; "
-                f"run `autoseg plan {dirs.name}` first"
-            )
+        self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = fold_cases(load_or_create_splits(dirs.splits, case_ids), fold, case_ids)
         self.model_folder = dirs.model_folder(plans.planner, config_name)
         self.fold_dir = self.model_folder / f"fold_{fold}"
@@ -146,27 +162,14 @@ class _Trainer:
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
-        from autoseg.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
-        from autoseg.network import build_network
-
-        torch.manual_seed(self.settings.seed)
-        net = build_network(self.config, len(self.plans.channels), self.num_classes, True)
-        self.network = net.to(self.device)
-        self.model = self.network
-        if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.network, device_ids=ids)
-        self.optimizer = torch.optim.SGD(
-            self.network.parameters(),
-            lr=self.settings.initial_lr,
-            momentum=self.settings.momentum,
-            nesterov=True,
-            weight_decay=self.settings.weight_decay,
+        self.step = TrainingStep(
+            self.config,
+            len(self.plans.channels),
+            self.num_classes,
+            self.device,
+            self.settings,
+            distributed=self.dist.world > 1,
         )
-        weights = deep_supervision_weights(self.config.num_stages - 1)
-        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=self.config.batch_dice), weights)
         self.history = History()
         self.start_epoch = 0
 
@@ -187,8 +190,8 @@ class _Trainer:
         if self.dist.main:
             save_checkpoint(
                 self.fold_dir / name,
-                self.network.state_dict(),
-                self.optimizer.state_dict(),
+                self.step.network.state_dict(),
+                self.step.optimizer.state_dict(),
                 self._meta(epoch),
             )
 
@@ -209,9 +212,9 @@ class _Trainer:
         ckpt = load_checkpoint(source, map_location=self.device)
         if ckpt.meta.get("configuration") != self.config.name:
             raise AutosegError(f"{source}: checkpoint of another configuration")
-        self.network.load_state_dict(ckpt.model_state)
+        self.step.network.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is not None:
-            self.optimizer.load_state_dict(ckpt.optimizer_state)
+            self.step.optimizer.load_state_dict(ckpt.optimizer_state)
         self.start_epoch = int(ckpt.meta["epoch"]) + 1
         self.history = History.from_dict(ckpt.meta.get("history", {}))
         self.history.truncate(self.start_epoch)
@@ -224,9 +227,7 @@ class _Trainer:
         config = dataclasses.replace(self.config, batch_size=per_rank)
         workers = self.settings.workers
         if workers is None:
-            workers = (
-                min(12, max(1, (os.cpu_count() or 2) - 1)) if self.device.type == "cuda" else 0
-            )
+            workers = default_workers(self.device)
         return BatchLoader(
             self.data_folder,
             cases,
@@ -235,45 +236,6 @@ class _Trainer:
             augment=augment,
             num_workers=workers if augment else 0,
         )
-
-    # ----------------------------------------------------------------- steps
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        cuda = self.device.type == "cuda"
-        image = torch.from_numpy(np.ascontiguousarray(batch["image"]))
-        target = torch.from_numpy(np.ascontiguousarray(batch["target"])).long()
-        if cuda:
-            image, target = image.pin_memory(), target.pin_memory()
-        return image.to(self.device, non_blocking=cuda), target.to(self.device, non_blocking=cuda)
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
-    def _train_step(self, batch: dict) -> float:
-        from autoseg.loss import downsample_target
-
-        image, target = self._to_device(batch)
-        targets = downsample_target(target, self.config.num_stages - 1, self.config.strides)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            outputs = self.model(image)
-        loss = self.loss([o.float() for o in outputs], targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.grad_clip)
-        self.optimizer.step()
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def _val_step(self, batch: dict) -> tuple[float, torch.Tensor]:
-        from autoseg.loss import dice_counts, downsample_target
-
-        image, target = self._to_device(batch)
-        targets = downsample_target(target, self.config.num_stages - 1, self.config.strides)
-        with self._autocast():
-            outputs = self.model(image)
-        outputs = [o.float() for o in outputs]
-        loss = self.loss(outputs, targets)
-        tp, fp, fn = dice_counts(outputs[0], target, self.num_classes)
-        return float(loss), torch.stack([tp, fp, fn]).double().cpu()
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
         if self.dist.world > 1:
@@ -335,21 +297,20 @@ class _Trainer:
             for epoch in range(self.start_epoch, s.epochs):
                 t0 = time.perf_counter()
                 lr = poly_lr(s.initial_lr, epoch, s.epochs)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                self.step.set_lr(lr)
                 bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}", info="")
-                self.model.train()
+                self.step.model.train()
                 losses = []
                 seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
                 with self._loader(self.split.train, seed, augment=True) as loader:
                     for _ in range(s.iterations):
-                        losses.append(self._train_step(next(loader)))
+                        losses.append(self.step.train_batch(next(loader)))
                         bar.advance(task)
-                self.model.eval()
+                self.step.model.eval()
                 val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
                 with self._loader(val_cases, s.seed + 17 + self.dist.rank, augment=False) as vl:
                     for _ in range(s.val_iterations):
-                        loss, c = self._val_step(next(vl))
+                        loss, c = self.step.val_batch(next(vl))
                         val_losses.append(loss)
                         counts += c
                 tp, fp, fn = self._reduce(counts)
