@@ -37,9 +37,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
 
 def _err(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     Console(stderr=True, highlight=False).print(
-        f"[bold red]error:[/] {message}", markup=True, soft_wrap=True
+        f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True
     )
 
 
