@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage, sparse
+from threadpoolctl import ThreadpoolController
 
 
 def target_shape(
@@ -59,6 +60,12 @@ def _axis_matrix(n: int, m: int, order: int) -> np.ndarray | sparse.csr_array:
     return weights
 
 
+#: BLAS is held to one thread while resampling: a multi-threaded dense product splits its sums
+#: differently per thread count, so the same case would give other bytes on another machine or
+#: with another ``--workers`` (processes, not BLAS threads, are the parallelism of preprocessing).
+_BLAS = ThreadpoolController()
+
+
 #: Voxels per block of ``_resample_axis``: the float32 copy it makes of its input is this big
 #: (16 MB), not as big as the volume.
 BLOCK_VOXELS = 1 << 22
@@ -70,6 +77,11 @@ def _resample_axis(array: np.ndarray, axis: int, m: int, order: int) -> np.ndarr
     The work goes in blocks along the next axis, so the input is never copied whole (as
     float32, transposed) besides the output.
     """
+    with _BLAS.limit(limits=1, user_api="blas"):
+        return _resample_axis_blocks(array, axis, m, order)
+
+
+def _resample_axis_blocks(array: np.ndarray, axis: int, m: int, order: int) -> np.ndarray:
     n = array.shape[axis]
     front = np.moveaxis(array, axis, 0)  # (n, *rest)
     matrix = _axis_matrix(n, m, order)
