@@ -1,4 +1,4 @@
-"""Resampling gives the same bytes whatever the BLAS thread count (preprocessing is reproducible)."""
+"""Resampling gives the same bytes whatever the BLAS thread count (reproducible preprocessing)."""
 
 from __future__ import annotations
 
