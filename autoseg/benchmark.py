@@ -68,6 +68,8 @@ class BenchmarkResult:
         iterations, warmup: timed and untimed training steps per measurement (with data
             workers, (a) warms up ``3 * workers`` steps more: what they can hold ready).
         workers: data-loading processes of (a) (0: in the main process).
+        augmentation: where (a) augments: ``cpu`` (batchgenerators in the loader) or ``device``
+            (torch on the training device, inside the timed step).
         epoch_iterations: the iterations an epoch time is extrapolated to.
         train_s_per_it, train_it_per_s, epoch_s: (a) with data loading.
         no_loading_s_per_it, no_loading_it_per_s, no_loading_epoch_s: (b) one batch re-used.
@@ -100,6 +102,7 @@ class BenchmarkResult:
     iterations: int
     warmup: int
     workers: int
+    augmentation: str
     epoch_iterations: int
     train_s_per_it: float
     train_it_per_s: float
@@ -150,7 +153,8 @@ class BenchmarkResult:
         n = self.epoch_iterations
         rows = [
             (
-                f"training step, data loading on ({self.workers} workers)",
+                f"training step, data loading on ({self.workers} workers, "
+                f"{self.augmentation} augmentation)",
                 f"{self.train_s_per_it:.4f} s/it ({self.train_it_per_s:.2f} it/s)",
             ),
             (f"epoch time, {n} it. (extrapolated)", f"{self.epoch_s:.2f} s"),
@@ -246,7 +250,7 @@ def _time_training(
     with_loading = _seconds_per_call(
         lambda: step.train_batch(next(loader)), iterations, step.device
     )
-    image, target = step.to_device(next(loader))  # kept on the device from here on
+    image, target = step.device_batch(next(loader))  # kept on the device from here on
     for _ in range(warmup):
         step.train_step(image, target)
     without = _seconds_per_call(lambda: step.train_step(image, target), iterations, step.device)
@@ -312,6 +316,7 @@ def run_benchmark(
     workers: int | None = None,
     predict_cases: int = 5,
     tta: bool = True,
+    augmentation: str = "auto",
 ) -> BenchmarkResult:
     """Time training (with and without data loading) and prediction; see the module docstring.
 
@@ -325,6 +330,7 @@ def run_benchmark(
         workers: data-loading processes; None = what ``autoseg train`` uses on the device.
         predict_cases: preprocessed cases to predict (0 skips prediction).
         tta: mirroring test-time augmentation in prediction.
+        augmentation: ``cpu``, ``device`` or ``auto``, as ``autoseg train --augmentation``.
 
     Returns:
         The figures.
@@ -341,14 +347,22 @@ def run_benchmark(
     torch_device = resolve_device(device)
     n_workers = default_workers(torch_device) if workers is None else workers
     device_name = _device_name(torch_device)  # before prediction changes the CPU thread count
-    step = TrainingStep(
-        config, len(plans.channels), len(plans.labels), torch_device, TrainSettings()
-    )
+    settings = TrainSettings(augmentation=augmentation)
+    step = TrainingStep(config, len(plans.channels), len(plans.labels), torch_device, settings)
     _reset_gpu_peak(torch_device)
     log.info("timing %d training iterations (%d workers)", iterations, n_workers)
-    with BatchLoader(folder, case_ids, config, seed=0, augment=True, num_workers=n_workers) as dl:
+    with BatchLoader(
+        folder,
+        case_ids,
+        config,
+        seed=0,
+        augment=True,
+        num_workers=n_workers,
+        augmentation=step.augmentation,
+    ) as dl:
         with_loading, without, val_step = _time_training(step, dl, iterations, warmup)
     peak_train = _peak_gpu_gb(torch_device)
+    augmented_on = step.augmentation
     del step
     grid = whole = None
     peak_predict = None
@@ -376,6 +390,7 @@ def run_benchmark(
         iterations=iterations,
         warmup=warmup,
         workers=n_workers,
+        augmentation=augmented_on,
         epoch_iterations=EPOCH_ITERATIONS,
         train_s_per_it=with_loading,
         train_it_per_s=1.0 / with_loading,

@@ -33,6 +33,14 @@ HomeOpt = Annotated[
 ]
 PlannerOpt = Annotated[str, typer.Option("--planner", help="Planner whose plans to use.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
+AugmentationOpt = Annotated[
+    str,
+    typer.Option(
+        "--augmentation",
+        help="Where training augmentation runs: cpu (batchgenerators), device (torch on the "
+        "training device) or auto (device on CUDA and on the CPU).",
+    ),
+]
 
 
 def _err(message: str) -> None:
@@ -154,6 +162,7 @@ def train(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Augmentation processes (default: by device).")
     ] = None,
+    augmentation: AugmentationOpt = "auto",
     validate: Annotated[
         bool, typer.Option("--validate/--no-validate", help="Predict validation cases at the end.")
     ] = True,
@@ -176,6 +185,7 @@ def train(
         device=device,
         seed=seed,
         workers=workers,
+        augmentation=augmentation,
         resume=resume,
         validate=validate,
         checkpoint_every=checkpoint_every,
@@ -320,6 +330,7 @@ def benchmark(
     predict_cases: Annotated[int, typer.Option(min=0, help="Cases to predict (0: none).")] = 5,
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring TTA.")] = True,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")] = None,
+    augmentation: AugmentationOpt = "auto",
 ) -> None:
     """Epoch time with and without data loading, it/s, peak memory and prediction speed."""
     from autoseg.benchmark import run_benchmark
@@ -338,6 +349,7 @@ def benchmark(
         workers=workers,
         predict_cases=predict_cases,
         tta=tta,
+        augmentation=augmentation,
     )
     console = _console()
     console.print(result.table())

@@ -104,13 +104,15 @@ class _Sampler:
         config: Configuration,
         augment: bool,
         oversample_foreground: float,
+        on_device: bool = False,
     ) -> None:
         self.folder = folder
         self.case_ids = case_ids
         self.patch = np.asarray(config.patch_size, dtype=int)
         self.batch_size = config.batch_size
         self.region = np.asarray(sample_size(config.patch_size, augment), dtype=int)
-        self.transforms = training_transforms(config.patch_size) if augment else None
+        cpu_transforms = augment and not on_device
+        self.transforms = training_transforms(config.patch_size) if cpu_transforms else None
         self.oversample = oversample_foreground
         self._cases: OrderedDict[str, PreprocessedCase] = OrderedDict()
         self.reseed(0, 0)
@@ -260,6 +262,9 @@ class BatchLoader:
         config: the configuration (``patch_size``, ``batch_size``; 2 patch values = 2D slices).
         seed: non-negative; fixes every batch for a given ``num_workers``.
         augment: apply nnU-Net's augmentation (``autoseg.augment``); False gives plain crops.
+        augmentation: ``cpu`` augments here with batchgenerators; ``device`` (with ``augment``)
+            yields the enlarged regions of ``autoseg.augment.sample_size`` un-augmented, for
+            ``autoseg.augment_device.DeviceAugmentation`` on the training device.
         num_workers: 0 samples in the calling process; more starts that many worker processes
             (``fork`` where available), each buffering up to two batches.
         oversample_foreground: fraction of each batch forced to contain foreground.
@@ -268,7 +273,8 @@ class BatchLoader:
         AutosegError: no cases, or a case's preprocessed files are missing.
 
     Yields:
-        ``dict(image=(B, C, *patch) float32, target=(B, 1, *patch) int16)``.
+        ``dict(image=(B, C, *patch) float32, target=(B, 1, *patch) int16)`` (``*region``
+        instead of ``*patch`` for ``augmentation="device"``).
     """
 
     def __init__(
@@ -281,6 +287,7 @@ class BatchLoader:
         augment: bool = True,
         num_workers: int = 0,
         oversample_foreground: float = 1 / 3,
+        augmentation: str = "cpu",
     ) -> None:
         folder = Path(folder)
         case_ids = tuple(case_ids)
@@ -300,7 +307,12 @@ class BatchLoader:
                 f"oversample_foreground must be in [0, 1], not {oversample_foreground}"
             )
         self.num_workers = num_workers
-        self._sampler = _Sampler(folder, case_ids, config, augment, oversample_foreground)
+        if augmentation not in ("cpu", "device"):
+            raise ValueError(f"augmentation must be cpu or device, not {augmentation!r}")
+        on_device = augmentation == "device"
+        self._sampler = _Sampler(
+            folder, case_ids, config, augment, oversample_foreground, on_device
+        )
         self._sampler.reseed(seed, 0)
         self._closed = False
         self._turn = 0

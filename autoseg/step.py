@@ -3,8 +3,9 @@
 ``TrainingStep`` is what the trainer (``autoseg.train``) and the benchmark
 (``autoseg.benchmark``) share, so that what is timed is exactly what trains: the planned network
 (optionally wrapped in DistributedDataParallel), SGD with nesterov momentum, Dice +
-cross-entropy with deep supervision, bf16 autocast on CUDA, gradient clipping, and the host to
-device copy of a batch (pinned memory, non-blocking on CUDA).
+cross-entropy with deep supervision, bf16 autocast on CUDA, gradient clipping, the host to
+device copy of a batch (pinned memory, non-blocking on CUDA) and, with the device augmentation
+path (``--augmentation device``), the augmentation of the copied batch.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class TrainingStep:
         in_channels: image channels.
         num_classes: classes, background included.
         device: where the network lives.
-        settings: ``seed`` (initial weights), ``initial_lr``, ``momentum``, ``weight_decay`` and
-            ``grad_clip`` are read.
+        settings: ``seed`` (initial weights), ``initial_lr``, ``momentum``, ``weight_decay``,
+            ``grad_clip`` and ``augmentation`` are read.
         distributed: wrap the network in DistributedDataParallel (the process group must
             already be initialised).
 
@@ -38,6 +39,9 @@ class TrainingStep:
         model: what is called: ``network`` itself, or its DDP wrapper.
         optimizer: SGD over ``network``'s parameters.
         loss: deep-supervision Dice + CE.
+        augmentation: ``cpu`` (the loader augments) or ``device`` (``settings.augmentation``
+            resolved for the device).
+        augmenter: the ``DeviceAugmentation`` applied by ``device_batch``, or None.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class TrainingStep:
         *,
         distributed: bool = False,
     ) -> None:
+        from autoseg.augment_device import DeviceAugmentation, resolve_augmentation
         from autoseg.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
         from autoseg.network import build_network
 
@@ -72,6 +77,10 @@ class TrainingStep:
         )
         weights = deep_supervision_weights(config.num_stages - 1)
         self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=config.batch_dice), weights)
+        self.augmentation = resolve_augmentation(settings.augmentation, device)
+        self.augmenter = None
+        if self.augmentation == "device":
+            self.augmenter = DeviceAugmentation(config.patch_size, device, settings.seed)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""
@@ -93,6 +102,14 @@ class TrainingStep:
         if cuda:
             image, target = image.pin_memory(), target.pin_memory()
         return image.to(self.device, non_blocking=cuda), target.to(self.device, non_blocking=cuda)
+
+    def device_batch(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch on the device, augmented there when ``augmenter`` is set (the
+        loader then yields un-augmented enlarged regions)."""
+        image, target = self.to_device(batch)
+        if self.augmenter is not None:
+            image, target = self.augmenter(image, target)
+        return image, target
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA; a no-op elsewhere."""
@@ -121,8 +138,9 @@ class TrainingStep:
         return float(loss.detach())
 
     def train_batch(self, batch: dict[str, np.ndarray]) -> float:
-        """``train_step`` on a loader's batch (copied to the device first)."""
-        return self.train_step(*self.to_device(batch))
+        """``train_step`` on a loader's batch (copied to the device, augmented there with the
+        device path)."""
+        return self.train_step(*self.device_batch(batch))
 
     @torch.no_grad()
     def val_step(self, image: torch.Tensor, target: torch.Tensor) -> tuple[float, torch.Tensor]:

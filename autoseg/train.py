@@ -53,6 +53,9 @@ class TrainSettings:
         device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
         seed: seeds the data order and augmentation, and the network's initial weights.
         workers: background augmentation processes (None: a choice by device).
+        augmentation: ``cpu`` (batchgenerators in the loader), ``device`` (torch on the
+            training device, ``autoseg.augment_device``) or ``auto`` (device on CUDA; on the CPU
+            what ``autoseg.augment_device.AUTO_ON_CPU`` says).
         resume: continue from ``checkpoint_latest.pt``.
         checkpoint_every: save ``checkpoint_latest.pt`` every this many epochs (and at least
             every 5 minutes, and at the end).
@@ -66,6 +69,7 @@ class TrainSettings:
     device: str = "auto"
     seed: int = 0
     workers: int | None = None
+    augmentation: str = "auto"
     resume: bool = False
     checkpoint_every: int = 5
     validate: bool = True
@@ -183,6 +187,7 @@ class _Trainer:
             "num_classes": self.num_classes,
             "in_channels": len(self.plans.channels),
             "settings": to_dict(self.settings),
+            "augmentation": self.step.augmentation,
             "history": self.history.to_dict(),
         }
 
@@ -235,6 +240,7 @@ class _Trainer:
             seed=seed,
             augment=augment,
             num_workers=workers if augment else 0,
+            augmentation=self.step.augmentation,
         )
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
@@ -302,6 +308,8 @@ class _Trainer:
                 self.step.model.train()
                 losses = []
                 seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
+                if self.step.augmenter is not None:
+                    self.step.augmenter.reseed(seed)
                 with self._loader(self.split.train, seed, augment=True) as loader:
                     for _ in range(s.iterations):
                         losses.append(self.step.train_batch(next(loader)))
