@@ -31,6 +31,10 @@ both seeded by ``reseed(seed)``; the same seed, batch and device give the same o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -111,9 +115,23 @@ def spatial_matrices(
     angles = angles * rotate[:, None]
     scale = _chance(g, batch, P_SCALE)
     factor = torch.where(scale, _split_uniform(g, batch, *SCALE_RANGE), torch.ones(batch).double())
-    # batchgenerators maps patch coordinates p to R^T p, then scales them
-    matrices = _rotation(angles).transpose(1, 2) * factor[:, None, None]
-    return matrices, rotate | scale
+    return affine_matrices(angles, factor), rotate | scale
+
+
+def affine_matrices(angles: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(B, n, n)`` matrices of ``apply_spatial`` from angles ``(B, 3)`` (3D, radians about x,
+    y, z) or ``(B, 1)`` (2D) and scale factors ``(B,)``: batchgenerators maps a patch offset
+    ``p`` to ``R^T p`` and multiplies that by the scale."""
+    return _rotation(angles).transpose(1, 2) * scale[:, None, None]
+
+
+@lru_cache(maxsize=8)
+def _base_grid(patch: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``(P, ndim + 1)``: the patch's normalised (x, y[, z], 1) coordinates, as affine_grid
+    builds them with ``align_corners=True`` (cached: building it costs more than using it)."""
+    axes = [torch.linspace(-1, 1, p, device=device) for p in patch]
+    mesh = torch.meshgrid(*axes, indexing="ij")[::-1]
+    return torch.stack([*mesh, torch.ones_like(mesh[0])], -1).view(-1, len(patch) + 1)
 
 
 def apply_spatial(
@@ -153,9 +171,8 @@ def apply_spatial(
     theta = to_in[:, None] * matrices[modified.cpu()] * to_out[None, :]  # (n, ndim, ndim)
     theta = theta.flip(1, 2)
     theta = torch.cat([theta, torch.zeros(len(idx), ndim, 1, dtype=theta.dtype)], 2)
-    grid = F.affine_grid(
-        theta.to(image.device, image.dtype), [len(idx), 1, *patch], align_corners=True
-    )
+    base = _base_grid(patch, image.device)
+    grid = (base @ theta.to(image.device, base.dtype).transpose(1, 2)).view(len(idx), *patch, ndim)
     out_image[idx] = F.grid_sample(
         image[idx], grid, mode=image_mode, padding_mode="zeros", align_corners=True
     )
@@ -219,12 +236,38 @@ class DeviceAugmentation:
             ``autoseg.augment.sample_size(patch_size, True)``.
         device: where the batches live.
         seed: see ``reseed``.
+        cpu_threads: on the CPU, torch threads while augmenting (None: leave torch's setting).
+            One by default: these are many small operations, and on a busy machine the idle
+            threads' spinning cost several times the work (docs/benchmarks.md).
+
+    The transform methods (``noise`` ... ``mirror``) change the tensors they are given in place
+    and return them; ``__call__`` gives them the fresh patch tensors of the spatial step, so
+    its own inputs are never changed.
     """
 
-    def __init__(self, patch_size: tuple[int, ...], device: torch.device, seed: int = 0) -> None:
+    def __init__(
+        self,
+        patch_size: tuple[int, ...],
+        device: torch.device,
+        seed: int = 0,
+        cpu_threads: int | None = 1,
+    ) -> None:
         self.patch = tuple(int(p) for p in patch_size)
         self.device = torch.device(device)
+        self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
         self.reseed(seed)
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        if self.cpu_threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def reseed(self, seed: int) -> None:
         """Restart both random streams from ``seed``."""
@@ -245,6 +288,12 @@ class DeviceAugmentation:
         """
         if image.dim() != len(self.patch) + 2 or target.shape[2:] != image.shape[2:]:
             raise ValueError(f"expected (B, C, *region) batches for patch {self.patch}")
+        with self._threads():
+            return self._augment(image, target)
+
+    def _augment(
+        self, image: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         g, ndim = self.params, len(self.patch)
         batch, channels = image.shape[:2]
         matrices, modified = spatial_matrices(g, batch, ndim)
@@ -276,7 +325,7 @@ class DeviceAugmentation:
                 (len(idx), *image.shape[1:]), generator=self.fields, device=self.device
             )
             scale = std[chosen].to(self.device, image.dtype).view(-1, *[1] * (image.dim() - 1))
-            image = image.index_add(0, idx, field * scale)
+            image.index_add_(0, idx, field * scale)
         return image
 
     def blur(self, image: torch.Tensor) -> torch.Tensor:
@@ -284,7 +333,6 @@ class DeviceAugmentation:
         chosen = self._channels(P_BLUR, P_BLUR_CHANNEL, image.shape)
         sigma = _uniform(self.params, chosen.numel(), *BLUR_SIGMA).view(chosen.shape)
         if chosen.any():
-            image = image.clone()
             image[chosen] = gaussian_blur(image[chosen], sigma[chosen.cpu()])
         return image
 
@@ -310,7 +358,6 @@ class DeviceAugmentation:
         mean = sub.mean(2, keepdim=True)
         f = factor[idx].to(self.device, image.dtype)[..., None]
         sub = torch.maximum(torch.minimum((sub - mean) * f + mean, high), low)
-        image = image.clone()
         image[idx.to(self.device)] = sub.view(len(idx), *image.shape[1:])
         return image
 
@@ -322,7 +369,6 @@ class DeviceAugmentation:
             return image
         spatial = image.shape[2:]
         mode = "trilinear" if len(spatial) == 3 else "bilinear"
-        image = image.clone()
         for b, c in torch.nonzero(chosen).tolist():
             z = float(zoom[b, c])
             small = [max(1, int(round(s * z))) for s in spatial]  # numpy's round: half to even
@@ -341,7 +387,6 @@ class DeviceAugmentation:
         mask = chosen.to(self.device)
         rows = image[mask].flatten(1)  # (n, voxels)
         g = gamma[chosen].to(self.device, image.dtype)
-        image = image.clone()
         image[mask] = _gamma(rows, g, invert).view(-1, *image.shape[2:])
         return image
 
@@ -350,10 +395,10 @@ class DeviceAugmentation:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flip each spatial axis of each sample with p 0.5, image and labels together."""
         batch, ndim = len(image), image.dim() - 2
-        flips = _chance(self.params, batch * ndim, P_MIRROR).view(batch, ndim).to(self.device)
-        for axis in range(ndim):
-            view = [batch] + [1] * (ndim + 1)
-            m = flips[:, axis].view(view)
-            image = torch.where(m, image.flip(axis + 2), image)
-            target = torch.where(m, target.flip(axis + 2), target)
+        flips = _chance(self.params, batch * ndim, P_MIRROR).view(batch, ndim)
+        for b, row in enumerate(flips.tolist()):
+            axes = [axis + 1 for axis in range(ndim) if row[axis]]  # of the sample (C, *spatial)
+            if axes:
+                image[b] = image[b].flip(axes)
+                target[b] = target[b].flip(axes)
         return image, target

@@ -96,20 +96,23 @@ class TrainingStep:
         Returns:
             ``(image float32, target int64)``; on CUDA copied from pinned memory without blocking.
         """
+        return self._upload(batch["image"]), self._upload(batch["target"]).long()
+
+    def _upload(self, array: np.ndarray) -> torch.Tensor:
         cuda = self.device.type == "cuda"
-        image = torch.from_numpy(np.ascontiguousarray(batch["image"]))
-        target = torch.from_numpy(np.ascontiguousarray(batch["target"])).long()
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
         if cuda:
-            image, target = image.pin_memory(), target.pin_memory()
-        return image.to(self.device, non_blocking=cuda), target.to(self.device, non_blocking=cuda)
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=cuda)
 
     def device_batch(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch on the device, augmented there when ``augmenter`` is set (the
         loader then yields un-augmented enlarged regions)."""
-        image, target = self.to_device(batch)
-        if self.augmenter is not None:
-            image, target = self.augmenter(image, target)
-        return image, target
+        if self.augmenter is None:
+            return self.to_device(batch)
+        # labels travel as they come (int16) and widen after the crop to the patch
+        image, target = self.augmenter(self._upload(batch["image"]), self._upload(batch["target"]))
+        return image, target.long()
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast on CUDA; a no-op elsewhere."""
