@@ -303,8 +303,8 @@ class DeviceAugmentation:
         image = self.brightness(image)
         image = self.contrast(image)
         image = self.low_resolution(image)
-        image = self.gamma(image, P_GAMMA_INVERTED, invert=True)
-        image = self.gamma(image, P_GAMMA, invert=False)
+        image = self.gamma(image, invert=True)
+        image = self.gamma(image, invert=False)
         return self.mirror(image, target)
 
     def _channels(self, p_sample: float, p_channel: float, shape: torch.Size) -> torch.Tensor:
@@ -377,8 +377,10 @@ class DeviceAugmentation:
             image[b, c] = F.interpolate(x, size=list(spatial), mode=mode, align_corners=False)[0, 0]
         return image
 
-    def gamma(self, image: torch.Tensor, p: float, invert: bool) -> torch.Tensor:
-        """Gamma per channel of chosen samples (on the negated image if ``invert``)."""
+    def gamma(self, image: torch.Tensor, invert: bool) -> torch.Tensor:
+        """Gamma per channel of chosen samples: on the negated image (p 0.1) if ``invert``,
+        else on the image (p 0.3)."""
+        p = P_GAMMA_INVERTED if invert else P_GAMMA
         batch, channels = image.shape[:2]
         chosen = _chance(self.params, batch, p)[:, None].expand(batch, channels)
         gamma = _split_uniform(self.params, batch * channels, *GAMMA).view(batch, channels)
