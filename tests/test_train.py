@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autoseg.augment_device import resolve_augmentation
 from autoseg.checkpoint import load_checkpoint
 from autoseg.errors import AutosegError
 from autoseg.paths import resolve_dataset
@@ -98,6 +99,7 @@ def test_tiny_training_lowers_loss_writes_checkpoints_and_scores_validation(plan
     )
     ckpt = load_checkpoint(folder / "checkpoint_final.pt")
     assert ckpt.meta["epoch"] == 3 and ckpt.meta["fold"] == "0"
+    assert ckpt.meta["augmentation"] == resolve_augmentation("auto", torch.device("cpu"))
     history = ckpt.meta["history"]
     assert len(history["train_loss"]) == 4
     assert history["train_loss"][-1] < history["train_loss"][0]
