@@ -8,6 +8,7 @@ deterministic; their tolerances are about 4 standard errors.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -334,3 +335,29 @@ def test_mirroring_each_axis_independently_with_labels() -> None:
         for axis in range(3):
             _fraction_close(flips[:, axis].mean(), 0.5, n)
         _fraction_close(flips.all(1).mean(), 0.125, n)  # independent axes
+
+
+# ------------------------------------------------------------------ wiring
+def test_loader_yields_regions_and_the_step_augments_them(tmp_path) -> None:
+    from autoseg.data import BatchLoader
+    from autoseg.step import TrainingStep
+    from autoseg.train import TrainSettings
+    from tests.test_data import blob_dataset, make_config
+
+    ids = blob_dataset(tmp_path, [(20, 24, 16)] * 2)
+    config = dataclasses.replace(
+        make_config((8, 12, 8), batch=2),
+        strides=((1, 1, 1), (2, 2, 2)),
+        kernel_sizes=((3, 3, 3), (3, 3, 3)),
+        features_per_stage=(4, 8),
+    )
+    region = sample_size(config.patch_size, True)
+    with BatchLoader(tmp_path, ids, config, seed=0, augmentation="device") as loader:
+        batch = next(loader)
+    assert batch["image"].shape == (2, 1, *region) and batch["target"].shape == (2, 1, *region)
+    step = TrainingStep(config, 1, 3, CPU, TrainSettings(augmentation="device"))
+    image, target = step.device_batch(batch)
+    assert image.shape == (2, 1, 8, 12, 8) and target.dtype == torch.int64
+    assert set(target.unique().tolist()) <= {0, 1, 2}
+    plain = TrainingStep(config, 1, 3, CPU, TrainSettings(augmentation="cpu"))
+    assert plain.augmenter is None
