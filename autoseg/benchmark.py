@@ -36,7 +36,7 @@ import torch
 
 from autoseg import __version__
 from autoseg.checkpoint import save_checkpoint
-from autoseg.data import BatchLoader
+from autoseg.loader import BatchLoader
 from autoseg.dataset import load_dataset
 from autoseg.errors import AutosegError
 from autoseg.io import read_image

@@ -124,7 +124,7 @@ def plan(
     ] = True,
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
-    from autoseg.plan import plan_dataset
+    from autoseg.planning import plan_dataset
 
     summary = plan_dataset(
         dataset,

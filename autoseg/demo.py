@@ -88,7 +88,7 @@ def run_demo(
     """Run the whole pipeline on the shipped cases; prints progress and a Dice table."""
     from autoseg.evaluate import evaluate_folders
     from autoseg.paths import resolve_dataset
-    from autoseg.plan import plan_dataset
+    from autoseg.planning import plan_dataset
     from autoseg.predictor import Predictor, predict_folder
     from autoseg.train import TrainSettings, train_fold
 

@@ -40,7 +40,7 @@ from autoseg.io import (
     write_label,
 )
 from autoseg.plans import Configuration, Plans
-from autoseg.predict import (
+from autoseg.sliding_window import (
     cpu_count,
     group_input_files,
     resolve_device,

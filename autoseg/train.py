@@ -221,7 +221,7 @@ class _Trainer:
         log.info("resumed %s at epoch %d", source, self.start_epoch)
 
     def _loader(self, cases: tuple[str, ...], seed: int, augment: bool):
-        from autoseg.data import BatchLoader
+        from autoseg.loader import BatchLoader
 
         per_rank = max(1, math.ceil(self.config.batch_size / self.dist.world))
         config = dataclasses.replace(self.config, batch_size=per_rank)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from autoseg.augment import sample_size
-from autoseg.data import BatchLoader, WorkerError
+from autoseg.loader import BatchLoader, WorkerError
 from autoseg.errors import AutosegError
 from autoseg.plans import Configuration, Normalization
 from autoseg.preprocess import CaseProperties

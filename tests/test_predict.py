@@ -18,7 +18,7 @@ from autoseg.io import read_image
 from autoseg.network import build_network
 from autoseg.plans import Configuration, Normalization, Plans
 from autoseg.postprocess import PostprocessingDecision
-from autoseg.predict import (
+from autoseg.sliding_window import (
     Predictor,
     gaussian_importance_map,
     group_input_files,

@@ -14,7 +14,7 @@ import torch
 from autoseg.checkpoint import load_checkpoint
 from autoseg.errors import AutosegError
 from autoseg.paths import resolve_dataset
-from autoseg.plan import plan_dataset
+from autoseg.planning import plan_dataset
 from autoseg.plans import Plans
 from autoseg.splits import load_or_create_splits, make_splits, parse_fold
 from autoseg.train import TrainSettings, poly_lr, train_fold
