@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
 
 
+def split_channel_suffix(stem: str) -> tuple[str, int] | None:
+    """``"CASE_0003"`` -> ``("CASE", 3)``; None when the name has no 4-digit channel suffix.
+
+    The one channel-suffix rule, shared by the dataset check and by ``predict``'s input files.
+    """
+    match = _CHANNEL_SUFFIX.fullmatch(stem)
+    return None if match is None else (match.group(1), int(match.group(2)))
+
+
 class _Problems(list):
     """Problems collected while reading the dataset folder ``root``."""
 
@@ -322,12 +331,12 @@ def _nnunet_cases(ending: str, n_channels: int, problems: _Problems) -> tuple[Ca
         return ()
     images: dict[str, dict[int, Path]] = {}
     for f in _image_files(images_dir):
-        match = _CHANNEL_SUFFIX.fullmatch(_stem(f, ending, problems) or "")
-        if match is None:
+        split = split_channel_suffix(_stem(f, ending, problems) or "")
+        if split is None:
             if file_ending(f) == ending:
                 problems.add(f, f"image names must be CASE_XXXX{ending}, XXXX = channel 0000..")
             continue
-        case_id, channel = match.group(1), int(match.group(2))
+        case_id, channel = split
         if n_channels and channel >= n_channels:
             problems.add(f, f"channel {channel}, but dataset.json declares {n_channels} channel(s)")
         elif channel in images.setdefault(case_id, {}):
