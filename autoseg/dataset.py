@@ -25,7 +25,7 @@ from typing import Any
 from autoseg.errors import DatasetError, Problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
 
@@ -143,7 +143,7 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
         problems.meta(f"'numTraining' must be an integer, got {declared!r}")
     elif declared is not None and declared != len(cases) and not problems:
-        logger.warning("%s: numTraining is %d, found %d cases", problems.json, declared, len(cases))
+        log.warning("%s: numTraining is %d, found %d cases", problems.json, declared, len(cases))
     if problems or channels is None or labels is None:
         raise DatasetError(problems, what=f"dataset {root}")
     return DatasetSpec(
@@ -288,7 +288,7 @@ def _msd_cases(meta: dict[str, Any], problems: _Problems) -> tuple[Case, ...]:
     for folder in ("imagesTr", "labelsTr"):
         unlisted = [f.name for f in _image_files(problems.root / folder) if f not in listed]
         if unlisted:
-            logger.warning(
+            log.warning(
                 "%s: %d image file(s) not listed in dataset.json 'training', ignored: %s",
                 problems.root / folder,
                 len(unlisted),
@@ -399,7 +399,7 @@ def _image_files(folder: Path) -> list[Path]:
         else:
             files.append(entry)
     if stray:
-        logger.warning(
+        log.warning(
             "%s: ignoring %d entries that are not image files: %s", folder, len(stray), _some(stray)
         )
     return files

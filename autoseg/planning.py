@@ -77,7 +77,7 @@ def plan_dataset(
     from autoseg.dataset import load_dataset
     from autoseg.fingerprint import compute_fingerprint
     from autoseg.preprocess import run_preprocessing
-    from planners import Budget, get_planner
+    from autoseg.planners import Budget, get_planner
 
     t0 = time.perf_counter()
     dirs = resolve_dataset(dataset, resolve_home(home))
