@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 
 from autoseg import __version__
 from autoseg.dataset import load_dataset
@@ -131,7 +132,6 @@ class BenchmarkResult:
 
     def table(self) -> Any:
         """The figures as a ``rich.table.Table``."""
-        from rich.table import Table
 
         def gb(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.2f} GiB"

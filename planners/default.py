@@ -27,7 +27,6 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint
-from autoseg.plans import Configuration, Normalization, Plans
 from autoseg.planners import Budget, register_planner
 from autoseg.planners.rules import (
     GIB,
@@ -41,6 +40,7 @@ from autoseg.planners.rules import (
     round_spacing,
     target_spacing,
 )
+from autoseg.plans import Configuration, Normalization, Plans
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ class _Planning:
         return spacing, median, planned
 
 
-def plan_with_settings(fingerprint: Fingerprint, budget: Budget, settings: PlannerSettings) -> Plans:
+def plan_with_settings(
+    fingerprint: Fingerprint, budget: Budget, settings: PlannerSettings
+) -> Plans:
     """Plans for every configuration of ``fingerprint`` within ``budget``.
 
     Args:

@@ -9,10 +9,10 @@ patches or batches for the same budget.
 from __future__ import annotations
 
 from autoseg.fingerprint import Fingerprint
-from autoseg.plans import Plans
 from autoseg.planners import Budget, register_planner
 from autoseg.planners.default import plan_with_settings
 from autoseg.planners.rules import PlannerSettings
+from autoseg.plans import Plans
 
 SETTINGS = PlannerSettings(
     name="resenc",
