@@ -8,13 +8,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import autoseg.network as network_module
 import autoseg.registry
 from autoseg import device
 from autoseg.errors import AutosegError
 from autoseg.network import NETWORKS, build_network, register_network
+from autoseg.planners import Budget, get_planner
+from autoseg.planners.default import SETTINGS as PLAIN
+from autoseg.planners.resenc import SETTINGS as RESENC
+from autoseg.planners.rules import Topology, parameter_count
 from autoseg.plans import Configuration, Normalization
+from tests.test_planners import make_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,3 +222,24 @@ def test_unknown_devices_are_user_errors(name: str) -> None:
 def test_auto_and_cpu_devices() -> None:
     assert device.resolve_device("cpu").type == "cpu"
     assert device.resolve_device("auto").type in ("cpu", "cuda")
+
+
+# ---------------------------------------------------------------------------- planner vs network
+
+
+@pytest.mark.parametrize("planner", ["default", "resenc"])
+def test_the_planners_parameter_count_describes_the_network_it_plans(planner: str) -> None:
+    """The memory model counts the weights of the network it plans; it must not drift from
+    the real architecture (a second description of it): within 1% (resenc's shortcut
+    projections are not modelled exactly), exact for the plain U-Net."""
+    settings = {"default": PLAIN, "resenc": RESENC}[planner]
+    plans = get_planner(planner)(
+        make_fingerprint([(1.0, 1.0, 1.0)] * 4, [(64, 80, 72)] * 4), Budget()
+    )
+    convs = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    for config in plans.configurations.values():
+        net = build_network(config, len(plans.channels), len(plans.labels))
+        real = sum(m.weight.numel() for m in net.modules() if isinstance(m, convs))
+        topology = Topology(config.patch_size, config.strides, config.kernel_sizes)
+        modelled = parameter_count(topology, settings, len(plans.channels), len(plans.labels))
+        assert abs(real - modelled) <= (0 if planner == "default" else 0.01) * real, config.name
