@@ -25,7 +25,6 @@ import logging
 import os
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 
 from autoseg import __version__
-from autoseg.checkpoint import save_checkpoint
-from autoseg.data import BatchLoader
 from autoseg.dataset import load_dataset
+from autoseg.device import resolve_device
 from autoseg.errors import AutosegError
 from autoseg.io import read_image
+from autoseg.loader import BatchLoader
 from autoseg.network import build_network
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
@@ -48,7 +48,7 @@ from autoseg.preprocess import load_case
 from autoseg.serial import dump_json, to_dict
 from autoseg.splits import make_splits
 from autoseg.step import TrainingStep
-from autoseg.train import TrainSettings, default_workers, preprocessed_cases, resolve_device
+from autoseg.train import default_workers, preprocessed_cases
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,6 @@ class BenchmarkResult:
 
     def table(self) -> Any:
         """The figures as a ``rich.table.Table``."""
-        from rich.table import Table
 
         def gb(value: float | None) -> str:
             return "n/a" if value is None else f"{value:.2f} GiB"
@@ -279,12 +278,9 @@ def _time_prediction(
     in_channels, num_classes = len(plans.channels), len(plans.labels)
     torch.manual_seed(0)
     net = build_network(config, in_channels, num_classes, deep_supervision=False)
-    meta = {"configuration": config_name, "fold": "0", "epoch": 0}
-    meta |= {"num_classes": num_classes, "in_channels": in_channels}
-    with tempfile.TemporaryDirectory(prefix="autoseg-benchmark-") as tmp:
-        plans.to_json(Path(tmp) / "plans.json")
-        save_checkpoint(Path(tmp) / "fold_0" / "checkpoint_final.pt", net.state_dict(), None, meta)
-        predictor = Predictor(tmp, folds=["0"], device=device, tta=tta, postprocess=False)
+    predictor = Predictor(
+        [net.state_dict()], plans, config, device=device, tta=tta, folds=["untrained"]
+    )
     arrays = [load_case(folder, c, mmap=False).image for c in case_ids]
     if warmup:
         predictor.predict_preprocessed(arrays[0])
@@ -347,8 +343,9 @@ def run_benchmark(
     torch_device = resolve_device(device)
     n_workers = default_workers(torch_device) if workers is None else workers
     device_name = _device_name(torch_device)  # before prediction changes the CPU thread count
-    settings = TrainSettings(augmentation=augmentation)
-    step = TrainingStep(config, len(plans.channels), len(plans.labels), torch_device, settings)
+    step = TrainingStep(
+        config, len(plans.channels), len(plans.labels), torch_device, augmentation=augmentation
+    )
     _reset_gpu_peak(torch_device)
     log.info("timing %d training iterations (%d workers)", iterations, n_workers)
     with BatchLoader(

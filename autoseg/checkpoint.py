@@ -13,16 +13,45 @@ import glob
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.serial import atomic_output
+from autoseg.serial import atomic_output, from_dict, to_dict
 
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about itself (stored as JSON inside the file).
+
+    Attributes:
+        configuration: the configuration's name (``3d_fullres``, ...).
+        fold: ``"0"`` .. ``"4"`` or ``"all"``.
+        epoch: the last finished epoch (0-based).
+        num_classes: classes, background included; None when not recorded.
+        in_channels: input channels; None when not recorded.
+        plans: the plans trained with, as plain JSON.
+        settings: the ``TrainSettings``, as plain JSON.
+        history: the training curves (``autoseg.progress.History.to_dict``).
+        augmentation: where training batches were augmented (``cpu`` or ``device``).
+        autoseg_version: the version that wrote it.
+    """
+
+    configuration: str = ""
+    fold: str = ""
+    epoch: int = 0
+    num_classes: int | None = None
+    in_channels: int | None = None
+    plans: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+    augmentation: str = ""
+    autoseg_version: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,23 +60,23 @@ class Checkpoint:
 
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, Any] | None
-    meta: dict[str, Any]
+    meta: CheckpointMeta
 
 
-def _encode_meta(meta: dict[str, Any]) -> torch.Tensor:
-    text = json.dumps(meta, sort_keys=True)
+def _encode_meta(meta: CheckpointMeta) -> torch.Tensor:
+    text = json.dumps(to_dict(meta), sort_keys=True)
     return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).clone()
 
 
-def _decode_meta(tensor: torch.Tensor) -> dict[str, Any]:
-    return json.loads(bytes(tensor.cpu().numpy().tobytes()).decode("utf-8"))
+def _decode_meta(tensor: torch.Tensor) -> CheckpointMeta:
+    return from_dict(CheckpointMeta, json.loads(bytes(tensor.cpu().numpy().tobytes()).decode()))
 
 
 def save_checkpoint(
     path: str | Path,
     model_state: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any] | None,
-    meta: dict[str, Any],
+    meta: CheckpointMeta,
 ) -> None:
     """Save atomically (temp file in the same folder, then rename).
 
@@ -55,7 +84,7 @@ def save_checkpoint(
         path: destination file.
         model_state: the network's ``state_dict()``.
         optimizer_state: the optimizer's ``state_dict()`` or None.
-        meta: JSON-serialisable metadata (plans, configuration, fold, epoch, ...).
+        meta: what the checkpoint says about itself (configuration, fold, epoch, ...).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +131,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise AutosegError(f"{path}: not an autoseg checkpoint (no 'model' and 'meta' entries)")
     try:
         meta = _decode_meta(payload["meta"])
-    except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
         raise AutosegError(f"{path}: checkpoint metadata is corrupt") from exc
     return Checkpoint(
         model_state=payload["model"], optimizer_state=payload.get("optimizer"), meta=meta

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -103,7 +102,9 @@ def _console(stderr: bool = False):
 
 
 def _workers(workers: int | None) -> int:
-    return workers if workers is not None and workers > 0 else (os.cpu_count() or 1)
+    from autoseg.device import cpu_count  # torch-free; kept lazy like every library import here
+
+    return workers if workers is not None and workers > 0 else cpu_count()
 
 
 def detect_gpu_memory_gb() -> float | None:
@@ -132,7 +133,7 @@ def plan(
     ] = True,
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
-    from autoseg.plan import plan_dataset
+    from autoseg.planning import plan_dataset
 
     summary = plan_dataset(
         dataset,
@@ -194,26 +195,6 @@ def train(
     _console().print(f"trained: {folder}")
 
 
-def _find_models(
-    home: Path, dataset: str | None, configuration: str | None, planner: str | None
-) -> list[Path]:
-    """Model folders under home with at least one finished fold, filtered by the options."""
-    from autoseg.paths import resolve_dataset
-
-    pattern_ds = "*"
-    if dataset is not None:
-        pattern_ds = resolve_dataset(dataset, home).name
-    found = sorted(
-        {p.parent.parent for p in home.glob(f"{pattern_ds}/models/*/*/fold_*/checkpoint_final.pt")}
-    )
-    return [
-        f
-        for f in found
-        if (configuration is None or f.name == configuration)
-        and (planner is None or f.parent.name == planner)
-    ]
-
-
 @app.command()
 @user_errors
 def predict(
@@ -226,7 +207,12 @@ def predict(
         str | None, typer.Option("-c", "--configuration", help="2d, 3d_fullres, ...")
     ] = None,
     folds: Annotated[
-        str | None, typer.Option("-f", "--folds", help="Comma-separated folds (default: all).")
+        str | None,
+        typer.Option(
+            "-f",
+            "--folds",
+            help="Comma-separated folds (default: 0-4 when all are trained, else all).",
+        ),
     ] = None,
     model: Annotated[
         Path | None,
@@ -249,7 +235,8 @@ def predict(
 ) -> None:
     """Predict NIfTI images with a trained model; outputs keep each input's exact geometry."""
     from autoseg.errors import AutosegError
-    from autoseg.paths import resolve_home
+    from autoseg.model_folder import find_model_folders
+    from autoseg.paths import resolve_dataset, resolve_home
     from autoseg.predictor import Predictor, predict_folder
 
     for path in inputs:
@@ -257,7 +244,9 @@ def predict(
             raise AutosegError(f"{path}: input not found")
     if model is None:
         root = resolve_home(home)
-        candidates = _find_models(root, dataset, configuration, planner)
+        name = "*" if dataset is None else resolve_dataset(dataset, root).name
+        found = find_model_folders(root, name, checkpoint, configuration, planner)
+        candidates = [m.path for m in found]
         if not candidates:
             raise AutosegError(
                 f"no trained model found in {root}"
@@ -271,10 +260,14 @@ def predict(
             )
             raise AutosegError(f"several trained models; choose with -d/-c/--planner:\n{listing}")
         model = candidates[0]
-    name = checkpoint if checkpoint.endswith(".pt") else f"checkpoint_{checkpoint}.pt"
     fold_list = [f.strip() for f in folds.split(",")] if folds else None
-    predictor = Predictor(
-        model, folds=fold_list, checkpoint=name, device=device, tta=tta, postprocess=postprocess
+    predictor = Predictor.from_folder(
+        model,
+        folds=fold_list,
+        checkpoint=checkpoint,
+        device=device,
+        tta=tta,
+        postprocess=postprocess,
     )
     report = predict_folder(
         inputs, output, predictor, overwrite=overwrite, save_probabilities=save_probabilities

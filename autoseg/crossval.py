@@ -10,38 +10,34 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
+from rich.table import Table
+
+from autoseg.evaluate import Evaluation
+from autoseg.io import read_array, strip_ending
+from autoseg.model_folder import CV_FOLDS, ModelFolder, find_model_folders
 from autoseg.paths import DatasetDirs
+from autoseg.postprocess import decide_postprocessing
 from autoseg.splits import NUM_FOLDS
 
 log = logging.getLogger(__name__)
-VALIDATION_DONE = "validation_done"
 
 
-def _validated_folds(model_folder: Path) -> list[str]:
-    return [
-        str(k) for k in range(NUM_FOLDS) if (model_folder / f"fold_{k}" / VALIDATION_DONE).is_file()
-    ]
-
-
-def decide_cv_postprocessing(model_folder: Path, labels: list[int]) -> bool:
+def decide_cv_postprocessing(model_folder: ModelFolder, labels: list[int]) -> bool:
     """Decide post-processing on the pooled CV predictions when all folds are validated.
 
     Returns:
         True when ``postprocessing.json`` was written.
     """
-    from autoseg.io import read_array, strip_ending
-    from autoseg.postprocess import decide_postprocessing
-
-    folds = _validated_folds(model_folder)
+    folds = model_folder.validated_folds()
     if len(folds) < NUM_FOLDS:
         return False
 
     def cases():
         for fold in folds:
-            refs = model_folder / f"fold_{fold}" / ".validation_refs"
-            for pred_path in sorted((model_folder / f"fold_{fold}" / "validation").iterdir()):
+            refs = model_folder.validation_refs(fold)
+            for pred_path in sorted(model_folder.validation_dir(fold).iterdir()):
                 if pred_path.name.startswith("."):
                     continue
                 refs_for = [r for r in refs.iterdir() if strip_ending(r) == strip_ending(pred_path)]
@@ -52,7 +48,7 @@ def decide_cv_postprocessing(model_folder: Path, labels: list[int]) -> bool:
                 yield pred, ref, geometry.spacing
 
     decision = decide_postprocessing(cases(), labels)
-    decision.to_json(model_folder / "postprocessing.json")
+    decision.to_json(model_folder.postprocessing)
     log.info(
         "post-processing decided on %d folds: foreground LCC %s, per-label LCC %s",
         len(folds),
@@ -89,9 +85,7 @@ class BestConfiguration:
         complete = [r for r in self.results if r.complete] or list(self.results)
         return max(complete, key=lambda r: r.mean_dice, default=None)
 
-    def print(self, console) -> None:
-        from rich.table import Table
-
+    def print(self, console: Any) -> None:
         if not self.results:
             console.print(f"no validated folds for {self.dataset} yet: train folds 0-4 first")
             return
@@ -117,12 +111,11 @@ class BestConfiguration:
 
 def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
     """Rank every trained configuration of a dataset by its mean validation Dice."""
-    from autoseg.evaluate import Evaluation
-
     results = []
-    for folder in sorted((dirs.work / "models").glob("*/*")):
-        summaries = [(k, folder / f"fold_{k}" / "summary.json") for k in range(NUM_FOLDS)]
-        found = [(str(k), Evaluation.from_json(p)) for k, p in summaries if p.is_file()]
+    for model in find_model_folders(dirs.work.parent, dirs.work.name):
+        folder = model.path
+        summaries = [(k, model.summary(k)) for k in CV_FOLDS]
+        found = [(k, Evaluation.from_json(p)) for k, p in summaries if p.is_file()]
         if not found:
             continue
         labels = found[0][1].labels

@@ -25,9 +25,18 @@ from typing import Any
 from autoseg.errors import DatasetError, Problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+
+
+def split_channel_suffix(stem: str) -> tuple[str, int] | None:
+    """``"CASE_0003"`` -> ``("CASE", 3)``; None when the name has no 4-digit channel suffix.
+
+    The one channel-suffix rule, shared by the dataset check and by ``predict``'s input files.
+    """
+    match = _CHANNEL_SUFFIX.fullmatch(stem)
+    return None if match is None else (match.group(1), int(match.group(2)))
 
 
 class _Problems(list):
@@ -134,7 +143,7 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
         problems.meta(f"'numTraining' must be an integer, got {declared!r}")
     elif declared is not None and declared != len(cases) and not problems:
-        logger.warning("%s: numTraining is %d, found %d cases", problems.json, declared, len(cases))
+        log.warning("%s: numTraining is %d, found %d cases", problems.json, declared, len(cases))
     if problems or channels is None or labels is None:
         raise DatasetError(problems, what=f"dataset {root}")
     return DatasetSpec(
@@ -279,7 +288,7 @@ def _msd_cases(meta: dict[str, Any], problems: _Problems) -> tuple[Case, ...]:
     for folder in ("imagesTr", "labelsTr"):
         unlisted = [f.name for f in _image_files(problems.root / folder) if f not in listed]
         if unlisted:
-            logger.warning(
+            log.warning(
                 "%s: %d image file(s) not listed in dataset.json 'training', ignored: %s",
                 problems.root / folder,
                 len(unlisted),
@@ -322,12 +331,12 @@ def _nnunet_cases(ending: str, n_channels: int, problems: _Problems) -> tuple[Ca
         return ()
     images: dict[str, dict[int, Path]] = {}
     for f in _image_files(images_dir):
-        match = _CHANNEL_SUFFIX.fullmatch(_stem(f, ending, problems) or "")
-        if match is None:
+        split = split_channel_suffix(_stem(f, ending, problems) or "")
+        if split is None:
             if file_ending(f) == ending:
                 problems.add(f, f"image names must be CASE_XXXX{ending}, XXXX = channel 0000..")
             continue
-        case_id, channel = match.group(1), int(match.group(2))
+        case_id, channel = split
         if n_channels and channel >= n_channels:
             problems.add(f, f"channel {channel}, but dataset.json declares {n_channels} channel(s)")
         elif channel in images.setdefault(case_id, {}):
@@ -390,7 +399,7 @@ def _image_files(folder: Path) -> list[Path]:
         else:
             files.append(entry)
     if stray:
-        logger.warning(
+        log.warning(
             "%s: ignoring %d entries that are not image files: %s", folder, len(stray), _some(stray)
         )
     return files

@@ -16,6 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.evaluate import evaluate_folders
+from autoseg.io import read_array
+from autoseg.model_folder import ModelFolder
+from autoseg.paths import resolve_dataset
+from autoseg.planning import plan_dataset
+from autoseg.predictor import Predictor, predict_folder
+from autoseg.train import TrainSettings, train_fold
 
 log = logging.getLogger(__name__)
 DEMO_DATASET = "Hippocampus"
@@ -45,12 +52,10 @@ def save_overlay(
     image_path: Path, ref_path: Path, pred_path: Path, out: Path, slices: int = 3
 ) -> None:
     """A PNG with a few slices of one case: image, reference contour, prediction contour."""
-    import matplotlib
+    import matplotlib  # heavy and only for the picture: imported when one is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from autoseg.io import read_array
 
     image, _ = read_array(image_path)
     ref, _ = read_array(ref_path)
@@ -86,12 +91,6 @@ def run_demo(
     home: Path, *, epochs: int, iterations: int, device: str, workers: int, console
 ) -> DemoResult:
     """Run the whole pipeline on the shipped cases; prints progress and a Dice table."""
-    from autoseg.evaluate import evaluate_folders
-    from autoseg.paths import resolve_dataset
-    from autoseg.plan import plan_dataset
-    from autoseg.predictor import Predictor, predict_folder
-    from autoseg.train import TrainSettings, train_fold
-
     source = demo_dataset_path()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -114,18 +113,17 @@ def run_demo(
         resume=True,
         validate=False,
     )
-    fold_dir = dirs.work / "models" / "default" / "3d_fullres" / "fold_all"
-    if not (fold_dir / "checkpoint_final.pt").exists():
+    model = ModelFolder(dirs.model_folder("default", "3d_fullres"))
+    if not model.checkpoint("all", "final").exists():
         train_fold(dirs, summary.plans, "3d_fullres", "all", settings)
     else:
-        console.print(f"already trained: {fold_dir} (delete it to train again)")
+        console.print(f"already trained: {model.fold_dir('all')} (delete it to train again)")
     seconds["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     console.rule("[bold]3/4 predict the 6 held-out cases (sliding window, mirroring TTA)")
-    model = dirs.model_folder("default", "3d_fullres")
     predictions = dirs.work / "demo_predictions"
-    predictor = Predictor(model, device=device)
+    predictor = Predictor.from_folder(model.path, folds=["all"], device=device)
     report = predict_folder(
         sorted((source / "imagesTs").glob("*.nii.gz")), predictions, predictor, overwrite=True
     )

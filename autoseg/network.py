@@ -27,6 +27,7 @@ from torch import nn
 
 from autoseg.errors import AutosegError
 from autoseg.plans import Configuration
+from autoseg.registry import Registry
 
 __all__ = [
     "NETWORKS",
@@ -36,7 +37,8 @@ __all__ = [
 ]
 
 NetworkBuilder = Callable[[Configuration, int, int], nn.Module]
-NETWORKS: dict[str, NetworkBuilder] = {}
+# built-ins register below; plug-ins come from entry points of group "autoseg.networks"
+NETWORKS: Registry[NetworkBuilder] = Registry("network", "autoseg.networks")
 
 # Residual blocks per stage of the residual encoder when the plans do not say (nnU-Net ResEnc).
 DEFAULT_RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)
@@ -44,14 +46,7 @@ DEFAULT_RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)
 
 def register_network(name: str) -> Callable[[NetworkBuilder], NetworkBuilder]:
     """Register ``builder(config, in_channels, num_classes) -> nn.Module`` under ``name``."""
-
-    def decorator(builder: NetworkBuilder) -> NetworkBuilder:
-        if name in NETWORKS:
-            raise ValueError(f"network '{name}' is already registered")
-        NETWORKS[name] = builder
-        return builder
-
-    return decorator
+    return NETWORKS.register(name)
 
 
 def build_network(
@@ -71,13 +66,13 @@ def build_network(
     Raises:
         AutosegError: unknown architecture or an inconsistent configuration.
     """
-    if config.network not in NETWORKS:
+    if config.network not in NETWORKS:  # loads the plug-ins first
         raise AutosegError(
             f"unknown network '{config.network}' in configuration '{config.name}'; "
-            f"available: {', '.join(sorted(NETWORKS))}"
+            f"available: {', '.join(NETWORKS.names())}"
         )
     _check_config(config)
-    net = NETWORKS[config.network](config, in_channels, num_classes)
+    net = NETWORKS.get(config.network)(config, in_channels, num_classes)
     net.deep_supervision = deep_supervision
     init_weights(net)
     return net

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.errors import AutosegError
+from autoseg.serial import atomic_write_text
 
 DEFAULT_HOME = "autoseg_home"
 DEFAULT_PLANNER = "default"
@@ -92,7 +93,5 @@ def resolve_dataset(dataset: str, home: Path) -> DatasetDirs:
 
 def record_source(dirs: DatasetDirs) -> None:
     """Remember where the raw data lives, so later commands accept the dataset's name."""
-    from autoseg.serial import atomic_write_text
-
     if dirs.raw is not None:
         atomic_write_text(dirs.work / "dataset_source.txt", str(dirs.raw) + "\n")

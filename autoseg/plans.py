@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoseg.errors import AutosegError
 from autoseg.serial import dump_json, load_json
 
 
@@ -125,8 +126,6 @@ class Plans:
     def configuration(self, name: str) -> Configuration:
         """The named configuration; raises AutosegError listing the planned ones."""
         if name not in self.configurations:
-            from autoseg.errors import AutosegError
-
             raise AutosegError(
                 f"configuration '{name}' is not planned for {self.dataset_name}; "
                 f"planned: {', '.join(sorted(self.configurations))}"

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from autoseg.serial import dump_json, load_json
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _EPS = 1e-9  # Dice changes smaller than this count as no change
 
@@ -171,7 +171,7 @@ def decide_postprocessing(
     dice_before, dice_fg = _means(before), _means(after_fg)
     improves = dice_fg.mean() > dice_before.mean() + _EPS
     use_fg = bool(improves and np.all(dice_fg >= dice_before - _EPS))
-    logger.info(
+    log.info(
         "largest component of foreground: mean Dice %.4f -> %.4f: %s",
         dice_before.mean(),
         dice_fg.mean(),
@@ -183,7 +183,7 @@ def decide_postprocessing(
     final = base.copy()
     for i, value in enumerate(labels):
         accepted = bool(dice_label[i] > base[i] + _EPS)
-        logger.info(
+        log.info(
             "largest component of label %d: Dice %.4f -> %.4f: %s",
             value,
             base[i],

@@ -12,15 +12,13 @@ next case and exporting the previous one run in background threads while the net
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import itertools
 import logging
 import os
-import re
 import zipfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,146 +28,183 @@ import numpy as np
 import torch
 from rich.progress import MofNCompleteColumn, Progress
 
-from autoseg.checkpoint import Checkpoint, load_checkpoint
+from autoseg.checkpoint import load_checkpoint
+from autoseg.device import autocast, cpu_count, resolve_device
 from autoseg.errors import AutosegError, Problem
-from autoseg.io import (
-    Geometry,
-    Image,
-    file_ending,
-    read_image,
-    write_label,
-)
+from autoseg.inputs import group_input_files, list_input_files, refuse_outputs_that_are_inputs
+from autoseg.io import Geometry, Image, file_ending, read_image, write_label
+from autoseg.model_folder import ModelFolder, checkpoint_file
+from autoseg.network import build_network
 from autoseg.plans import Configuration, Plans
-from autoseg.predict import (
-    cpu_count,
-    group_input_files,
-    resolve_device,
-    sliding_window_logits,
-    sliding_window_logits_slices,
-)
+from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
+from autoseg.preprocess import preprocess_image, restore_probabilities
 from autoseg.serial import atomic_output
+from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PredictionReport", "Predictor", "predict_folder"]
 
-_FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
-
-
-def _available_folds(folder: Path, checkpoint: str) -> list[str]:
-    """Fold names (``"0"``, ``"all"``, ...) whose ``fold_<k>/<checkpoint>`` exists, sorted."""
-    names = []
-    for child in folder.iterdir() if folder.is_dir() else ():
-        match = _FOLD_DIR.match(child.name)
-        if match and (child / checkpoint).is_file():
-            names.append(match.group(1))
-    return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
-
-
-def _not_a_model(folder: Path, why: str) -> AutosegError:
-    return AutosegError(
-        f"{folder}: not an autoseg model folder ({why}); expected "
-        "<home>/<dataset>/models/<planner>/<config>/ holding plans.json and fold_<k>/"
-    )
-
 
 class Predictor:
-    """The trained folds of one model folder, loaded once, ready to predict.
+    """Trained networks of one configuration, ready to predict; their logits are averaged.
+
+    Build it from objects (a benchmark, a notebook) or load it with ``Predictor.from_folder``.
 
     Args:
-        model_folder: ``<home>/<dataset>/models/<planner>/<config>/``.
-        folds: fold names or numbers to use; None uses every fold folder holding ``checkpoint``.
-        checkpoint: checkpoint file name inside each fold folder.
+        weights: one network state dict per fold (``network.state_dict()``).
+        plans: the plans the networks were trained with.
+        configuration: the configuration (or its name in ``plans``).
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         tta: mirroring test-time augmentation over all spatial axes (8 passes in 3D, 4 in 2D).
         step: sliding-window step as a fraction of the patch.
-        postprocess: apply ``postprocessing.json`` when the model folder has one.
+        postprocessing: the cross-validation's post-processing decision, or None.
         tile_batch: network inputs per forward pass; None = 8 on CUDA, 2 on CPU.
+        folds: the fold names of ``weights`` (for messages; default 0, 1, ...).
+        sources: where each state dict came from, named in errors (default ``fold <k>``).
 
     Raises:
-        AutosegError: the folder is not a model folder, a fold or checkpoint is missing or does
-            not match the plans.
+        AutosegError: a cascade stage, or weights that do not fit the planned network.
     """
 
     def __init__(
         self,
+        weights: Sequence[Mapping[str, torch.Tensor]],
+        plans: Plans,
+        configuration: Configuration | str,
+        *,
+        device: str | torch.device = "auto",
+        tta: bool = True,
+        step: float = 0.5,
+        postprocessing: PostprocessingDecision | None = None,
+        tile_batch: int | None = None,
+        folds: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> None:
+        self.plans = plans
+        if isinstance(configuration, str):
+            configuration = plans.configuration(configuration)
+        self.configuration: Configuration = configuration
+        if configuration.previous_stage:
+            raise AutosegError(
+                f"'{configuration.name}' is a cascade stage; predicting cascades is not supported"
+            )
+        self.folds = tuple(folds) if folds is not None else tuple(map(str, range(len(weights))))
+        sources = list(sources) if sources is not None else [f"fold {f}" for f in self.folds]
+        self.device = resolve_device(device)
+        self.tta, self.step = tta, step
+        self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
+        self.label_values = np.array(sorted(plans.labels), dtype=np.int64)  # class i -> value
+        self.num_classes, self.in_channels = len(self.label_values), len(plans.channels)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_count())
+        else:
+            torch.backends.cudnn.benchmark = True  # one patch size: pick the fastest kernels
+        self.networks = [self._network(w, src) for w, src in zip(weights, sources, strict=True)]
+        self.postprocessing = postprocessing
+
+    @classmethod
+    def from_folder(
+        cls,
         model_folder: str | Path,
         folds: Sequence[int | str] | None = None,
-        checkpoint: str = "checkpoint_final.pt",
+        checkpoint: str = "final",
         device: str | torch.device = "auto",
         tta: bool = True,
         step: float = 0.5,
         postprocess: bool = True,
         tile_batch: int | None = None,
-    ) -> None:
-        folder = self.model_folder = Path(model_folder)
-        if not folder.is_dir():
-            raise AutosegError(f"{folder}: model folder not found")
-        if not (folder / "plans.json").is_file():
-            raise _not_a_model(folder, "no plans.json")
-        available = _available_folds(folder, checkpoint)
+    ) -> Predictor:
+        """Load the trained folds of a model folder.
+
+        Args:
+            model_folder: ``<home>/<dataset>/models/<planner>/<config>/``.
+            folds: fold names or numbers; None: ``ModelFolder.default_folds`` (the 5
+                cross-validation folds when all are trained, else ``all``; the log says which).
+            checkpoint: ``final``, ``best``, ``latest`` or a checkpoint file name.
+            device, tta, step, tile_batch: as for the constructor.
+            postprocess: apply ``postprocessing.json`` when the model folder has one.
+
+        Raises:
+            AutosegError: the folder is not a model folder, a fold or checkpoint is missing or
+                does not match the plans.
+        """
+        folder = ModelFolder(Path(model_folder))
+        if not folder.path.is_dir():
+            raise AutosegError(f"{folder.path}: model folder not found")
+        if not folder.plans.is_file():
+            raise folder.not_a_model("no plans.json")
+        available = folder.folds_with(checkpoint)
         if not available:
-            raise _not_a_model(folder, f"no fold_<k>/{checkpoint}")
-        self.folds = tuple(available) if folds is None else tuple(str(f) for f in folds)
-        missing = [f for f in self.folds if f not in available]
+            raise folder.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
+        chosen = folder.default_folds(checkpoint) if folds is None else tuple(map(str, folds))
+        missing = [f for f in chosen if f not in available]
         if missing:
             raise AutosegError(
-                f"{folder}: no {checkpoint} for fold(s) {', '.join(missing)}; "
-                f"available: {', '.join(available)}"
+                f"{folder.path}: no {checkpoint_file(checkpoint)} for fold(s) "
+                f"{', '.join(missing)}; available: {', '.join(available)}"
             )
         try:
-            self.plans = Plans.from_json(folder / "plans.json")
+            plans = Plans.from_json(folder.plans)
         except (ValueError, TypeError, KeyError) as exc:
-            raise AutosegError(f"{folder / 'plans.json'}: not valid autoseg plans ({exc})") from exc
-        self.device = resolve_device(device)
-        self.tta, self.step = tta, step
-        self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
-        self.label_values = np.array(sorted(self.plans.labels), dtype=np.int64)  # class i -> value
-        self.num_classes, self.in_channels = len(self.label_values), len(self.plans.channels)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_count())
-        else:
-            torch.backends.cudnn.benchmark = True  # one patch size: pick the fastest kernels
-        paths = [folder / f"fold_{fold}" / checkpoint for fold in self.folds]
+            raise AutosegError(f"{folder.plans}: not valid autoseg plans ({exc})") from exc
+        paths = [folder.checkpoint(fold, checkpoint) for fold in chosen]
         checkpoints = [load_checkpoint(path, map_location="cpu") for path in paths]
-        names = {c.meta.get("configuration", folder.name) for c in checkpoints}
+        names = {c.meta.configuration or folder.name for c in checkpoints}
         if len(names) > 1:
-            raise AutosegError(f"{folder}: folds trained with different configurations {names}")
-        self.configuration: Configuration = self.plans.configuration(names.pop())
-        if self.configuration.previous_stage:
             raise AutosegError(
-                f"{folder}: '{self.configuration.name}' is a cascade stage; predicting cascades "
-                "is not supported"
+                f"{folder.path}: folds trained with different configurations {names}"
             )
-        self.networks = [self._network(p, c) for p, c in zip(paths, checkpoints, strict=True)]
-        self.postprocessing = None
-        if postprocess and (folder / "postprocessing.json").is_file():
-            from autoseg.postprocess import PostprocessingDecision
-
-            self.postprocessing = PostprocessingDecision.from_json(folder / "postprocessing.json")
+        for path, ckpt in zip(paths, checkpoints, strict=True):
+            for key, planned in (
+                ("num_classes", len(plans.labels)),
+                ("in_channels", len(plans.channels)),
+            ):
+                recorded = getattr(ckpt.meta, key)
+                if recorded is not None and recorded != planned:
+                    raise AutosegError(f"{path}: {key} {recorded} differs from plans.json")
+        decision = None
+        if postprocess and folder.postprocessing.is_file():
+            decision = PostprocessingDecision.from_json(folder.postprocessing)
+        config = plans.configuration(names.pop())
+        if config.previous_stage:
+            raise AutosegError(
+                f"{folder.path}: '{config.name}' is a cascade stage; predicting cascades is not "
+                "supported"
+            )
+        predictor = cls(
+            [c.model_state for c in checkpoints],
+            plans,
+            config,
+            device=device,
+            tta=tta,
+            step=step,
+            postprocessing=decision,
+            tile_batch=tile_batch,
+            folds=chosen,
+            sources=[str(p) for p in paths],
+        )
         log.info(
             "loaded %s (%s, folds %s) on %s",
-            folder,
-            self.configuration.name,
-            ",".join(self.folds),
-            self.device,
+            folder.path,
+            predictor.configuration.name,
+            ",".join(predictor.folds),
+            predictor.device,
         )
+        return predictor
 
-    def _network(self, path: Path, ckpt: Checkpoint) -> torch.nn.Module:
-        """The fold's network with its weights, in eval mode on the device."""
-        from autoseg.network import build_network
-
-        for key, planned in (("num_classes", self.num_classes), ("in_channels", self.in_channels)):
-            if key in ckpt.meta and int(ckpt.meta[key]) != planned:
-                raise AutosegError(f"{path}: {key} {ckpt.meta[key]} differs from plans.json")
+    def _network(self, weights: Mapping[str, torch.Tensor], source: str) -> torch.nn.Module:
+        """A network of the configuration with ``weights``, in eval mode on the device."""
         net = build_network(
             self.configuration, self.in_channels, self.num_classes, deep_supervision=False
         )
         try:
-            net.load_state_dict(ckpt.model_state)
+            net.load_state_dict(weights)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise AutosegError(f"{path}: weights do not fit the planned network ({first})") from exc
+            raise AutosegError(
+                f"{source}: weights do not fit the planned network ({first})"
+            ) from exc
         net.deep_supervision = False
         return net.to(self.device).eval()
 
@@ -184,8 +219,6 @@ class Predictor:
         Raises:
             AutosegError: the image has the wrong number of channels, or NaN/Inf voxels.
         """
-        from autoseg.preprocess import preprocess_image
-
         if image.array.shape[0] != self.in_channels:
             raise AutosegError(
                 f"image has {image.array.shape[0]} channel(s); the model takes "
@@ -211,12 +244,8 @@ class Predictor:
         image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
         window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
         mirror_axes = tuple(range(config.ndim)) if self.tta else ()
-        cuda = self.device.type == "cuda"
         total = torch.zeros(0)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device):
             for i, net in enumerate(self.networks):
                 logits = window(  # (K, Z, Y, X) float32
                     net,
@@ -247,8 +276,6 @@ class Predictor:
             ``(labels (Z, Y, X), probabilities (K, Z, Y, X) float32)`` on the input's grid;
             labels hold the dataset's label values (uint8 when they fit).
         """
-        from autoseg.preprocess import restore_probabilities
-
         restored = np.asarray(restore_probabilities(probs, props), dtype=np.float32)
         dtype = (
             np.uint8 if self.label_values.max() < 256 and self.label_values.min() >= 0 else np.int32
@@ -258,8 +285,6 @@ class Predictor:
         for z in range(labels.shape[0]):  # slice by slice: no int64 index of the whole volume
             labels[z] = values[np.argmax(restored[:, z], axis=0)]
         if self.postprocessing is not None:
-            from autoseg.postprocess import apply_postprocessing
-
             labels = apply_postprocessing(labels, self.postprocessing)
         return labels, restored
 
@@ -393,11 +418,20 @@ def predict_folder(
     cases, problems = group_input_files(inputs, predictor.in_channels)
     if not cases and not problems:
         raise AutosegError(f"no image files found in {', '.join(map(str, inputs))}")
+    targets_of = {
+        case: [_output_path(output_dir, case, files)]
+        + ([output_dir / f"{case}.npz"] if save_probabilities else [])
+        for case, files in cases.items()
+    }
+    # never write over a file the user gave (symlinks, hard links, -o equal to -i, ...)
+    refuse_outputs_that_are_inputs(
+        list_input_files(inputs), [t for targets in targets_of.values() for t in targets]
+    )
     todo: list[tuple[str, list[Path], Path]] = []
     skipped: list[Path] = []
     for case, files in cases.items():
-        out = _output_path(output_dir, case, files)
-        targets = [out] + ([output_dir / f"{case}.npz"] if save_probabilities else [])
+        targets = targets_of[case]
+        out = targets[0]
         # the label map is written last: a case with all its outputs is complete
         if not overwrite and all(t.exists() for t in targets):
             skipped.append(out)

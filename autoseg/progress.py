@@ -70,7 +70,7 @@ def write_progress(history: History, folder: Path, label_names: list[str]) -> No
     """Write ``progress.json`` and redraw ``progress.png`` (losses, pseudo-Dice, lr, time)."""
     atomic_write_text(folder / "progress.json", dumps(history.to_dict()))
     try:
-        import matplotlib
+        import matplotlib  # heavy, and optional: imported when a picture is drawn
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

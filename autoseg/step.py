@@ -10,15 +10,47 @@ path (``--augmentation device``), the augmentation of the copied batch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from autoseg.augment_device import DeviceAugmentation, resolve_augmentation
+from autoseg.device import autocast
+from autoseg.loss import (
+    DeepSupervisionLoss,
+    DiceCELoss,
+    deep_supervision_weights,
+    dice_counts,
+    downsample_target,
+)
+from autoseg.network import build_network
 from autoseg.plans import Configuration
 
-if TYPE_CHECKING:
-    from autoseg.train import TrainSettings
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """SGD with nesterov momentum, as nnU-Net trains.
+
+    Attributes:
+        initial_lr: learning rate at epoch 0 (the trainer decays it).
+        momentum: nesterov momentum.
+        weight_decay: L2 weight decay.
+        grad_clip: gradient norm clipping threshold.
+    """
+
+    initial_lr: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0
+
+
+def default_loss(config: Configuration) -> nn.Module:
+    """Dice + cross-entropy over the deep-supervision outputs of ``config``'s network."""
+    weights = deep_supervision_weights(config.num_stages - 1)
+    return DeepSupervisionLoss(DiceCELoss(batch_dice=config.batch_dice), weights)
 
 
 class TrainingStep:
@@ -29,18 +61,21 @@ class TrainingStep:
         in_channels: image channels.
         num_classes: classes, background included.
         device: where the network lives.
-        settings: ``seed`` (initial weights), ``initial_lr``, ``momentum``, ``weight_decay``,
-            ``grad_clip`` and ``augmentation`` are read.
+        optimizer: the SGD settings.
+        seed: seeds the network's initial weights and the device augmentation.
         distributed: wrap the network in DistributedDataParallel (the process group must
             already be initialised).
+        loss: ``loss(outputs: list, targets: list) -> scalar`` over the deep-supervision
+            outputs; None: ``default_loss(config)``.
+        augmentation: ``cpu``, ``device`` or ``auto`` (see ``resolve_augmentation``).
 
     Attributes:
         network: the bare network (its ``state_dict`` is what checkpoints hold).
         model: what is called: ``network`` itself, or its DDP wrapper.
         optimizer: SGD over ``network``'s parameters.
-        loss: deep-supervision Dice + CE.
-        augmentation: ``cpu`` (the loader augments) or ``device`` (``settings.augmentation``
-            resolved for the device).
+        loss: the loss (deep-supervision Dice + CE by default).
+        augmentation: ``cpu`` (the loader augments) or ``device`` (``augmentation`` resolved
+            for the device).
         augmenter: the ``DeviceAugmentation`` applied by ``device_batch``, or None.
     """
 
@@ -50,37 +85,33 @@ class TrainingStep:
         in_channels: int,
         num_classes: int,
         device: torch.device,
-        settings: TrainSettings,
+        optimizer: OptimizerSettings = OptimizerSettings(),  # noqa: B008 - frozen, immutable
         *,
+        seed: int = 0,
         distributed: bool = False,
+        loss: nn.Module | None = None,
+        augmentation: str = "auto",
     ) -> None:
-        from autoseg.augment_device import DeviceAugmentation, resolve_augmentation
-        from autoseg.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
-        from autoseg.network import build_network
-
         self.config, self.device, self.num_classes = config, device, num_classes
-        self.grad_clip = settings.grad_clip
-        torch.manual_seed(settings.seed)
+        self.grad_clip = optimizer.grad_clip
+        torch.manual_seed(seed)
         self.network = build_network(config, in_channels, num_classes, True).to(device)
         self.model: torch.nn.Module = self.network
         if distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [device.index] if device.type == "cuda" else None
             self.model = DistributedDataParallel(self.network, device_ids=ids)
         self.optimizer = torch.optim.SGD(
             self.network.parameters(),
-            lr=settings.initial_lr,
-            momentum=settings.momentum,
+            lr=optimizer.initial_lr,
+            momentum=optimizer.momentum,
             nesterov=True,
-            weight_decay=settings.weight_decay,
+            weight_decay=optimizer.weight_decay,
         )
-        weights = deep_supervision_weights(config.num_stages - 1)
-        self.loss = DeepSupervisionLoss(DiceCELoss(batch_dice=config.batch_dice), weights)
-        self.augmentation = resolve_augmentation(settings.augmentation, device)
+        self.loss = loss if loss is not None else default_loss(config)
+        self.augmentation = resolve_augmentation(augmentation, device)
         self.augmenter = None
         if self.augmentation == "device":
-            self.augmenter = DeviceAugmentation(config.patch_size, device, settings.seed)
+            self.augmenter = DeviceAugmentation(config.patch_size, device, seed)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""
@@ -114,13 +145,7 @@ class TrainingStep:
         image, target = self.augmenter(self._upload(batch["image"]), self._upload(batch["target"]))
         return image, target.long()
 
-    def autocast(self) -> torch.autocast:
-        """bf16 autocast on CUDA; a no-op elsewhere."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
     def _targets(self, target: torch.Tensor) -> list[torch.Tensor]:
-        from autoseg.loss import downsample_target
-
         return downsample_target(target, self.config.num_stages - 1, self.config.strides)
 
     def train_step(self, image: torch.Tensor, target: torch.Tensor) -> float:
@@ -132,7 +157,7 @@ class TrainingStep:
         """
         targets = self._targets(target)
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
+        with autocast(self.device):
             outputs = self.model(image)
         loss = self.loss([o.float() for o in outputs], targets)
         loss.backward()
@@ -153,10 +178,8 @@ class TrainingStep:
             ``(loss, counts)``: counts float64 ``(3, K - 1)`` = TP, FP, FN per foreground class,
             on the CPU.
         """
-        from autoseg.loss import dice_counts
-
         targets = self._targets(target)
-        with self.autocast():
+        with autocast(self.device):
             outputs = self.model(image)
         outputs = [o.float() for o in outputs]
         loss = self.loss(outputs, targets)

@@ -18,26 +18,38 @@ Multi-GPU / multi-node: started by ``torchrun``, each process trains on its shar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
-from autoseg.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from autoseg.crossval import decide_cv_postprocessing
+from autoseg.dataset import load_dataset
+from autoseg.device import cpu_count, resolve_device
 from autoseg.errors import AutosegError
+from autoseg.evaluate import evaluate_folders
+from autoseg.loader import BatchLoader
+from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
+from autoseg.predictor import Predictor, predict_folder
+from autoseg.preprocess import preprocessed_folder
 from autoseg.progress import History, add_file_log, write_progress
-from autoseg.serial import atomic_write_text, dump_json, to_dict
-from autoseg.splits import fold_cases, load_or_create_splits
-from autoseg.step import TrainingStep
+from autoseg.serial import atomic_write_text, to_dict
+from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
+from autoseg.step import OptimizerSettings, TrainingStep
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +72,7 @@ class TrainSettings:
         checkpoint_every: save ``checkpoint_latest.pt`` every this many epochs (and at least
             every 5 minutes, and at the end).
         validate: predict and score the validation cases at the end of the fold.
-        initial_lr, momentum, weight_decay, grad_clip: the optimiser's settings.
+        optimizer: the optimiser's settings.
     """
 
     epochs: int = 1000
@@ -73,21 +85,7 @@ class TrainSettings:
     resume: bool = False
     checkpoint_every: int = 5
     validate: bool = True
-    initial_lr: float = 1e-2
-    momentum: float = 0.99
-    weight_decay: float = 3e-5
-    grad_clip: float = 12.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AutosegError("--device cuda: no CUDA GPU is available here (use --device cpu)")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise AutosegError(f"--device {name}: expected auto, cuda or cpu")
-    return torch.device(name)
+    optimizer: OptimizerSettings = OptimizerSettings()  # noqa: RUF009 - frozen, immutable
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -110,8 +108,6 @@ def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist(), device
-    import torch.distributed as dist
-
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
@@ -124,7 +120,7 @@ def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
 def default_workers(device: torch.device) -> int:
     """Background augmentation processes when none are asked for: on CUDA all CPUs but one
     (at most 12), on the CPU none (the network needs the cores)."""
-    return min(12, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    return min(12, max(1, cpu_count() - 1)) if device.type == "cuda" else 0
 
 
 def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, list[str]]:
@@ -133,8 +129,6 @@ def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, 
     Raises:
         AutosegError: no preprocessed case (the dataset was not planned and preprocessed).
     """
-    from autoseg.preprocess import preprocessed_folder
-
     folder = preprocessed_folder(dirs.work, config)
     ids = sorted(p.name[: -len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
     if not ids:
@@ -143,6 +137,33 @@ def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, 
             f"run `autoseg plan {dirs.name}` first"
         )
     return folder, ids
+
+
+def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:
+    """The training and validation cases of ``fold``.
+
+    Fold ``all`` trains on every case and needs no splits (any number of cases will do); fold
+    ``k`` reads ``splits.json`` (creating the 5-fold splits when there is none).
+
+    Raises:
+        AutosegError: too few cases for cross-validation, or fold ``k`` of the splits file has
+            no training or no validation cases.
+    """
+    if fold == "all":
+        return fold_cases([], fold, case_ids)
+    if len(case_ids) < NUM_FOLDS and not dirs.splits.is_file():
+        raise AutosegError(
+            f"fold {fold}: {len(case_ids)} case(s) are too few for {NUM_FOLDS}-fold "
+            f"cross-validation (at least {NUM_FOLDS} needed); train fold 'all' instead, or "
+            f"write your own {dirs.splits}"
+        )
+    split = fold_cases(load_or_create_splits(dirs.splits, case_ids), fold, case_ids)
+    for cases, what in ((split.train, "training"), (split.val, "validation")):
+        if not cases:
+            raise AutosegError(
+                f"{dirs.splits}: fold {fold} has no {what} cases; edit the file or train fold 'all'"
+            )
+    return split
 
 
 class _Trainer:
@@ -154,9 +175,9 @@ class _Trainer:
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
-        self.split = fold_cases(load_or_create_splits(dirs.splits, case_ids), fold, case_ids)
-        self.model_folder = dirs.model_folder(plans.planner, config_name)
-        self.fold_dir = self.model_folder / f"fold_{fold}"
+        self.split = select_split(dirs, fold, case_ids)
+        self.model = ModelFolder(dirs.model_folder(plans.planner, config_name))
+        self.fold_dir = self.model.fold_dir(fold)
         self.device = resolve_device(settings.device)
         self.dist, self.device = _init_distributed(self.device)
         if not self.dist.main:  # one voice: rank 0 logs and writes
@@ -171,38 +192,50 @@ class _Trainer:
             len(self.plans.channels),
             self.num_classes,
             self.device,
-            self.settings,
+            self.settings.optimizer,
+            seed=self.settings.seed,
             distributed=self.dist.world > 1,
+            augmentation=self.settings.augmentation,
         )
         self.history = History()
         self.start_epoch = 0
+        self._published = False
 
-    def _meta(self, epoch: int) -> dict:
-        return {
-            "autoseg_version": __version__,
-            "plans": to_dict(self.plans),
-            "configuration": self.config.name,
-            "fold": self.fold,
-            "epoch": epoch,
-            "num_classes": self.num_classes,
-            "in_channels": len(self.plans.channels),
-            "settings": to_dict(self.settings),
-            "augmentation": self.step.augmentation,
-            "history": self.history.to_dict(),
-        }
+    def _meta(self, epoch: int) -> CheckpointMeta:
+        return CheckpointMeta(
+            configuration=self.config.name,
+            fold=self.fold,
+            epoch=epoch,
+            num_classes=self.num_classes,
+            in_channels=len(self.plans.channels),
+            plans=to_dict(self.plans),
+            settings=to_dict(self.settings),
+            history=self.history.to_dict(),
+            augmentation=self.step.augmentation,
+            autoseg_version=__version__,
+        )
 
-    def _save(self, name: str, epoch: int) -> None:
-        if self.dist.main:
-            save_checkpoint(
-                self.fold_dir / name,
-                self.step.network.state_dict(),
-                self.step.optimizer.state_dict(),
-                self._meta(epoch),
-            )
+    def _save(self, checkpoint: str, epoch: int) -> None:
+        """Save a checkpoint (``final``, ``best`` or ``latest``); rank 0 only.
+
+        The model folder's ``plans.json`` is published with the first checkpoint: a run that
+        fails before one leaves nothing that looks like a model.
+        """
+        if not self.dist.main:
+            return
+        if not self._published:
+            self.plans.to_json(self.model.plans)
+            self._published = True
+        save_checkpoint(
+            self.model.checkpoint(self.fold, checkpoint),
+            self.step.network.state_dict(),
+            self.step.optimizer.state_dict(),
+            self._meta(epoch),
+        )
 
     def _restore(self) -> None:
-        latest = self.fold_dir / "checkpoint_latest.pt"
-        final = self.fold_dir / "checkpoint_final.pt"
+        latest = self.model.checkpoint(self.fold, "latest")
+        final = self.model.checkpoint(self.fold, "final")
         if not self.settings.resume:
             if latest.exists() or final.exists():
                 raise AutosegError(
@@ -215,19 +248,17 @@ class _Trainer:
             log.info("nothing to resume in %s: starting at epoch 0", self.fold_dir)
             return
         ckpt = load_checkpoint(source, map_location=self.device)
-        if ckpt.meta.get("configuration") != self.config.name:
+        if ckpt.meta.configuration != self.config.name:
             raise AutosegError(f"{source}: checkpoint of another configuration")
         self.step.network.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is not None:
             self.step.optimizer.load_state_dict(ckpt.optimizer_state)
-        self.start_epoch = int(ckpt.meta["epoch"]) + 1
-        self.history = History.from_dict(ckpt.meta.get("history", {}))
+        self.start_epoch = ckpt.meta.epoch + 1
+        self.history = History.from_dict(ckpt.meta.history)
         self.history.truncate(self.start_epoch)
         log.info("resumed %s at epoch %d", source, self.start_epoch)
 
-    def _loader(self, cases: tuple[str, ...], seed: int, augment: bool):
-        from autoseg.data import BatchLoader
-
+    def _loader(self, cases: tuple[str, ...], seed: int, augment: bool) -> BatchLoader:
         per_rank = max(1, math.ceil(self.config.batch_size / self.dist.world))
         config = dataclasses.replace(self.config, batch_size=per_rank)
         workers = self.settings.workers
@@ -245,8 +276,6 @@ class _Trainer:
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
         if self.dist.world > 1:
-            import torch.distributed as dist
-
             counts = counts.to(self.device)
             dist.all_reduce(counts)
         return counts.cpu()
@@ -255,40 +284,41 @@ class _Trainer:
     def run(self) -> Path:
         self._build()
         self._restore()
-        handler = add_file_log(self.fold_dir / "training.log") if self.dist.main else None
+        if self.dist.main:
+            self.fold_dir.mkdir(parents=True, exist_ok=True)
+        handler = add_file_log(self.model.training_log(self.fold)) if self.dist.main else None
+        ok = False
         try:
-            if self.dist.main:
-                self._write_model_files()
             self._epochs()
             if self.dist.main:
-                self._save("checkpoint_final.pt", self.settings.epochs - 1)
-                latest = self.fold_dir / "checkpoint_latest.pt"
-                latest.unlink(missing_ok=True)
+                self._save("final", self.settings.epochs - 1)
+                self.model.checkpoint(self.fold, "latest").unlink(missing_ok=True)
                 if self.settings.validate and self.split.val:
                     self._validate_cases()
+            ok = True
         finally:
             if handler is not None:
                 logging.getLogger("autoseg").removeHandler(handler)
                 handler.close()
+            if not ok and self.dist.main:
+                self._remove_unfinished()
             if self.dist.world > 1:
-                import torch.distributed as dist
-
                 dist.destroy_process_group()
         return self.fold_dir
 
-    def _write_model_files(self) -> None:
-        self.fold_dir.mkdir(parents=True, exist_ok=True)
-        self.plans.to_json(self.model_folder / "plans.json")
-        dump_json(
-            {"labels": self.plans.labels, "channels": list(self.plans.channels)},
-            self.model_folder / "dataset.json",
-        )
+    def _remove_unfinished(self) -> None:
+        """After a failure before any checkpoint: remove what the run wrote (log, progress)."""
+        if any(self.model.checkpoint(self.fold, c).exists() for c in CHECKPOINTS):
+            return  # something to resume from: keep the fold as it is
+        shutil.rmtree(self.fold_dir, ignore_errors=True)
+        if not any(self.model.folds_with(c) for c in CHECKPOINTS):
+            self.model.plans.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only when empty
+                self.model.path.rmdir()
+                self.model.path.parent.rmdir()
 
     def _epochs(self) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
         s = self.settings
-        val_cases = self.split.val or self.split.train
         last_save = time.monotonic()
         with Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
@@ -302,57 +332,66 @@ class _Trainer:
             task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
             for epoch in range(self.start_epoch, s.epochs):
                 t0 = time.perf_counter()
-                lr = poly_lr(s.initial_lr, epoch, s.epochs)
+                lr = poly_lr(s.optimizer.initial_lr, epoch, s.epochs)
                 self.step.set_lr(lr)
                 bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}", info="")
-                self.step.model.train()
-                losses = []
-                seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
-                if self.step.augmenter is not None:
-                    self.step.augmenter.reseed(seed)
-                with self._loader(self.split.train, seed, augment=True) as loader:
-                    for _ in range(s.iterations):
-                        losses.append(self.step.train_batch(next(loader)))
-                        bar.advance(task)
-                self.step.model.eval()
-                val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
-                with self._loader(val_cases, s.seed + 17 + self.dist.rank, augment=False) as vl:
-                    for _ in range(s.val_iterations):
-                        loss, c = self.step.val_batch(next(vl))
-                        val_losses.append(loss)
-                        counts += c
-                tp, fp, fn = self._reduce(counts)
-                dice = [
-                    float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn, strict=True)
-                ]
+                losses = self._train_epoch(epoch, lambda: bar.advance(task))
+                val_loss, dice = self._validate_epoch()
                 seconds = time.perf_counter() - t0
-                best = self.history.add(
-                    float(np.mean(losses)), float(np.mean(val_losses)), dice, lr, seconds
-                )
+                best = self.history.add(float(np.mean(losses)), val_loss, dice, lr, seconds)
                 info = (
-                    f"loss {np.mean(losses):.4f} val {np.mean(val_losses):.4f} "
+                    f"loss {np.mean(losses):.4f} val {val_loss:.4f} "
                     f"dice {' '.join(f'{d:.3f}' for d in dice)} {seconds:.1f}s"
                 )
                 bar.update(task, info=info)
                 log.info("epoch %d: %s lr %.5f", epoch, info, lr)
-                if self.dist.main:
-                    if best:
-                        self._save("checkpoint_best.pt", epoch)
-                    due = (
-                        epoch + 1
-                    ) % s.checkpoint_every == 0 or time.monotonic() - last_save > 300
-                    if due and epoch + 1 < s.epochs:
-                        self._save("checkpoint_latest.pt", epoch)
-                        last_save = time.monotonic()
-                    write_progress(self.history, self.fold_dir, self.label_names)
+                if self._checkpoint_epoch(epoch, best, time.monotonic() - last_save > 300):
+                    last_save = time.monotonic()
+
+    def _train_epoch(self, epoch: int, advance) -> list[float]:
+        """``iterations`` training steps on augmented batches seeded by ``(seed, epoch)``."""
+        s = self.settings
+        self.step.model.train()
+        losses = []
+        seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
+        if self.step.augmenter is not None:
+            self.step.augmenter.reseed(seed)
+        with self._loader(self.split.train, seed, augment=True) as loader:
+            for _ in range(s.iterations):
+                losses.append(self.step.train_batch(next(loader)))
+                advance()
+        return losses
+
+    def _validate_epoch(self) -> tuple[float, list[float]]:
+        """Mean validation loss and the pseudo-Dice per foreground label (all ranks pooled)."""
+        s = self.settings
+        self.step.model.eval()
+        val_cases = self.split.val or self.split.train
+        val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        with self._loader(val_cases, s.seed + 17 + self.dist.rank, augment=False) as loader:
+            for _ in range(s.val_iterations):
+                loss, c = self.step.val_batch(next(loader))
+                val_losses.append(loss)
+                counts += c
+        tp, fp, fn = self._reduce(counts)
+        dice = [float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn, strict=True)]
+        return float(np.mean(val_losses)), dice
+
+    def _checkpoint_epoch(self, epoch: int, best: bool, overdue: bool) -> bool:
+        """Checkpoints and progress after an epoch (rank 0); True when ``latest`` was saved."""
+        if not self.dist.main:
+            return False
+        if best:
+            self._save("best", epoch)
+        due = (epoch + 1) % self.settings.checkpoint_every == 0 or overdue
+        saved = due and epoch + 1 < self.settings.epochs
+        if saved:
+            self._save("latest", epoch)
+        write_progress(self.history, self.fold_dir, self.label_names)
+        return saved
 
     def _validate_cases(self) -> None:
         """Predict the validation cases from the raw images and score them (summary.json)."""
-        from autoseg.crossval import VALIDATION_DONE, decide_cv_postprocessing
-        from autoseg.dataset import load_dataset
-        from autoseg.evaluate import evaluate_folders
-        from autoseg.predictor import Predictor, predict_folder
-
         raw = self.dirs.raw
         if raw is None or not raw.is_dir():
             log.warning("raw data of %s not found: validation cases not predicted", self.dirs.name)
@@ -360,26 +399,26 @@ class _Trainer:
         spec = load_dataset(raw)
         wanted = set(self.split.val)
         cases = [c for c in spec.cases if c.case_id in wanted]
-        out = self.fold_dir / "validation"
-        predictor = Predictor(
-            self.model_folder, folds=[self.fold], device=str(self.device), postprocess=False
+        out = self.model.validation_dir(self.fold)
+        predictor = Predictor.from_folder(
+            self.model.path, folds=[self.fold], device=str(self.device), postprocess=False
         )
         inputs = [p for c in cases for p in c.images]
         report = predict_folder(inputs, out, predictor, overwrite=True)
         for problem in report.failed:
             log.warning("validation case failed: %s", problem)
-        refs = self.fold_dir / ".validation_refs"
+        refs = self.model.validation_refs(self.fold)
         refs.mkdir(exist_ok=True)
         for case in cases:
             link = refs / f"{case.case_id}{spec.file_ending}"
             if not link.exists() and case.label is not None:
                 link.symlink_to(case.label.resolve())
         evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
-        evaluation.to_json(self.fold_dir / "summary.json")
+        evaluation.to_json(self.model.summary(self.fold))
         means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
         log.info("fold %s validation Dice: %s", self.fold, means)
-        atomic_write_text(self.fold_dir / VALIDATION_DONE, "ok\n")
-        decide_cv_postprocessing(self.model_folder, list(self.plans.foreground_labels))
+        atomic_write_text(self.model.validation_done(self.fold), "ok\n")
+        decide_cv_postprocessing(self.model, list(self.plans.foreground_labels))
 
 
 def train_fold(

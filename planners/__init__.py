@@ -4,33 +4,31 @@ A planner is a callable ``(fingerprint: Fingerprint, budget: Budget) -> Plans`` 
 name with :func:`register_planner`. The built-in planners (``planners.default``,
 ``planners.resenc``) and third-party ones (entry points of group ``"autoseg.planners"``, whose
 value is a module that registers its planner when imported) are loaded on the first lookup,
-never by scanning folders.
+never by scanning folders (``autoseg.registry``, the rule networks follow too).
+
+This folder is installed as the package ``autoseg.planners``.
 
 Example:
-    >>> from planners import Budget, get_planner
+    >>> from autoseg.planners import Budget, get_planner
     >>> plans = get_planner("default")(fingerprint, Budget(gpu_memory_gb=24))
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from autoseg.errors import AutosegError
+from autoseg.registry import Registry
 
 if TYPE_CHECKING:
     from autoseg.fingerprint import Fingerprint
     from autoseg.plans import Plans
 
-logger = logging.getLogger(__name__)
-
 ENTRY_POINT_GROUP = "autoseg.planners"
-BUILTIN_MODULES = ("planners.default", "planners.resenc")
+BUILTIN_MODULES = ("autoseg.planners.default", "autoseg.planners.resenc")
 
 
 @dataclass(frozen=True)
@@ -62,57 +60,21 @@ class Budget:
 
 PlannerFn = Callable[["Fingerprint", Budget], "Plans"]
 
-_PLANNERS: dict[str, PlannerFn] = {}
-_loaded = False
+PLANNERS: Registry[PlannerFn] = Registry("planner", ENTRY_POINT_GROUP, BUILTIN_MODULES)
 
 
 def register_planner(name: str) -> Callable[[PlannerFn], PlannerFn]:
-    """Decorator registering a planner function under ``name``.
+    """Decorator registering a planner function under ``name`` (``--planner NAME``).
 
     Registering the same function again (a module re-import) is allowed; a different function
     under a taken name is a programming error.
-
-    Args:
-        name: the planner's name (``--planner NAME`` on the command line).
-
-    Returns:
-        The decorator; it returns the function unchanged.
     """
-
-    def decorator(fn: PlannerFn) -> PlannerFn:
-        old = _PLANNERS.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (
-            fn.__module__,
-            fn.__qualname__,
-        ):
-            raise ValueError(f"planner '{name}' is already registered by {old.__module__}")
-        _PLANNERS[name] = fn
-        return fn
-
-    return decorator
-
-
-def _load_all() -> None:
-    """Import the built-in planner modules and the entry points, once."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _PLANNERS:
-            continue
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plug-in must not break the built-in planners
-            logger.warning("could not load planner entry point %s = %s: %s", ep.name, ep.value, exc)
+    return PLANNERS.register(name)
 
 
 def available_planners() -> list[str]:
     """Names of every registered planner, sorted."""
-    _load_all()
-    return sorted(_PLANNERS)
+    return PLANNERS.names()
 
 
 def get_planner(name: str) -> PlannerFn:
@@ -121,9 +83,4 @@ def get_planner(name: str) -> PlannerFn:
     Raises:
         AutosegError: no planner has that name (the message lists the available ones).
     """
-    _load_all()
-    if name not in _PLANNERS:
-        raise AutosegError(
-            f"unknown planner '{name}'; available planners: {', '.join(available_planners())}"
-        )
-    return _PLANNERS[name]
+    return PLANNERS.get(name)

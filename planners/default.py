@@ -1,6 +1,6 @@
 """The default planner (plain U-Net) and the planning procedure every planner family shares.
 
-:func:`plan_dataset` turns a fingerprint, a budget and a :class:`PlannerSettings` into
+:func:`plan_with_settings` turns a fingerprint, a budget and a :class:`PlannerSettings` into
 :class:`Plans` with the rules of :mod:`planners.rules`; a planner family is only a settings
 value (see :mod:`planners.resenc`). Configurations:
 
@@ -27,9 +27,8 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint
-from autoseg.plans import Configuration, Normalization, Plans
-from planners import Budget, register_planner
-from planners.rules import (
+from autoseg.planners import Budget, register_planner
+from autoseg.planners.rules import (
     GIB,
     PlannedNetwork,
     PlannerSettings,
@@ -41,8 +40,9 @@ from planners.rules import (
     round_spacing,
     target_spacing,
 )
+from autoseg.plans import Configuration, Normalization, Plans
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SETTINGS = PlannerSettings(name="default", network="unet", encoder_blocks=(2,))
 
@@ -146,7 +146,9 @@ class _Planning:
         return spacing, median, planned
 
 
-def plan_dataset(fingerprint: Fingerprint, budget: Budget, settings: PlannerSettings) -> Plans:
+def plan_with_settings(
+    fingerprint: Fingerprint, budget: Budget, settings: PlannerSettings
+) -> Plans:
     """Plans for every configuration of ``fingerprint`` within ``budget``.
 
     Args:
@@ -181,7 +183,7 @@ def plan_dataset(fingerprint: Fingerprint, budget: Budget, settings: PlannerSett
     ) -> Configuration:
         topo = planned.topology
         if planned.memory_bytes > budget.gpu_memory_gb * GIB:
-            logger.warning(
+            log.warning(
                 "%s: even the smallest %s patch %s needs about %.2f GB (budget %.2f GB)",
                 fingerprint.dataset_name,
                 name,
@@ -237,4 +239,4 @@ def plan(fingerprint: Fingerprint, budget: Budget | None = None) -> Plans:
         fingerprint: the dataset's fingerprint.
         budget: GPU memory and minimum feature-map size (default: 8 GiB, 8 voxels).
     """
-    return plan_dataset(fingerprint, budget or Budget(), SETTINGS)
+    return plan_with_settings(fingerprint, budget or Budget(), SETTINGS)

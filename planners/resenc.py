@@ -9,10 +9,10 @@ patches or batches for the same budget.
 from __future__ import annotations
 
 from autoseg.fingerprint import Fingerprint
+from autoseg.planners import Budget, register_planner
+from autoseg.planners.default import plan_with_settings
+from autoseg.planners.rules import PlannerSettings
 from autoseg.plans import Plans
-from planners import Budget, register_planner
-from planners.default import plan_dataset
-from planners.rules import PlannerSettings
 
 SETTINGS = PlannerSettings(
     name="resenc",
@@ -31,4 +31,4 @@ def plan(fingerprint: Fingerprint, budget: Budget | None = None) -> Plans:
         fingerprint: the dataset's fingerprint.
         budget: GPU memory and minimum feature-map size (default: 8 GiB, 8 voxels).
     """
-    return plan_dataset(fingerprint, budget or Budget(), SETTINGS)
+    return plan_with_settings(fingerprint, budget or Budget(), SETTINGS)

@@ -4,7 +4,7 @@ Nothing here reads files, imports torch or looks at the environment; the same fi
 budget always give equal plans (floats are rounded: spacings to 6 decimals, memory to 3).
 Axis order is (Z, Y, X) everywhere; 2D networks work on (Y, X).
 
-Rules (see ``/work/shared/REFERENCE.md``):
+Rules (nnU-Net v2's, as its paper and code describe them; see docs/pipeline.md):
 
 * Target spacing: per-axis median of the case spacings. If the coarsest axis is > 3x the finest
   other one and its median size x3 < the smallest other median size, that axis takes the 10th

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.synthetic import write_dataset
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "Task04_Hippocampus"
+# the 200-case MSD Task04_Hippocampus folder: $AUTOSEG_TEST_HIPPOCAMPUS, else tests/data/ (tests
+# that need it skip when it is absent)
+_HIPPOCAMPUS = os.environ.get("AUTOSEG_TEST_HIPPOCAMPUS")
+_IN_REPO = Path(__file__).parent / "data" / "Task04_Hippocampus"
+SHARED = Path(_HIPPOCAMPUS) if _HIPPOCAMPUS else _IN_REPO
 
 
 @pytest.fixture

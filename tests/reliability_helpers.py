@@ -51,7 +51,7 @@ def make_model(folder: Path, channels: int = 1, folds: tuple[str, ...] = ("0",))
     """A model folder (random weights) with a tiny 3D U-Net, as ``autoseg train`` leaves it."""
     import torch
 
-    from autoseg.checkpoint import save_checkpoint
+    from autoseg.checkpoint import CheckpointMeta, save_checkpoint
     from autoseg.network import build_network
     from autoseg.plans import Configuration, Normalization, Plans
     from autoseg.serial import to_dict
@@ -73,8 +73,7 @@ def make_model(folder: Path, channels: int = 1, folds: tuple[str, ...] = ("0",))
     for i, fold in enumerate(folds):
         torch.manual_seed(i)
         net = build_network(config, channels, len(LABELS), deep_supervision=True)
-        meta = {"plans": to_dict(plans), "configuration": config.name, "fold": fold, "epoch": 0}
-        meta |= {"num_classes": len(LABELS), "in_channels": channels}
+        meta = CheckpointMeta(config.name, str(fold), 0, len(LABELS), channels, to_dict(plans))
         save_checkpoint(
             folder / f"fold_{fold}" / "checkpoint_final.pt", net.state_dict(), None, meta
         )

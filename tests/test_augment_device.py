@@ -339,9 +339,8 @@ def test_mirroring_each_axis_independently_with_labels() -> None:
 
 # ------------------------------------------------------------------ wiring
 def test_loader_yields_regions_and_the_step_augments_them(tmp_path) -> None:
-    from autoseg.data import BatchLoader
+    from autoseg.loader import BatchLoader
     from autoseg.step import TrainingStep
-    from autoseg.train import TrainSettings
     from tests.test_data import blob_dataset, make_config
 
     ids = blob_dataset(tmp_path, [(20, 24, 16)] * 2)
@@ -355,9 +354,9 @@ def test_loader_yields_regions_and_the_step_augments_them(tmp_path) -> None:
     with BatchLoader(tmp_path, ids, config, seed=0, augmentation="device") as loader:
         batch = next(loader)
     assert batch["image"].shape == (2, 1, *region) and batch["target"].shape == (2, 1, *region)
-    step = TrainingStep(config, 1, 3, CPU, TrainSettings(augmentation="device"))
+    step = TrainingStep(config, 1, 3, CPU, augmentation="device")
     image, target = step.device_batch(batch)
     assert image.shape == (2, 1, 8, 12, 8) and target.dtype == torch.int64
     assert set(target.unique().tolist()) <= {0, 1, 2}
-    plain = TrainingStep(config, 1, 3, CPU, TrainSettings(augmentation="cpu"))
+    plain = TrainingStep(config, 1, 3, CPU, augmentation="cpu")
     assert plain.augmenter is None

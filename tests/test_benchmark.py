@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg.cli import app
-from autoseg.plan import plan_dataset
+from autoseg.planning import plan_dataset
 from tests.synthetic import write_dataset
 
 runner = CliRunner()

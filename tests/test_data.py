@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from autoseg.augment import sample_size
-from autoseg.data import BatchLoader, WorkerError
 from autoseg.errors import AutosegError
+from autoseg.loader import BatchLoader, WorkerError
 from autoseg.plans import Configuration, Normalization
 from autoseg.preprocess import CaseProperties
 from autoseg.serial import dump_json

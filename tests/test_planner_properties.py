@@ -7,12 +7,12 @@ import math
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from autoseg.planners import Budget, get_planner
+from autoseg.planners.default import SETTINGS as DEFAULT_SETTINGS
+from autoseg.planners.resenc import SETTINGS as RESENC_SETTINGS
+from autoseg.planners.rules import Topology, shrink_step
 from autoseg.plans import Configuration, Plans
 from autoseg.serial import dumps
-from planners import Budget, get_planner
-from planners.default import SETTINGS as DEFAULT_SETTINGS
-from planners.resenc import SETTINGS as RESENC_SETTINGS
-from planners.rules import Topology, shrink_step
 from tests.test_planners import check_configuration, make_fingerprint
 
 SETTINGS = {"default": DEFAULT_SETTINGS, "resenc": RESENC_SETTINGS}

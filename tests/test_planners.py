@@ -9,13 +9,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import planners
+import autoseg.planners as planners
+import autoseg.registry
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
+from autoseg.planners import Budget, available_planners, get_planner, register_planner
+from autoseg.planners.rules import derive_topology, estimate_memory, shrink_step
 from autoseg.plans import Configuration, Plans
 from autoseg.serial import dumps
-from planners import Budget, available_planners, get_planner, register_planner
-from planners.rules import derive_topology, estimate_memory, shrink_step
 
 CT_STATS = IntensityStats(
     mean=61.5,
@@ -285,8 +286,8 @@ def test_resenc_uses_residual_encoder_with_more_blocks() -> None:
 
 
 def test_memory_estimate_grows_with_batch_patch_and_blocks() -> None:
-    from planners.default import SETTINGS as PLAIN
-    from planners.resenc import SETTINGS as RESENC
+    from autoseg.planners.default import SETTINGS as PLAIN
+    from autoseg.planners.resenc import SETTINGS as RESENC
 
     small = derive_topology((1.0, 1.0, 1.0), (64, 64, 64), 8, 7)
     big = derive_topology((1.0, 1.0, 1.0), (128, 128, 128), 8, 7)
@@ -325,8 +326,8 @@ def test_registry_lists_builtins_and_rejects_unknown_names() -> None:
 
 
 def test_registry_loads_entry_points_lazily(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(planners, "_PLANNERS", dict(planners._PLANNERS))
-    monkeypatch.setattr(planners, "_loaded", False)
+    monkeypatch.setattr(planners.PLANNERS, "_entries", dict(planners.PLANNERS._entries))
+    monkeypatch.setattr(planners.PLANNERS, "_loaded", False)
 
     def load_plugin() -> None:
         register_planner("plugin")(lambda fingerprint, budget: None)
@@ -338,14 +339,14 @@ def test_registry_loads_entry_points_lazily(monkeypatch, caplog) -> None:
         SimpleNamespace(name="plugin", value="plugin_mod", load=load_plugin),
         SimpleNamespace(name="broken", value="broken_mod", load=broken),
     ]
-    monkeypatch.setattr(planners, "entry_points", lambda group: fake)
+    monkeypatch.setattr(autoseg.registry, "entry_points", lambda group: fake)
     assert get_planner("plugin")(None, Budget()) is None
     assert "broken" not in available_planners()
     assert "could not load planner entry point broken" in caplog.text
 
 
 def test_registering_a_taken_name_is_refused(monkeypatch) -> None:
-    monkeypatch.setattr(planners, "_PLANNERS", dict(planners._PLANNERS))
+    monkeypatch.setattr(planners.PLANNERS, "_entries", dict(planners.PLANNERS._entries))
     available_planners()
     with pytest.raises(ValueError, match="already registered"):
         register_planner("default")(lambda fingerprint, budget: None)

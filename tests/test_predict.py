@@ -12,23 +12,22 @@ import pytest
 import torch
 from scipy import ndimage
 
-from autoseg.checkpoint import save_checkpoint
+from autoseg.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.errors import AutosegError
+from autoseg.inputs import group_input_files
 from autoseg.io import read_image
 from autoseg.network import build_network
 from autoseg.plans import Configuration, Normalization, Plans
 from autoseg.postprocess import PostprocessingDecision
-from autoseg.predict import (
-    Predictor,
+from autoseg.predictor import Predictor, predict_folder
+from autoseg.serial import to_dict
+from autoseg.sliding_window import (
     gaussian_importance_map,
-    group_input_files,
     mirror_combinations,
-    predict_folder,
     sliding_window_logits,
     sliding_window_logits_slices,
     sliding_window_positions,
 )
-from autoseg.serial import to_dict
 
 # ---------------------------------------------------------------------------- pure core
 
@@ -225,8 +224,7 @@ def make_model(root: Path, name: str = "3d_fullres", folds: tuple[str, ...] = ("
     for i, fold in enumerate(folds):
         torch.manual_seed(i)
         net = build_network(config, 1, len(LABELS), deep_supervision=True)
-        meta = {"plans": to_dict(plans), "configuration": name, "fold": fold, "epoch": 0}
-        meta |= {"num_classes": len(LABELS), "in_channels": 1}
+        meta = CheckpointMeta(name, str(fold), 0, len(LABELS), 1, to_dict(plans))
         save_checkpoint(
             folder / f"fold_{fold}" / "checkpoint_final.pt", net.state_dict(), None, meta
         )
@@ -260,7 +258,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(model: Path) -> Predictor:
-    return Predictor(model, device="cpu")
+    return Predictor.from_folder(model, device="cpu")
 
 
 def test_predict_folder_keeps_geometry_and_survives_bad_files(
@@ -321,7 +319,7 @@ def test_prediction_is_deterministic_and_uses_every_fold(
     np.testing.assert_array_equal(probs, probs_again)
     assert labels.shape == img.array.shape[1:] and probs.shape == (3, *labels.shape)
     # both folds count: the ensemble differs from fold 0 alone
-    single = Predictor(model, folds=[0], device="cpu")
+    single = Predictor.from_folder(model, folds=[0], device="cpu")
     assert single.folds == ("0",)
     assert not np.allclose(single.predict_image(img)[1], probs, atol=1e-4)
     via_array = predictor.predict_array(img.array[0], img.geometry.spacing)
@@ -335,10 +333,12 @@ def test_postprocessing_is_applied(tmp_path: Path) -> None:
     )
     rng = np.random.default_rng(3)
     array = rng.normal(100, 30, (1, 18, 20, 16)).astype(np.float32)
-    raw = Predictor(folder, device="cpu", tta=False, postprocess=False).predict_array(
+    raw = Predictor.from_folder(folder, device="cpu", tta=False, postprocess=False).predict_array(
         array, (1,) * 3
     )
-    post = Predictor(folder, device="cpu", tta=False).predict_array(array, (1.0, 1.0, 1.0))
+    post = Predictor.from_folder(folder, device="cpu", tta=False).predict_array(
+        array, (1.0, 1.0, 1.0)
+    )
     assert ndimage.label(post > 0, np.ones((3, 3, 3)))[1] <= 1
     assert set(np.unique(post)) <= set(LABELS)
     assert ((post > 0) <= (raw > 0)).all()  # only removes voxels
@@ -346,21 +346,21 @@ def test_postprocessing_is_applied(tmp_path: Path) -> None:
 
 def test_2d_model_predicts_slices(tmp_path: Path) -> None:
     folder = make_model(tmp_path, name="2d", folds=("all",))
-    predictor = Predictor(folder, device="cpu")
+    predictor = Predictor.from_folder(folder, device="cpu")
     labels = predictor.predict_array(np.random.default_rng(0).normal(size=(7, 20, 9)), (2, 1, 1))
     assert labels.shape == (7, 20, 9) and set(np.unique(labels)) <= set(LABELS)
 
 
 def test_not_a_model_folder_is_refused(tmp_path: Path, model: Path) -> None:
     with pytest.raises(AutosegError, match="not an autoseg model folder.*plans.json"):
-        Predictor(tmp_path, device="cpu")
+        Predictor.from_folder(tmp_path, device="cpu")
     (tmp_path / "plans.json").write_text((model / "plans.json").read_text())
     with pytest.raises(AutosegError, match="not an autoseg model folder.*fold_"):
-        Predictor(tmp_path, device="cpu")
+        Predictor.from_folder(tmp_path, device="cpu")
     with pytest.raises(AutosegError, match="fold.*3"):
-        Predictor(model, folds=[3], device="cpu")
+        Predictor.from_folder(model, folds=[3], device="cpu")
     with pytest.raises(AutosegError, match="not found"):
-        Predictor(tmp_path / "nothing", device="cpu")
+        Predictor.from_folder(tmp_path / "nothing", device="cpu")
 
 
 def test_wrong_channel_count_fails_the_case_only(predictor: Predictor, tmp_path: Path) -> None:

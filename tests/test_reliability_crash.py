@@ -154,16 +154,16 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_end(tmp_path: Pa
         lambda: (fold_dir / "checkpoint_latest.pt").is_file(),
     )
     assert not (fold_dir / "checkpoint_final.pt").exists(), "not killed in the middle"
-    killed_at = load_checkpoint(fold_dir / "checkpoint_latest.pt").meta["epoch"]
+    killed_at = load_checkpoint(fold_dir / "checkpoint_latest.pt").meta.epoch
     assert killed_at < 2
 
     log = finish(tmp_path, *train, "--resume", "--home", tmp_path / "home")
     assert not (fold_dir / "checkpoint_latest.pt").exists()
     final, expected = (load_checkpoint(d / "checkpoint_final.pt") for d in (fold_dir, ref_dir))
-    assert final.meta["epoch"] == expected.meta["epoch"] == 2
+    assert final.meta.epoch == expected.meta.epoch == 2
     for key in ("train_loss", "val_loss", "lr"):
-        assert len(final.meta["history"][key]) == 3, log
-    np.testing.assert_allclose(final.meta["history"]["lr"], expected.meta["history"]["lr"])
+        assert len(final.meta.history[key]) == 3, log
+    np.testing.assert_allclose(final.meta.history["lr"], expected.meta.history["lr"])
     assert final.model_state.keys() == expected.model_state.keys()
     for name, tensor in final.model_state.items():  # on the CPU, bit for bit
         assert torch.equal(tensor, expected.model_state[name]), name

@@ -169,16 +169,16 @@ def test_evaluate_into_a_failing_folder(
 
 def test_checkpoint_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain OSError naming the checkpoint (the CLI's exit 2), the previous one intact."""
-    from autoseg.checkpoint import load_checkpoint, save_checkpoint
+    from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     path = tmp_path / "fold_0" / "checkpoint_latest.pt"
     state = {"w": torch.ones(64, 64)}
-    save_checkpoint(path, state, None, {"epoch": 1})
+    save_checkpoint(path, state, None, CheckpointMeta(epoch=1))
     (path.parent / ".checkpoint_latest.pt.0badf00d.part").write_bytes(b"from a killed run")
     with failing_folder(monkeypatch, tmp_path, "full"), pytest.raises(OSError) as caught:
-        save_checkpoint(path, {"w": torch.zeros(64, 64)}, None, {"epoch": 2})
+        save_checkpoint(path, {"w": torch.zeros(64, 64)}, None, CheckpointMeta(epoch=2))
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
-    assert load_checkpoint(path).meta == {"epoch": 1}
+    assert load_checkpoint(path).meta == CheckpointMeta(epoch=1)
     assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint_latest.pt"]
 
 
@@ -355,7 +355,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     else:
         from autoseg.predictor import Predictor, predict_folder
         # step 1 (no overlap) takes 1/8 of the time of the default 0.5 and the same memory
-        predictor = Predictor(folder / "model", device="cpu", tta=False, step=1.0)
+        predictor = Predictor.from_folder(folder / "model", device="cpu", tta=False, step=1.0)
         inputs = [folder / "dataset" / "imagesTr"]
         report = predict_folder(inputs, folder / "out", predictor, progress=False)
         assert len(report.written) == 1, report
@@ -415,7 +415,7 @@ def test_large_volume_memory_stays_within_the_documented_bound(tmp_path: Path) -
 
 def _model_for(folder: Path, plans) -> None:
     """A model folder with random weights for ``plans``' 3d_fullres configuration."""
-    from autoseg.checkpoint import save_checkpoint
+    from autoseg.checkpoint import CheckpointMeta, save_checkpoint
     from autoseg.network import build_network
     from autoseg.serial import to_dict
 
@@ -423,6 +423,5 @@ def _model_for(folder: Path, plans) -> None:
     config = plans.configurations["3d_fullres"]
     torch.manual_seed(0)
     net = build_network(config, 1, len(plans.labels), deep_supervision=True)
-    meta = {"plans": to_dict(plans), "configuration": config.name, "fold": "0", "epoch": 0}
-    meta |= {"num_classes": len(plans.labels), "in_channels": 1}
+    meta = CheckpointMeta(config.name, "0", 0, len(plans.labels), 1, to_dict(plans))
     save_checkpoint(folder / "fold_0" / "checkpoint_final.pt", net.state_dict(), None, meta)

@@ -15,7 +15,7 @@ from autoseg.augment_device import resolve_augmentation
 from autoseg.checkpoint import load_checkpoint
 from autoseg.errors import AutosegError
 from autoseg.paths import resolve_dataset
-from autoseg.plan import plan_dataset
+from autoseg.planning import plan_dataset
 from autoseg.plans import Plans
 from autoseg.splits import load_or_create_splits, make_splits, parse_fold
 from autoseg.train import TrainSettings, poly_lr, train_fold
@@ -98,9 +98,9 @@ def test_tiny_training_lowers_loss_writes_checkpoints_and_scores_validation(plan
         dirs, plans, "3d_fullres", "0", _fast(epochs=4, iterations=4, validate=True)
     )
     ckpt = load_checkpoint(folder / "checkpoint_final.pt")
-    assert ckpt.meta["epoch"] == 3 and ckpt.meta["fold"] == "0"
-    assert ckpt.meta["augmentation"] == resolve_augmentation("auto", torch.device("cpu"))
-    history = ckpt.meta["history"]
+    assert ckpt.meta.epoch == 3 and ckpt.meta.fold == "0"
+    assert ckpt.meta.augmentation == resolve_augmentation("auto", torch.device("cpu"))
+    history = ckpt.meta.history
     assert len(history["train_loss"]) == 4
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert not (folder / "checkpoint_latest.pt").exists()  # replaced by the final one
@@ -139,7 +139,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(planned, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         train_fold(dirs, plans, "3d_fullres", "3", settings)
     latest = dirs.model_folder("default", "3d_fullres") / "fold_3" / "checkpoint_latest.pt"
-    assert load_checkpoint(latest).meta["epoch"] == 1
+    assert load_checkpoint(latest).meta.epoch == 1
     monkeypatch.setattr(train_module, "poly_lr", real_poly)
 
     resumed = train_fold(
@@ -150,14 +150,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(planned, monkeypatch
         _fast(epochs=3, iterations=2, checkpoint_every=1, resume=True),
     )
     final = load_checkpoint(resumed / "checkpoint_final.pt")
-    assert final.meta["epoch"] == 2 and len(final.meta["history"]["train_loss"]) == 3
+    assert final.meta.epoch == 2 and len(final.meta.history["train_loss"]) == 3
     import shutil
 
     shutil.rmtree(resumed)
     again = load_checkpoint(
         train_fold(dirs, plans, "3d_fullres", "3", settings) / "checkpoint_final.pt"
     )
-    assert again.meta["epoch"] == final.meta["epoch"]
+    assert again.meta.epoch == final.meta.epoch
     for key, value in again.model_state.items():
         assert torch.equal(value, final.model_state[key]), key
 
@@ -198,4 +198,4 @@ def test_ddp_two_cpu_processes_with_gloo(planned) -> None:
     ckpt = load_checkpoint(
         dirs.model_folder("default", "3d_fullres") / "fold_4" / "checkpoint_final.pt"
     )
-    assert ckpt.meta["epoch"] == 1
+    assert ckpt.meta.epoch == 1

@@ -12,8 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
+from autoseg.dataset import load_dataset
+from autoseg.fingerprint import compute_fingerprint
 from autoseg.paths import record_source, resolve_dataset, resolve_home
+from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
+from autoseg.preprocess import run_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +35,6 @@ class PlanSummary:
     seconds: float
 
     def print(self, console) -> None:
-        from rich.table import Table
-
         table = Table(
             title=f"{self.dataset}: {self.num_cases} cases, planner "
             f"'{self.plans.planner}', {self.plans.gpu_memory_gb:g} GB GPU budget"
@@ -74,11 +78,6 @@ def plan_dataset(
         AutosegError / DatasetError: the dataset has problems (all reported at once) or the
             planner is unknown; nothing is written then.
     """
-    from autoseg.dataset import load_dataset
-    from autoseg.fingerprint import compute_fingerprint
-    from autoseg.preprocess import run_preprocessing
-    from planners import Budget, get_planner
-
     t0 = time.perf_counter()
     dirs = resolve_dataset(dataset, resolve_home(home))
     planner_fn = get_planner(planner)

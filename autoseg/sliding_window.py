@@ -1,4 +1,4 @@
-"""Prediction: the sliding-window core (tensors in, logits out; no models, no files written).
+"""The sliding-window core of prediction: tensors in, logits out (no models, no files).
 
 A volume larger than the network's patch is covered by overlapping tiles (step 0.5 of the patch
 by default). Every tile's logits are weighted by a Gaussian importance map, which trusts the
@@ -11,46 +11,27 @@ image, the accumulators and the importance map stay on the image's device, so on
 goes back to the host between tiles. Autocast (bf16) is the caller's choice: the network output
 is cast to float32 before it is accumulated.
 
-``group_input_files`` turns the files a user points ``predict`` at into cases (channel files
-``CASE_0000 .. CASE_000k``, or one file per case).
-
-Model loading, folds and folders of cases live in ``autoseg.predictor`` (``Predictor``,
-``predict_folder``, ``PredictionReport``); they are importable from this module too.
+Model loading, folds and folders of cases live in ``autoseg.predictor``; input files in
+``autoseg.inputs``; devices in ``autoseg.device``.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import math
-import os
-import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from autoseg.errors import AutosegError, Problem
-from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
-
-log = logging.getLogger(__name__)
-
 __all__ = [
-    "cpu_count",
     "gaussian_importance_map",
-    "group_input_files",
     "mirror_combinations",
-    "resolve_device",
     "sliding_window_logits",
     "sliding_window_logits_slices",
     "sliding_window_positions",
 ]
-
-# the model-holding half of prediction, re-exported lazily (it imports this module)
-_PREDICTOR_API = ("PredictionReport", "Predictor", "predict_folder")
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 
@@ -311,112 +292,3 @@ def _importance(
     if use_gaussian:
         return torch.from_numpy(gaussian_importance_map(patch_size)).to(device)
     return torch.ones(tuple(patch_size), dtype=torch.float32, device=device)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch understands it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise AutosegError(f"device '{device}' requested but CUDA is not available")
-    return resolved
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# ---------------------------------------------------------------------- input files -> cases
-
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _list_inputs(paths: Sequence[Path]) -> list[Path]:
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file())
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise AutosegError(f"{path}: input not found")
-    return files
-
-
-def group_input_files(
-    paths: Sequence[Path], num_channels: int
-) -> tuple[dict[str, list[Path]], list[Problem]]:
-    """Group input files (folders are listed, not recursed) into cases.
-
-    Accepted names: ``CASE.nii.gz`` (one channel, or a 4D file holding every channel) and
-    ``CASE_0000.nii.gz .. CASE_000k.nii.gz`` (one file per channel, all required). For a
-    single-channel model only ``_0000`` is a channel suffix: ``scan_0001.nii.gz`` alone is case
-    ``scan_0001``. Hidden files are skipped; other non-image files with a warning.
-
-    Args:
-        paths: folders and/or image files.
-        num_channels: the model's input channels.
-
-    Returns:
-        ``{case_id: channel files in channel order}`` (sorted by case id) and the problems of
-        cases that cannot be predicted (missing or unexpected channels, duplicate files).
-
-    Raises:
-        AutosegError: an input path does not exist.
-    """
-    groups: dict[str, list[tuple[int | None, Path]]] = {}
-    for path in _list_inputs(paths):
-        if path.name.startswith("."):
-            continue
-        if file_ending(path) is None:
-            log.warning("ignoring %s: not an image file (%s)", path, ", ".join(IMAGE_ENDINGS))
-            continue
-        stem = strip_ending(path)
-        match = _CHANNEL_SUFFIX.match(stem)
-        if match:
-            groups.setdefault(match["case"], []).append((int(match["channel"]), path))
-        else:
-            groups.setdefault(stem, []).append((None, path))
-    if num_channels == 1:  # X_0001 without X_0000 is a case id, not a channel
-        for case in [c for c, g in groups.items() if any(ch not in (0, None) for ch, _ in g)]:
-            for channel, path in groups.pop(case):
-                key = case if channel is None else strip_ending(path)
-                groups.setdefault(key, []).append((None, path))
-
-    cases: dict[str, list[Path]] = {}
-    problems: list[Problem] = []
-    for case in sorted(groups):
-        entries = sorted(groups[case], key=lambda e: (e[0] is not None, e[0] or 0, str(e[1])))
-        channels = [ch for ch, _ in entries]
-        first = str(entries[0][1])
-        if len(set(channels)) != len(channels) or (None in channels and len(channels) > 1):
-            names = ", ".join(p.name for _, p in entries)
-            problems.append(Problem(first, f"case '{case}' is given more than once ({names})"))
-        elif channels == [None]:
-            cases[case] = [entries[0][1]]
-        elif channels != list(range(num_channels)):
-            ending = file_ending(entries[0][1])
-            missing = [f"{case}_{c:04d}{ending}" for c in range(num_channels) if c not in channels]
-            extra = [f"{case}_{c:04d}" for c in channels if c is not None and c >= num_channels]
-            why = f"missing channel file(s) {', '.join(missing)}" if missing else ""
-            why += ("; " if why else "") + (f"unexpected {', '.join(extra)}" if extra else "")
-            problems.append(
-                Problem(first, f"case '{case}': {why} (the model takes {num_channels} channels)")
-            )
-        else:
-            cases[case] = [p for _, p in entries]
-    return cases, problems
-
-
-def __getattr__(name: str) -> Any:
-    """``from autoseg.predict import Predictor, predict_folder`` (defined in autoseg.predictor)."""
-    if name in _PREDICTOR_API:
-        from autoseg import predictor
-
-        return getattr(predictor, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

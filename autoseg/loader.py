@@ -216,7 +216,7 @@ def _worker_main(sampler: _Sampler, seed: int, worker: int, q: Any, stop: Any) -
     """Worker process: produce batches until ``stop``; report an exception and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # in the worker only: never in the trainer
 
         with threadpool_limits(limits=1):
             sampler.reseed(seed, worker)

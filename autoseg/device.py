@@ -1,0 +1,95 @@
+"""Where computation runs: the torch device, the CPUs this process may use, autocast.
+
+The one place that answers these questions for every command (train, predict, benchmark and the
+worker counts of plan and evaluate). torch is imported inside the functions that need it, so that
+``cpu_count`` costs nothing at start-up (the CLI calls it before any torch work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoseg.errors import AutosegError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["autocast", "cpu_count", "resolve_device"]
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> float | None:
+    """CPUs allowed by a cgroup CPU quota (Docker ``--cpus``, SLURM, Kubernetes), or None.
+
+    Reads cgroup v2 ``cpu.max`` (``"QUOTA PERIOD"`` or ``"max PERIOD"``), else cgroup v1
+    ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us`` (quota -1: no limit).
+    """
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max" and float(period) > 0:
+            return float(quota) / float(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = float((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = float((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota; at least 1.
+
+    ``os.cpu_count()`` counts the machine's CPUs, which oversubscribes a SLURM job or a Docker
+    container that may use only some of them.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        count = min(count, math.ceil(limit))
+    return max(1, count)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``--device``.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+            or a ``torch.device``.
+
+    Raises:
+        AutosegError: an unknown device name, or CUDA asked for where there is none.
+    """
+    import torch  # heavy: not at module import (see the module docstring)
+
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise AutosegError(f"--device {name}: expected auto, cuda, cuda:N or cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as exc:
+        raise AutosegError(f"--device {name}: not a device ({exc})") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise AutosegError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    return resolved
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op context elsewhere."""
+    import torch  # heavy: not at module import (see the module docstring)
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

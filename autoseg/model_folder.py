@@ -1,0 +1,185 @@
+"""The layout of a model folder, in one place: ``<home>/<dataset>/models/<planner>/<config>/``.
+
+``ModelFolder`` knows every path inside it (plans, post-processing decision, fold folders,
+checkpoints, validation outputs and summaries), which folds are trained and validated, and which
+folds ``predict`` uses by default. Nothing else spells these names.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoseg.errors import AutosegError
+from autoseg.splits import NUM_FOLDS
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CHECKPOINTS", "ModelFolder", "checkpoint_file", "find_model_folders"]
+
+CHECKPOINTS = {
+    "final": "checkpoint_final.pt",
+    "best": "checkpoint_best.pt",
+    "latest": "checkpoint_latest.pt",
+}
+CV_FOLDS = tuple(str(k) for k in range(NUM_FOLDS))
+_FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+
+
+def checkpoint_file(checkpoint: str) -> str:
+    """``final``/``best``/``latest`` -> its file name; a name ending in ``.pt`` as it is.
+
+    Raises:
+        AutosegError: anything else, or a name with a folder in it.
+    """
+    if checkpoint in CHECKPOINTS:
+        return CHECKPOINTS[checkpoint]
+    if checkpoint.endswith(".pt") and Path(checkpoint).name == checkpoint:
+        return checkpoint
+    raise AutosegError(
+        f"--checkpoint {checkpoint}: expected final, best, latest or a file name ending in .pt"
+    )
+
+
+def _fold_order(name: str) -> tuple[bool, int, str]:
+    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """One trained configuration's folder and everything inside it.
+
+    Attributes:
+        path: ``<home>/<dataset>/models/<planner>/<config>/``.
+    """
+
+    path: Path
+
+    # ------------------------------------------------------------------ files of the folder
+    @property
+    def name(self) -> str:
+        """The configuration's name (the folder's name)."""
+        return self.path.name
+
+    @property
+    def plans(self) -> Path:
+        """``plans.json``: a copy of the plans the folds were trained with."""
+        return self.path / "plans.json"
+
+    @property
+    def postprocessing(self) -> Path:
+        """``postprocessing.json``: the decision made on the pooled cross-validation."""
+        return self.path / "postprocessing.json"
+
+    # ------------------------------------------------------------------ files of one fold
+    def fold_dir(self, fold: str) -> Path:
+        """``fold_<k>/`` (k in 0..4 or ``all``)."""
+        return self.path / f"fold_{fold}"
+
+    def checkpoint(self, fold: str, checkpoint: str = "final") -> Path:
+        """A fold's checkpoint file (``checkpoint``: see ``checkpoint_file``)."""
+        return self.fold_dir(fold) / checkpoint_file(checkpoint)
+
+    def training_log(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "training.log"
+
+    def validation_dir(self, fold: str) -> Path:
+        """The fold's predictions of its validation cases."""
+        return self.fold_dir(fold) / "validation"
+
+    def validation_refs(self, fold: str) -> Path:
+        """Links to the reference labels of the fold's validation cases."""
+        return self.fold_dir(fold) / ".validation_refs"
+
+    def summary(self, fold: str) -> Path:
+        """``summary.json``: the evaluation of the validation predictions."""
+        return self.fold_dir(fold) / "summary.json"
+
+    def validation_done(self, fold: str) -> Path:
+        """Written last by a fold's validation: its presence means the fold is validated."""
+        return self.fold_dir(fold) / "validation_done"
+
+    # ------------------------------------------------------------------ state
+    def folds_with(self, checkpoint: str = "final") -> list[str]:
+        """Fold names (``"0"``, ..., ``"all"``) whose ``checkpoint`` exists, in fold order."""
+        name = checkpoint_file(checkpoint)
+        found = []
+        for child in self.path.iterdir() if self.path.is_dir() else ():
+            match = _FOLD_DIR.match(child.name)
+            if match and (child / name).is_file():
+                found.append(match.group(1))
+        return sorted(found, key=_fold_order)
+
+    def validated_folds(self) -> list[str]:
+        """The cross-validation folds (0..4) whose validation finished."""
+        return [k for k in CV_FOLDS if self.validation_done(k).is_file()]
+
+    def default_folds(self, checkpoint: str = "final") -> tuple[str, ...]:
+        """The folds ``predict`` uses when none are named.
+
+        The 5 cross-validation folds when all have ``checkpoint``, else fold ``all`` when it
+        has one, else the cross-validation folds there are. Fold ``all`` is never averaged with
+        folds 0-4: it has seen their validation cases.
+
+        Raises:
+            AutosegError: no fold has ``checkpoint``.
+        """
+        available = self.folds_with(checkpoint)
+        cv = [f for f in available if f in CV_FOLDS]
+        if len(cv) == NUM_FOLDS:
+            log.info("%s: using the 5 cross-validation folds (0-4)", self.path)
+            return CV_FOLDS
+        if "all" in available:
+            note = f" (cross-validation folds trained: {', '.join(cv)})" if cv else ""
+            log.info("%s: using fold 'all'%s", self.path, note)
+            return ("all",)
+        if not cv:
+            raise self.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
+        log.warning(
+            "%s: using folds %s only (not all 5 cross-validation folds are trained)",
+            self.path,
+            ", ".join(cv),
+        )
+        return tuple(cv)
+
+    def not_a_model(self, why: str) -> AutosegError:
+        """The error for a folder that is not (yet) a usable model folder."""
+        return AutosegError(
+            f"{self.path}: not an autoseg model folder ({why}); expected "
+            "<home>/<dataset>/models/<planner>/<config>/ holding plans.json and fold_<k>/"
+        )
+
+
+def find_model_folders(
+    home: Path,
+    dataset: str = "*",
+    checkpoint: str = "final",
+    configuration: str | None = None,
+    planner: str | None = None,
+) -> list[ModelFolder]:
+    """Model folders under ``home`` with at least one fold holding ``checkpoint``.
+
+    Args:
+        home: the home folder.
+        dataset: a dataset name, or ``*`` for every dataset.
+        checkpoint: ``final``, ``best``, ``latest`` or a file name.
+        configuration: keep only this configuration.
+        planner: keep only this planner.
+
+    Returns:
+        The model folders, sorted by path.
+    """
+    name = checkpoint_file(checkpoint)
+    found = {
+        p.parent.parent
+        for p in home.glob(f"{dataset}/models/*/*/fold_*/{name}")
+        if _FOLD_DIR.match(p.parent.name)
+    }
+    return [
+        ModelFolder(f)
+        for f in sorted(found)
+        if (configuration is None or f.name == configuration)
+        and (planner is None or f.parent.name == planner)
+    ]
