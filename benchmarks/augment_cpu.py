@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from autoseg.augment_device import DeviceAugmentation
-from autoseg.data import BatchLoader
+from autoseg.loader import BatchLoader
 from autoseg.paths import resolve_dataset, resolve_home
 from autoseg.plans import Plans
 from autoseg.train import preprocessed_cases
