@@ -10,6 +10,7 @@ rename, so a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import re
@@ -97,9 +98,13 @@ def save_checkpoint(
         payload["optimizer"] = optimizer_state
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):  # from a killed run
         stale.unlink(missing_ok=True)
-    # through a file object: a full disk is then an OSError, not an obscure RuntimeError
+    # serialised in memory first, then written in one call: a full disk is then an OSError
+    # naming the file (torch's own writer turns it into "unexpected pos" RuntimeErrors)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh:
-        torch.save(payload, fh)
+        fh.write(buffer.getbuffer())
+        fh.flush()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -131,7 +136,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise AutosegError(f"{path}: not an autoseg checkpoint (no 'model' and 'meta' entries)")
     try:
         meta = _decode_meta(payload["meta"])
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        UnicodeDecodeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         raise AutosegError(f"{path}: checkpoint metadata is corrupt") from exc
     return Checkpoint(
         model_state=payload["model"], optimizer_state=payload.get("optimizer"), meta=meta

@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
+from autoseg.cache import require_planned
 from autoseg.evaluate import Evaluation
 from autoseg.io import read_array, strip_ending
 from autoseg.model_folder import CV_FOLDS, ModelFolder, find_model_folders
@@ -110,7 +111,12 @@ class BestConfiguration:
 
 
 def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
-    """Rank every trained configuration of a dataset by its mean validation Dice."""
+    """Rank every trained configuration of a dataset by its mean validation Dice.
+
+    Raises:
+        AutosegError: the dataset's last ``autoseg plan`` did not finish.
+    """
+    require_planned(dirs.work, dirs.name)
     results = []
     for model in find_model_folders(dirs.work.parent, dirs.work.name):
         folder = model.path

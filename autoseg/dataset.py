@@ -28,6 +28,7 @@ from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 log = logging.getLogger(__name__)
 
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+MAX_LABEL_VALUE = 255  # preprocessed label maps are uint8
 
 
 def split_channel_suffix(stem: str) -> tuple[str, int] | None:
@@ -178,6 +179,9 @@ def _read_meta(problems: _Problems) -> dict[str, Any] | None:
     except json.JSONDecodeError as exc:
         problems.meta(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
         return None
+    except RecursionError:
+        problems.meta("nested too deeply to be a dataset description; refused")
+        return None
     if not isinstance(meta, dict):
         problems.meta(f"must hold a JSON object, found {type(meta).__name__}")
         return None
@@ -227,6 +231,16 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
     if bad:
         problems.meta(f"'labels': entries {bad} must map like {example}")
         return None
+    ignored = [
+        name for name, _ in pairs if isinstance(name, str) and name.strip().lower() == "ignore"
+    ]
+    if ignored:
+        problems.meta(
+            "'labels' has a label named 'ignore': ignore-label training (unannotated voxels) is "
+            "not supported yet, and it must not be trained as an ordinary class; remove it, or "
+            "give that class another name if it is a real structure"
+        )
+        return None
     labels: dict[int, str] = {}
     for name, v in pairs:
         if v in labels:
@@ -239,6 +253,12 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
         return None
     if values != list(range(len(values))):
         problems.meta(f"label values must be consecutive 0..{len(values) - 1}, got {values}")
+        return None
+    if values[-1] > MAX_LABEL_VALUE:
+        problems.meta(
+            f"{len(values)} labels (0..{values[-1]}): at most {MAX_LABEL_VALUE + 1} are supported "
+            f"(values 0..{MAX_LABEL_VALUE}, stored as 8 bits)"
+        )
         return None
     return {v: labels[v] for v in values}
 

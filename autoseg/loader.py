@@ -186,7 +186,7 @@ class _Sampler:
             if data is None:
                 channels = image.shape[0]
                 data = np.zeros((self.batch_size, channels, *self.region), np.float32)
-                target = np.zeros((self.batch_size, 1, *self.region), np.int8)
+                target = np.zeros((self.batch_size, 1, *self.region), np.uint8)
             if image.shape[0] != data.shape[1]:
                 raise AutosegError(f"{self.folder}: case '{case_id}' has another channel count")
             read_region(image, start, data[i])  # (C, *region)

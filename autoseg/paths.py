@@ -67,21 +67,81 @@ class DatasetDirs:
         return path
 
 
-def resolve_dataset(dataset: str, home: Path) -> DatasetDirs:
-    """Resolve DATASET: a dataset folder (with dataset.json) or the name of one under home.
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` equals ``folder`` or lies below it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def recorded_source(work: Path) -> Path | None:
+    """The raw dataset folder recorded in ``work`` by an earlier ``autoseg plan``, if any."""
+    source = work / "dataset_source.txt"
+    if not source.is_file():
+        return None
+    # only the newline written by record_source: a folder name may end in a space
+    text = source.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    return Path(text) if text.strip() else None
+
+
+def check_apart(dirs: DatasetDirs, home: Path) -> None:
+    """Refuse a home that is, or lies inside, the dataset folder, and a dataset folder inside
+    autoseg's work files: autoseg would write into (and could overwrite) the user's data.
 
     Raises:
-        AutosegError: neither a dataset folder nor a known name.
+        AutosegError: the folders overlap (real paths compared).
+    """
+    if dirs.raw is None:
+        return
+    raw, real_home = Path(os.path.realpath(dirs.raw)), Path(os.path.realpath(home))
+    work = Path(os.path.realpath(dirs.work))
+    if _inside(real_home, raw) or _inside(work, raw):
+        raise AutosegError(
+            f"{home}: the home folder is (or is inside) the dataset folder {raw}; autoseg "
+            "would write its work files among your data. Choose a --home outside it"
+        )
+    if _inside(raw, real_home):
+        top = real_home / raw.relative_to(real_home).parts[0]
+        if top == work or (top / "dataset_source.txt").is_file():
+            raise AutosegError(
+                f"{raw}: the dataset folder lies inside autoseg's work folder {top}; move the "
+                "dataset out of the home folder (or choose another --home)"
+            )
+
+
+def resolve_dataset(dataset: str, home: Path, same_source: bool = True) -> DatasetDirs:
+    """Resolve DATASET: a dataset folder (with dataset.json) or the name of one under home.
+
+    Args:
+        dataset: a dataset folder, or the name of one planned in ``home``; surrounding
+            whitespace in a name is tolerated when no folder of that exact name exists.
+        home: the home folder (resolved).
+        same_source: refuse a dataset folder whose name was planned in ``home`` from another
+            folder (``autoseg plan --replan`` passes False and starts afresh).
+
+    Raises:
+        AutosegError: neither a dataset folder nor a known name; the home and the dataset
+            overlap; another dataset of the same name is planned in the home.
     """
     path = Path(dataset).expanduser()
+    if not path.exists() and dataset.strip() != dataset and Path(dataset.strip()).is_dir():
+        path = Path(dataset.strip())
     if path.is_dir() and (path / "dataset.json").exists():
         raw = path.resolve()
-        return DatasetDirs(name=raw.name, raw=raw, work=home / raw.name)
-    work = home / dataset
-    source = work / "dataset_source.txt"
-    if source.is_file():
-        raw_text = source.read_text(encoding="utf-8").strip()
-        return DatasetDirs(name=dataset, raw=Path(raw_text) if raw_text else None, work=work)
+        dirs = DatasetDirs(name=raw.name, raw=raw, work=home / raw.name)
+        check_apart(dirs, home)
+        recorded = recorded_source(dirs.work)
+        if same_source and recorded is not None and Path(os.path.realpath(recorded)) != raw:
+            raise AutosegError(
+                f"{raw}: the home {home} already holds a dataset named '{raw.name}', planned "
+                f"from {recorded}. Use another --home for this one, or `autoseg plan {path} "
+                "--replan` to replace the other's plans and preprocessed data"
+            )
+        return dirs
+    for name in dict.fromkeys((dataset, dataset.strip())):
+        work = home / name
+        if (work / "dataset_source.txt").is_file():
+            dirs = DatasetDirs(name=name, raw=recorded_source(work), work=work)
+            check_apart(dirs, home)
+            return dirs
     if path.is_dir():
         raise AutosegError(f"{path}: not a dataset folder (no dataset.json in it)")
     known = (

@@ -8,18 +8,21 @@ home folder untouched.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
+from autoseg.cache import dataset_sources, invalidate_markers
 from autoseg.dataset import load_dataset
+from autoseg.errors import AutosegError
 from autoseg.fingerprint import compute_fingerprint
-from autoseg.paths import record_source, resolve_dataset, resolve_home
+from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_home
 from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
-from autoseg.preprocess import run_preprocessing
+from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +74,42 @@ def plan_dataset(
     gpu_memory_gb: float,
     workers: int,
     preprocess: bool = True,
+    replan: bool = False,
 ) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases.
 
+    Args:
+        replan: start the dataset's work folder afresh (its plans, fingerprint, splits and
+            preprocessed data are removed first): needed when another dataset folder of the
+            same name was planned in this home before.
+
     Raises:
-        AutosegError / DatasetError: the dataset has problems (all reported at once) or the
-            planner is unknown; nothing is written then.
+        AutosegError / DatasetError: the dataset has problems (all reported at once), the
+            planner is unknown, or another dataset of this name is planned in the home (without
+            ``replan``); nothing is written then.
     """
     t0 = time.perf_counter()
-    dirs = resolve_dataset(dataset, resolve_home(home))
+    home_dir = resolve_home(home)
+    dirs = resolve_dataset(dataset, home_dir, same_source=not replan)
     planner_fn = get_planner(planner)
     spec = load_dataset(dirs.require_raw())
     fingerprint = compute_fingerprint(spec, workers=workers)
     plans = planner_fn(fingerprint, Budget(gpu_memory_gb=gpu_memory_gb))
+    sources = dataset_sources(spec, workers)
+    if replan:
+        _start_afresh(dirs)
+    writing = {
+        preprocessed_folder(dirs.work, c): plans_key(c) for c in plans.configurations.values()
+    }
+    if not preprocess:
+        writing = {folder: "" for folder in writing}  # planned, not preprocessed: incomplete
+    invalidate_markers(dirs.work, writing, sources)  # before anything else is written
     dirs.work.mkdir(parents=True, exist_ok=True)
     record_source(dirs)
     fingerprint.to_json(dirs.fingerprint)
     plans.to_json(dirs.plans(planner))
     if preprocess:
-        run_preprocessing(spec, plans, list(plans.configurations), dirs.work, workers)
+        run_preprocessing(spec, plans, list(plans.configurations), dirs.work, workers, sources)
     return PlanSummary(
         dataset=dirs.name,
         work=dirs.work,
@@ -97,3 +117,23 @@ def plan_dataset(
         plans=plans,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _start_afresh(dirs: DatasetDirs) -> None:
+    """Remove what autoseg wrote for an earlier dataset of this name (never models).
+
+    Raises:
+        AutosegError: the work folder holds trained models (they belong to the other dataset).
+    """
+    models = dirs.work / "models"
+    if models.is_dir() and any(models.iterdir()):
+        raise AutosegError(
+            f"{models}: holds models trained on the dataset planned here before; move or delete "
+            "that folder yourself, or use another --home"
+        )
+    if (dirs.work / "preprocessed").is_dir():
+        shutil.rmtree(dirs.work / "preprocessed")
+    for path in (dirs.fingerprint, dirs.splits, dirs.work / "dataset_source.txt"):
+        path.unlink(missing_ok=True)
+    for path in dirs.work.glob("plans*.json"):
+        path.unlink()

@@ -137,4 +137,69 @@ class Plans:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Plans:
-        return load_json(cls, path)
+        """Read plans, refusing any that no planner could have made (see ``check_plans``).
+
+        Raises:
+            InvalidJsonFile: not JSON, or not plans; AutosegError: absurd values.
+        """
+        plans = load_json(cls, path)
+        check_plans(plans, path)
+        return plans
+
+
+# Limits far beyond anything a planner makes; a plans.json outside them is damaged or crafted,
+# and building its network could exhaust memory before any other check runs.
+MAX_FEATURES = 4096
+MAX_STAGES = 12
+MAX_PATCH_VOXELS = 2**26
+MAX_BATCH = 4096
+MAX_LABELS = 256
+
+
+def check_plans(plans: Plans, path: str | Path) -> None:
+    """Refuse plans with values no planner makes (sizes, counts, spacings).
+
+    Raises:
+        AutosegError: naming the file, the configuration and the value.
+    """
+    import math
+
+    from autoseg.errors import AutosegError
+
+    def bad(what: str) -> AutosegError:
+        return AutosegError(f"{path}: not valid autoseg plans ({what}); plan the dataset again")
+
+    if not plans.channels:
+        raise bad("no channels")
+    if sorted(plans.labels) != list(range(len(plans.labels))) or len(plans.labels) < 2:
+        raise bad(f"labels must be 0..N-1 with N >= 2, got {sorted(plans.labels)[:10]}")
+    if len(plans.labels) > MAX_LABELS:
+        raise bad(f"{len(plans.labels)} labels, at most {MAX_LABELS}")
+    for name, c in plans.configurations.items():
+        where = f"configuration '{name}'"
+        stages = len(c.strides)
+        if not 1 <= stages <= MAX_STAGES:
+            raise bad(f"{where}: {stages} stages, expected 1..{MAX_STAGES}")
+        if len(c.kernel_sizes) != stages or len(c.features_per_stage) != stages:
+            raise bad(f"{where}: strides, kernel_sizes and features_per_stage differ in length")
+        if c.blocks_per_stage and len(c.blocks_per_stage) != stages:
+            raise bad(f"{where}: blocks_per_stage has {len(c.blocks_per_stage)} entries")
+        if not all(1 <= f <= MAX_FEATURES for f in c.features_per_stage):
+            raise bad(f"{where}: features_per_stage {c.features_per_stage}, each 1..{MAX_FEATURES}")
+        if not all(1 <= b <= 64 for b in c.blocks_per_stage):
+            raise bad(f"{where}: blocks_per_stage {c.blocks_per_stage}, each 1..64")
+        if len(c.patch_size) not in (2, 3) or not all(p >= 1 for p in c.patch_size):
+            raise bad(f"{where}: patch_size {c.patch_size}")
+        if math.prod(c.patch_size) > MAX_PATCH_VOXELS:
+            raise bad(f"{where}: patch_size {c.patch_size} is larger than {MAX_PATCH_VOXELS:,}")
+        if not 1 <= c.batch_size <= MAX_BATCH:
+            raise bad(f"{where}: batch_size {c.batch_size}, expected 1..{MAX_BATCH}")
+        for per_axis in (*c.strides, *c.kernel_sizes):
+            if len(per_axis) != c.ndim or not all(1 <= v <= 16 for v in per_axis):
+                raise bad(f"{where}: strides/kernel_sizes entry {per_axis}")
+        if len(c.spacing) != 3 or not all(math.isfinite(s) and 0 < s < 1e4 for s in c.spacing):
+            raise bad(f"{where}: spacing {c.spacing}")
+        if len(c.normalization) != len(plans.channels):
+            raise bad(
+                f"{where}: {len(c.normalization)} normalizations, {len(plans.channels)} channels"
+            )

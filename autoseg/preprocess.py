@@ -4,9 +4,13 @@ One case is made ready for training by ``preprocess_image``; ``run_preprocessing
 whole dataset and stores, per case, in ``<home>/<dataset>/preprocessed/<data_identifier>/``:
 
 - ``<case>.img.npy``  float32 ``(C, Z, Y, X)``: cropped, resampled, normalised image;
-- ``<case>.seg.npy``  int8 ``(1, Z, Y, X)``: its labels on the same grid;
+- ``<case>.seg.npy``  uint8 ``(1, Z, Y, X)``: its labels on the same grid (values 0..255);
 - ``<case>.fg.npz``   label -> int32 ``(N, 3)`` coordinates of up to 10,000 voxels of it;
-- ``<case>.json``     ``CaseProperties``, written last: its presence means the case is complete.
+- ``<case>.json``     ``CaseProperties``, written last: its presence means the case is complete;
+- ``preprocessing.complete``: written after the last case (``autoseg.cache``).
+
+A stored case is reused only when its ``source_key`` (the files' content, the settings and
+the autoseg version; see ``autoseg.cache``) is still the same.
 
 Preprocessing depends only on the spacing, the normalisation and the anisotropic axis, so
 configurations sharing a ``data_identifier`` (``2d`` and ``3d_fullres``) share the data.
@@ -15,6 +19,7 @@ configurations sharing a ``data_identifier`` (``2d`` and ``3d_fullres``) share t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,19 +34,23 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from autoseg.dataset import Case, DatasetSpec
+from autoseg import cache
+from autoseg.dataset import MAX_LABEL_VALUE, Case, DatasetSpec
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.io import Image, read_array, read_image
-from autoseg.plans import Configuration, Normalization, Plans
+from autoseg.memory import require_memory
+from autoseg.normalize import normalize_channel
+from autoseg.plans import Configuration, Plans
 from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
 from autoseg.serial import atomic_output, dump_json, load_json, to_dict
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the stored data changes for the same settings
+FORMAT_VERSION = 2  # bump when the stored data changes for the same settings
 MAX_LOCATIONS = 10_000  # stored foreground coordinates per label and case
 IMAGE_ORDER = 3
 LABEL_ORDER = 1
+MAX_LABEL = MAX_LABEL_VALUE  # labels are stored as uint8
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class CaseProperties:
         shape_after_resample: spatial shape of the stored arrays.
         plans_key: ``plans_key(config)`` of the settings it was made with.
         anisotropic_axis: axis resampled with order 0 (thick slices), or None.
+        source_key: ``cache.case_key`` of the files it was made from ("" when not from files).
     """
 
     case_id: str
@@ -69,11 +79,12 @@ class CaseProperties:
     shape_after_resample: tuple[int, ...]
     plans_key: str
     anisotropic_axis: int | None = None
+    source_key: str = ""
 
 
 @dataclass(frozen=True, eq=False)
 class PreprocessedCase:
-    """A stored case: ``image`` (C, Z, Y, X) float32, ``seg`` (1, Z, Y, X) int8 or None,
+    """A stored case: ``image`` (C, Z, Y, X) float32, ``seg`` (1, Z, Y, X) uint8 or None,
     ``class_locations`` label -> int32 (N, 3) voxel coordinates, and its properties."""
 
     image: np.ndarray
@@ -115,59 +126,6 @@ def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
     return tuple(box)
 
 
-def _mean_std(values: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:
-    """Mean and std of a 1D float32 array, accumulated in float64 chunk by chunk (no copy)."""
-    mean = float(values.mean(dtype=np.float64))
-    squares = sum(
-        float(np.square(values[i : i + chunk].astype(np.float64) - mean).sum())
-        for i in range(0, values.size, chunk)
-    )
-    return mean, float(np.sqrt(squares / values.size))
-
-
-def normalize_channel(
-    channel: np.ndarray, norm: Normalization, mask: np.ndarray | None = None
-) -> None:
-    """Normalise one float32 ``(Z, Y, X)`` channel in place.
-
-    Args:
-        channel: the channel, modified in place.
-        norm: ``"ct"`` clips to ``[clip_low, clip_high]`` then z-scores with the dataset's
-            mean/std; ``"zscore"`` clips to the image's own 0.5/99.5 percentiles, then z-scores
-            with its own mean/std (statistics from ``mask`` only when ``use_nonzero_mask``, and
-            voxels outside it set to 0); ``"none"`` leaves it alone.
-        mask: the nonzero mask on the channel's grid (needed with ``use_nonzero_mask``).
-
-    Raises:
-        AutosegError: an unknown scheme, or a CT scheme without its dataset values.
-    """
-    if norm.scheme == "none":
-        return
-    if norm.scheme == "ct":
-        if None in (norm.clip_low, norm.clip_high, norm.mean, norm.std):
-            raise AutosegError(f"ct normalization needs clip_low, clip_high, mean, std: {norm}")
-        np.clip(channel, norm.clip_low, norm.clip_high, out=channel)
-        channel -= np.float32(norm.mean)
-        channel /= np.float32(max(norm.std, 1e-8))
-        return
-    if norm.scheme != "zscore":
-        raise AutosegError(f"unknown normalization scheme '{norm.scheme}' (ct, zscore, none)")
-    use_mask = norm.use_nonzero_mask and mask is not None
-    flat = channel.reshape(-1)
-    selected = channel[mask] if use_mask else flat
-    if selected.size == 0:
-        channel[...] = 0
-        return
-    low, high = np.percentile(selected, [0.5, 99.5])
-    np.clip(channel, float(low), float(high), out=channel)
-    selected = channel[mask] if use_mask else flat
-    mean, std = _mean_std(selected)
-    channel -= np.float32(mean)
-    channel /= np.float32(max(std, 1e-8))
-    if use_mask:
-        channel[~mask] = 0
-
-
 def preprocess_image(
     image: Image, config: Configuration, label: np.ndarray | None = None, case_id: str = ""
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
@@ -176,14 +134,15 @@ def preprocess_image(
     Args:
         image: float32 ``(C, Z, Y, X)`` image with its geometry.
         config: the configuration (spacing, normalization, anisotropic_axis are used).
-        label: optional integer ``(Z, Y, X)`` label map on the image's grid, values 0..127.
+        label: optional integer ``(Z, Y, X)`` label map on the image's grid, values 0..255.
         case_id: recorded in the properties.
 
     Returns:
-        ``(image (C, Z, Y, X) float32, seg (1, Z, Y, X) int8 or None, properties)``.
+        ``(image (C, Z, Y, X) float32, seg (1, Z, Y, X) uint8 or None, properties)``.
 
     Raises:
-        AutosegError: channel count or label shape do not fit, or labels outside 0..127.
+        AutosegError: channel count or label shape do not fit, labels outside 0..255, or the
+            resampled case would not fit in memory (checked before resampling).
     """
     array = image.array
     if len(config.normalization) != array.shape[0]:
@@ -193,8 +152,8 @@ def preprocess_image(
         )
     if label is not None and tuple(label.shape) != tuple(array.shape[1:]):
         raise AutosegError(f"case {case_id}: label shape {label.shape} != image {array.shape[1:]}")
-    if label is not None and label.size and (label.min() < 0 or label.max() > 127):
-        raise AutosegError(f"case {case_id}: label values must lie in 0..127")
+    if label is not None and label.size and (label.min() < 0 or label.max() > MAX_LABEL):
+        raise AutosegError(f"case {case_id}: label values must lie in 0..{MAX_LABEL}")
     needs_mask = any(n.scheme == "zscore" and n.use_nonzero_mask for n in config.normalization)
 
     raw_mask = np.any(array != 0, axis=0)
@@ -205,11 +164,20 @@ def preprocess_image(
     shape_after_crop = tuple(b - a for a, b in bbox)
     new_shape = target_shape(shape_after_crop, image.geometry.spacing, config.spacing)
     axis = config.anisotropic_axis
+    # the resampled image, its float scratch and the label maps: refuse before allocating
+    voxels = int(np.prod(new_shape, dtype=np.float64))
+    require_memory(
+        voxels * (8 * array.shape[0] + 9),
+        f"resampling {'x'.join(map(str, shape_after_crop))} voxels at "
+        f"{tuple(float(f'{s:.6g}') for s in image.geometry.spacing)} mm to "
+        f"{'x'.join(map(str, new_shape))} = {voxels:,} voxels at {tuple(config.spacing)} mm",
+        f"case {case_id}" if case_id else "image",
+    )
 
     seg = None
     if label is not None:  # first: the peak of its resampling does not add to the image's copy
-        seg = resample_labels(label[crop], new_shape, LABEL_ORDER, axis, dtype=np.int8)
-        seg = np.array(seg[None], dtype=np.int8)  # own contiguous copy, never the caller's
+        seg = resample_labels(label[crop], new_shape, LABEL_ORDER, axis, dtype=np.uint8)
+        seg = np.array(seg[None], dtype=np.uint8)  # own contiguous copy, never the caller's
     if new_shape == shape_after_crop:  # e.g. 1 mm isotropic data at 1 mm: nothing to resample
         data = np.array(array[(slice(None), *crop)], dtype=np.float32, order="C")
     else:
@@ -285,9 +253,19 @@ def class_locations(
     return locations
 
 
+class _Stream:
+    """A file seen only through ``write``: numpy then writes in chunks through Python's file
+    object (a full disk is an ``OSError`` ENOSPC) instead of ``ndarray.tofile``, whose short
+    write raises an ``OSError`` without errno or reason."""
+
+    def __init__(self, fh) -> None:
+        self.write = fh.write
+
+
 def _write_atomic(path: Path, write) -> None:
     with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh:
         write(fh)
+        fh.flush()
 
 
 def _write_npz(fh, arrays: dict[int, np.ndarray]) -> None:
@@ -312,9 +290,13 @@ def save_case(folder: Path, case: PreprocessedCase) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     paths = _paths(folder, case.properties.case_id)
     paths["json"].unlink(missing_ok=True)  # an incomplete case must not look complete
-    _write_atomic(paths["img"], lambda fh: np.save(fh, case.image.astype(np.float32, copy=False)))
+    _write_atomic(
+        paths["img"], lambda fh: np.save(_Stream(fh), case.image.astype(np.float32, copy=False))
+    )
     if case.seg is not None:
-        _write_atomic(paths["seg"], lambda fh: np.save(fh, case.seg.astype(np.int8, copy=False)))
+        _write_atomic(
+            paths["seg"], lambda fh: np.save(_Stream(fh), case.seg.astype(np.uint8, copy=False))
+        )
     else:
         paths["seg"].unlink(missing_ok=True)
     _write_atomic(paths["fg"], lambda fh: _write_npz(fh, case.class_locations))
@@ -345,14 +327,16 @@ def load_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase
     return PreprocessedCase(image=image, seg=seg, class_locations=locations, properties=props)
 
 
-def _is_done(folder: Path, case: Case, key: str) -> bool:
-    """Whether the case is stored completely, with the settings ``key`` and readable files."""
+def _is_done(folder: Path, case: Case, key: str, source_key: str) -> bool:
+    """Whether the case is stored completely, from the same files (content) with the settings
+    ``key``, and its files are readable."""
     try:
         stored = load_case(folder, case.case_id, mmap=True)  # mmap checks the sizes, reads little
     except AutosegError:
         return False
     has_seg = stored.seg is not None or case.label is None
-    return stored.properties.plans_key == key and has_seg
+    props = stored.properties
+    return props.plans_key == key and props.source_key == source_key and has_seg
 
 
 def _read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -364,13 +348,15 @@ def _read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         if not np.array_equal(rounded, data):
             raise AutosegError(f"{path}: label map holds non-integer values")
         data = rounded
-    if data.size and (data.min() < 0 or data.max() > 127):
-        raise AutosegError(f"{path}: label values must lie in 0..127")
-    return data.astype(np.int8)
+    if data.size and (data.min() < 0 or data.max() > MAX_LABEL):
+        raise AutosegError(f"{path}: label values must lie in 0..{MAX_LABEL}")
+    return data.astype(np.uint8)
 
 
-def preprocess_case(case: Case, config: Configuration, folder: Path) -> str:
+def preprocess_case(case: Case, config: Configuration, folder: Path, source_key: str = "") -> str:
     """Read, preprocess and store one case; returns its id (the worker task).
+
+    ``source_key`` (``cache.case_key``) is stored in its properties.
 
     Raises:
         AutosegError: a file cannot be read or does not fit (the message names it).
@@ -382,6 +368,7 @@ def preprocess_case(case: Case, config: Configuration, folder: Path) -> str:
     except AutosegError as exc:
         raise AutosegError(f"{case.images[0]}: {exc}") from exc
     del image, label
+    props = dataclasses.replace(props, source_key=source_key)
     locations = class_locations(seg[0], case.case_id) if seg is not None else {}
     save_case(folder, PreprocessedCase(data, seg, locations, props))
     return case.case_id
@@ -400,13 +387,19 @@ def run_preprocessing(
     config_names: Iterable[str],
     home_dataset_dir: Path,
     workers: int,
+    sources: dict[str, str] | None = None,
 ) -> None:
     """Preprocess every case of ``spec`` for each distinct data identifier of ``config_names``.
 
-    Idempotent: a case whose properties exist with the current ``plans_key`` is kept, so a
-    second run (or one after an interrupted run) only does what is missing. ``workers > 1`` runs
-    cases in that many spawned processes (a calling script needs the ``__main__`` guard); each
-    task holds one case in memory and returns only its id.
+    Idempotent: a case stored from the same files (content) with the current settings is kept,
+    so a second run (or one after an interrupted run) only does what is missing; a case whose
+    files changed is redone, and stored cases that are no longer in the dataset are removed.
+    Each folder gets its completeness marker after its last case. ``workers > 1`` runs cases in
+    that many spawned processes (a calling script needs the ``__main__`` guard); each task holds
+    one case in memory and returns only its id.
+
+    Args:
+        sources: ``cache.dataset_sources(spec)`` when the caller has it (else computed here).
 
     Raises:
         AutosegError: unknown configuration, or cases that cannot be read (all of them listed).
@@ -423,35 +416,64 @@ def run_preprocessing(
                 f"configurations '{known.name}' and '{config.name}' share the data identifier "
                 f"'{folder.name}' but preprocess differently"
             )
+    if sources is None:
+        sources = cache.dataset_sources(spec, workers)
+    cache.invalidate_markers(
+        home_dataset_dir, {f: plans_key(c) for f, c in groups.items()}, sources
+    )
     problems: list[Problem] = []
     for folder, config in groups.items():
         start = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
         for leftover in folder.glob(".*.part"):
             leftover.unlink(missing_ok=True)
+        if _remove_other_cases(folder, {c.case_id for c in spec.cases}):
+            cache.remove_marker(folder)
         key = plans_key(config)
-        todo = [c for c in spec.cases if not _is_done(folder, c, key)]
+        keys = {c.case_id: cache.case_key(sources[c.case_id], key) for c in spec.cases}
+        todo = [c for c in spec.cases if not _is_done(folder, c, key, keys[c.case_id])]
         todo.sort(key=_case_size, reverse=True)  # big cases first balances the workers
         reused = len(spec.cases) - len(todo)
+        if todo:
+            cache.remove_marker(folder)
         with Progress(transient=False) as progress:
             task = progress.add_task(f"preprocess {folder.name}", total=len(spec.cases))
             progress.advance(task, reused)
-            for case, error in _run_tasks(todo, config, folder, workers):
+            failed = len(problems)
+            for case, error in _run_tasks(todo, config, folder, workers, keys):
                 if error is not None:
                     problems.append(Problem(f"case {case.case_id}", str(error)))
                 progress.advance(task)
+        if len(problems) == failed:  # every case of the folder is stored: mark it, last
+            cache.write_marker(folder, key, {c.case_id: sources[c.case_id] for c in spec.cases})
         took = time.perf_counter() - start
         logger.info("%s: %d case(s) done, %d reused, %.1f s", folder, len(todo), reused, took)
     if problems:
         raise DatasetError(problems, what="preprocessing")
 
 
-def _run_tasks(todo: list[Case], config: Configuration, folder: Path, workers: int):
+def _remove_other_cases(folder: Path, keep: set[str]) -> bool:
+    """Remove the stored cases whose ids are not in ``keep`` (cases since removed); returns
+    whether there were any."""
+    removed = False
+    for props in folder.glob("*.json"):
+        case_id = props.name[: -len(".json")]
+        if case_id not in keep:
+            props.unlink(missing_ok=True)  # first: the case no longer looks complete
+            for path in _paths(folder, case_id).values():
+                path.unlink(missing_ok=True)
+            removed = True
+    return removed
+
+
+def _run_tasks(
+    todo: list[Case], config: Configuration, folder: Path, workers: int, keys: dict[str, str]
+):
     """Yield ``(case, error or None)`` as cases finish, in-process or in a process pool."""
     if workers <= 1 or len(todo) <= 1:
         for case in todo:
             try:
-                preprocess_case(case, config, folder)
+                preprocess_case(case, config, folder, keys[case.case_id])
                 yield case, None
             except AutosegError as exc:
                 yield case, exc
@@ -462,7 +484,10 @@ def _run_tasks(todo: list[Case], config: Configuration, folder: Path, workers: i
     context = multiprocessing.get_context("spawn")  # never fork a (possibly threaded) parent
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context)
     try:
-        futures = {pool.submit(preprocess_case, case, config, folder): case for case in todo}
+        futures = {
+            pool.submit(preprocess_case, case, config, folder, keys[case.case_id]): case
+            for case in todo
+        }
         for future in as_completed(futures):
             try:
                 future.result()

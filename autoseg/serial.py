@@ -120,6 +120,9 @@ def _open_temp(path: Path) -> tuple[int, str]:
             return os.open(tmp, flags, 0o666), str(tmp)
         except FileExistsError:
             continue
+        except OSError as exc:  # read-only or full folder: name the file the user asked for
+            exc.filename = str(path)
+            raise
 
 
 @contextlib.contextmanager
@@ -178,8 +181,12 @@ def load_json(cls: type[T], path: str | Path) -> T:
             data = json.load(fh)
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise InvalidJsonFile(f"{path}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise InvalidJsonFile(f"{path}: nested too deeply; refused") from exc
     try:
         return from_dict(cls, data)
+    except RecursionError as exc:
+        raise InvalidJsonFile(f"{path}: nested too deeply; refused") from exc
     except (TypeError, ValueError, KeyError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise InvalidJsonFile(f"{path}: not a valid {cls.__name__} file ({reason})") from exc

@@ -63,7 +63,7 @@ def load_or_create_splits(path: Path, case_ids: list[str] | tuple[str, ...]) -> 
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             splits = [Split(train=tuple(s["train"]), val=tuple(s["val"])) for s in data]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise AutosegError(
                 f"{path}: not a valid splits file: expected [{{'train': [...], 'val': [...]}}, "
                 f"...] ({exc})"

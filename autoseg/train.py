@@ -34,6 +34,7 @@ import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
+from autoseg.cache import complete_cases
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.crossval import decide_cv_postprocessing
 from autoseg.dataset import load_dataset
@@ -45,7 +46,7 @@ from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
 from autoseg.predictor import Predictor, predict_folder
-from autoseg.preprocess import preprocessed_folder
+from autoseg.preprocess import plans_key, preprocessed_folder
 from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
@@ -127,16 +128,11 @@ def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, 
     """The preprocessed-data folder of a configuration and its case ids (sorted).
 
     Raises:
-        AutosegError: no preprocessed case (the dataset was not planned and preprocessed).
+        AutosegError: the folder is not completely preprocessed with the configuration's
+            settings (never planned, or the last plan failed or was stopped).
     """
     folder = preprocessed_folder(dirs.work, config)
-    ids = sorted(p.name[: -len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
-    if not ids:
-        raise AutosegError(
-            f"{folder}: no preprocessed cases for configuration '{config.name}'; "
-            f"run `autoseg plan {dirs.name}` first"
-        )
-    return folder, ids
+    return folder, complete_cases(folder, plans_key(config), dirs.name)
 
 
 def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:

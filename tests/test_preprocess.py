@@ -222,8 +222,8 @@ def test_inputs_that_do_not_fit_are_refused():
         preprocess_image(image(np.ones((2, 4, 5, 6))), config())
     with pytest.raises(AutosegError, match="label shape"):
         preprocess_image(image(array), config(), np.zeros((4, 5, 7), np.int8))
-    with pytest.raises(AutosegError, match="0..127"):
-        preprocess_image(image(array), config(), np.full((4, 5, 6), 200, np.int16))
+    with pytest.raises(AutosegError, match="0..255"):
+        preprocess_image(image(array), config(), np.full((4, 5, 6), 256, np.int16))
     with pytest.raises(AutosegError, match="scheme"):
         preprocess_image(image(array), config(norms=(Normalization("minmax"),)))
 
@@ -330,7 +330,7 @@ def test_run_preprocessing_round_trip_through_load_case(tmp_path: Path):
         assert {f"{cid}.img.npy", f"{cid}.seg.npy", f"{cid}.fg.npz", f"{cid}.json"} <= names
     case = load_case(folder, "case_000")
     assert isinstance(case.image, np.memmap) and isinstance(case.seg, np.memmap)
-    assert case.image.dtype == np.float32 and case.seg.dtype == np.int8
+    assert case.image.dtype == np.float32 and case.seg.dtype == np.uint8
     props = case.properties
     assert isinstance(props, CaseProperties) and props.case_id == "case_000"
     assert case.image.shape == (1, *props.shape_after_resample)
@@ -362,7 +362,8 @@ def test_run_preprocessing_is_idempotent_and_resumes(tmp_path: Path):
     now = folder_state(folder)
     assert set(now) == set(first)
     redone = {name for name in now if now[name] != first[name]}
-    assert redone == {"case_001.img.npy", "case_001.seg.npy", "case_001.fg.npz", "case_001.json"}
+    case_files = {"case_001.img.npy", "case_001.seg.npy", "case_001.fg.npz", "case_001.json"}
+    assert redone == case_files | {"preprocessing.complete"}  # incomplete until case_001 was
     changed = config(norms=(Normalization("none"),))  # other settings: everything is redone
     run_preprocessing(spec, plans_of(changed), ["3d_fullres"], home, 1)
     assert all(v != first[k] for k, v in folder_state(folder).items() if k.endswith(".json"))
@@ -376,7 +377,7 @@ def test_one_and_two_workers_write_identical_files(tmp_path: Path):
     run_preprocessing(spec, plans_of(cfg), ["3d_fullres"], two, 2)
     files_one = sorted(p.name for p in preprocessed_folder(one, cfg).iterdir())
     files_two = sorted(p.name for p in preprocessed_folder(two, cfg).iterdir())
-    assert files_one == files_two and len(files_one) == 12
+    assert files_one == files_two and len(files_one) == 13  # 4 per case, the marker
     for name in files_one:
         a = (preprocessed_folder(one, cfg) / name).read_bytes()
         assert a == (preprocessed_folder(two, cfg) / name).read_bytes(), name
