@@ -131,6 +131,12 @@ def plan(
     preprocess: Annotated[
         bool, typer.Option("--preprocess/--no-preprocess", help="Preprocess after planning.")
     ] = True,
+    replan: Annotated[
+        bool,
+        typer.Option(
+            "--replan", help="Replace what the home holds for another dataset of this name."
+        ),
+    ] = False,
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -142,6 +148,7 @@ def plan(
         gpu_memory_gb=gpu_memory if gpu_memory is not None else detect_gpu_memory_gb() or 8.0,
         workers=_workers(workers),
         preprocess=preprocess,
+        replan=replan,
     )
     summary.print(_console())
 
@@ -287,19 +294,51 @@ def predict(
 @app.command()
 @user_errors
 def evaluate(
-    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
-    references: Annotated[Path, typer.Argument(help="Folder of reference label maps.")],
+    reference: Annotated[
+        Path | None,
+        typer.Option("-r", "--reference", help="Folder of reference (ground-truth) label maps."),
+    ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option("-p", "--predictions", help="Folder of predicted label maps.")
+    ] = None,
+    folders: Annotated[
+        list[Path] | None, typer.Argument(hidden=True, help="Refused: use -r and -p.")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write evaluation.json/.csv here.")
     ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+    chill: Annotated[
+        bool,
+        typer.Option("--chill", help="Score only the cases that have a prediction (as nnU-Net)."),
+    ] = False,
 ) -> None:
-    """Dice, IoU, precision, recall, HD95 and NSD per case and label, with means per label."""
+    """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
+    HD95 and NSD per case and label, with means per label."""
+    from autoseg.errors import AutosegError
     from autoseg.evaluate import evaluate_folders
 
+    if folders:
+        raise AutosegError(
+            "evaluate takes its folders by name: `autoseg evaluate -r REFERENCE -p PREDICTIONS` "
+            "(folder order differs between tools: nnU-Net's evaluate_folder takes the reference "
+            "first, autoseg used to take it second; swapping them swaps precision and recall)"
+        )
+    if reference is None or predictions is None:
+        raise AutosegError("evaluate needs both -r/--reference and -p/--predictions folders")
+    if reference.resolve() == predictions.resolve():
+        logging.getLogger("autoseg").warning(
+            "%s: the reference and prediction folders are the same folder; every score is "
+            "perfect by construction",
+            reference,
+        )
     evaluation = evaluate_folders(
-        predictions, references, nsd_tolerance_mm=nsd_tolerance, workers=_workers(workers)
+        predictions,
+        reference,
+        nsd_tolerance_mm=nsd_tolerance,
+        workers=_workers(workers),
+        chill=chill,
     )
     evaluation.print_table(_console())
     if output is not None:

@@ -170,10 +170,34 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=_full_structure(mask.ndim))
 
 
-def _label_boxes(array: np.ndarray, max_label: int) -> list[tuple[slice, ...] | None]:
-    """Bounding box of each label value 1..max_label (None where absent), in one pass."""
+#: Above this label value, boxes are found per label: ``find_objects`` keeps a list entry for
+#: every value up to the largest, so one voxel of value 2e9 would cost gigabytes.
+_DENSE_BOXES = 4096
+
+
+def _label_boxes(array: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Bounding box of each positive label value in ``labels`` (None where absent)."""
     array = array.view(np.uint8) if array.dtype == bool else array
-    return list(ndimage.find_objects(array, max_label=max_label)) if max_label > 0 else []
+    wanted = [int(v) for v in labels if int(v) > 0]
+    if not wanted:
+        return {}
+    top = max(wanted)
+    if top <= _DENSE_BOXES:
+        boxes = ndimage.find_objects(array, max_label=top)
+        return {v: boxes[v - 1] for v in wanted}
+    found: dict[int, tuple[slice, ...] | None] = {}
+    for v in wanted:
+        mask = array == v
+        found[v] = tuple(slice(a, b) for a, b in _mask_box(mask)) if mask.any() else None
+    return found
+
+
+def _mask_box(mask: np.ndarray) -> list[tuple[int, int]]:
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return box
 
 
 def _union_box(*boxes: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
@@ -244,13 +268,12 @@ def case_metrics(
             raise ValueError(f"{name} must hold integers, found {array.dtype}")
     spacing = tuple(float(s) for s in spacing)
     worst = math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing, strict=True)))
-    max_label = max((int(v) for v in labels), default=0)
-    pred_boxes, ref_boxes = _label_boxes(pred, max_label), _label_boxes(ref, max_label)
+    pred_boxes, ref_boxes = _label_boxes(pred, labels), _label_boxes(ref, labels)
     whole = tuple(slice(0, n) for n in pred.shape)
     result: dict[int, LabelMetrics] = {}
     for label in (int(v) for v in labels):
         # find_objects has no boxes for background (0) or negative values: use the whole image
-        box = _union_box(pred_boxes[label - 1], ref_boxes[label - 1]) if label > 0 else whole
+        box = _union_box(pred_boxes[label], ref_boxes[label]) if label > 0 else whole
         if box is None:  # absent from both
             result[label] = LabelMetrics(1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 0, 0, 0, 0)
             continue
@@ -348,7 +371,12 @@ def _inspect(path: Path) -> _FileInfo:
         array = _as_labels(array, path)
     except AutosegError as exc:
         return _FileInfo(path, Problem(str(path), str(exc).removeprefix(f"{path}: ")))
-    values = np.flatnonzero(np.bincount(array.ravel().astype(np.int64, copy=False)))
+    # bincount only for small values: one voxel of value 2e9 would make it allocate 16 GB
+    small = array.size == 0 or int(array.max()) < 1 << 16
+    flat = array.ravel()
+    values = (
+        np.flatnonzero(np.bincount(flat.astype(np.int64, copy=False))) if small else np.unique(flat)
+    )
     geometry = Geometry(geometry.shape, geometry.spacing, geometry.affine)  # drop the header
     return _FileInfo(path, None, geometry, tuple(int(v) for v in values))
 
@@ -396,6 +424,7 @@ def evaluate_folders(
     labels: dict[int, str] | None = None,
     nsd_tolerance_mm: float = 1.0,
     workers: int = 1,
+    chill: bool = False,
 ) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the reference of the same case id.
 
@@ -410,6 +439,9 @@ def evaluate_folders(
             the references or the predictions, named by its value.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         workers: processes reading and scoring cases.
+        chill: score only the references that have a prediction (nnU-Net's ``--chill``);
+            otherwise a reference without prediction is an error. A prediction without
+            reference is always one.
 
     Returns:
         The evaluation.
@@ -421,7 +453,10 @@ def evaluate_folders(
     problems: list[Problem] = []
     preds = _image_files(pred_dir, "prediction", problems)
     refs = _image_files(ref_dir, "reference", problems)
-    for case_id in sorted(refs.keys() - preds.keys()):
+    missing = sorted(refs.keys() - preds.keys())
+    if chill and missing:
+        logger.warning("%d reference(s) without prediction not scored (--chill)", len(missing))
+    for case_id in () if chill else missing:
         problems.append(Problem(str(refs[case_id]), f"no prediction for case {case_id!r}"))
     for case_id in sorted(preds.keys() - refs.keys()):
         problems.append(Problem(str(preds[case_id]), f"no reference for case {case_id!r}"))

@@ -202,10 +202,7 @@ def _read_channels(
         if read is None:
             continue
         data, geo = read
-        where = str(path)
-        if data.dtype.kind not in "buif":
-            problems.append(Problem(where, f"unsupported voxel data type {data.dtype}"))
-            continue
+        where = str(path)  # type, spacing and size were checked by read_array (io.check_header)
         if data.ndim == 4 and len(case.images) > 1:
             message = f"4D image ({data.shape[0]} volumes); expected one 3D volume per channel file"
             problems.append(Problem(where, message))
@@ -216,8 +213,6 @@ def _read_channels(
             message = f"grid {geo.shape} @ {_mm(geo)} differs from {case.images[0].name}'s"
             problems.append(Problem(where, f"{message} ({geometry.shape} @ {_mm(geometry)})"))
             continue
-        if not all(math.isfinite(s) and s > 0 for s in geo.spacing):
-            problems.append(Problem(where, f"invalid voxel spacing {_mm(geo)}"))
         if data.dtype.kind == "f" and not np.isfinite(data.sum(dtype=np.float64)):
             bad = data.size - int(np.count_nonzero(np.isfinite(data)))
             problems.append(Problem(where, f"{bad} NaN or Inf voxel(s) in the image"))
@@ -242,9 +237,6 @@ def _read_label(
         return None
     label, geo = read
     where = str(case.label)
-    if label.dtype.kind not in "buif":
-        problems.append(Problem(where, f"unsupported voxel data type {label.dtype}"))
-        return None
     if label.ndim == 4:
         problems.append(
             Problem(where, f"4D label ({label.shape[0]} volumes); expected a 3D label map")

@@ -12,6 +12,7 @@ imported only when such a file is met.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,15 @@ from typing import Any
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.memory import require_memory
 from autoseg.serial import atomic_output
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS
+#: Voxel spacings (mm) outside this range are refused: no scan has them, and a header that
+#: claims them would make resampling allocate absurd amounts of memory.
+SPACING_RANGE_MM = (1e-5, 1e4)
 
 
 def file_ending(path: str | Path) -> str | None:
@@ -81,10 +86,56 @@ def _affine_tuple(affine: np.ndarray) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in np.asarray(affine, dtype=np.float64))
 
 
+def check_header(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, spacing: tuple[float, ...], read_bytes: int
+) -> None:
+    """The one validator of an image file's header, run before its voxels are read.
+
+    Plan, predict and evaluate all read through ``read_array``, so all refuse the same files:
+    other than 2 to 4 dimensions, an empty axis, voxel types that are not numbers (RGB,
+    complex, structured), a spacing that is not finite or outside ``SPACING_RANGE_MM``, and
+    more voxels than the memory available can hold.
+
+    Args:
+        path: the file, for messages.
+        shape: the stored shape (file order).
+        dtype: the voxel type the reader will return.
+        spacing: the spatial voxel sizes from the header (2 or 3 values).
+        read_bytes: bytes per voxel the reader needs (returned array plus float32 copy).
+
+    Raises:
+        AutosegError: the header is refused; the message says why (and states sizes).
+    """
+    if len(shape) < 2 or len(shape) > 4:
+        raise AutosegError(f"{path}: expected a 2D, 3D or 4D volume, found {len(shape)} dimensions")
+    if min(shape) < 1:
+        raise AutosegError(f"{path}: empty image (shape {tuple(shape)})")
+    if dtype.kind not in "buif":
+        kind = {"c": "complex", "V": "RGB/structured"}.get(dtype.kind, str(dtype))
+        raise AutosegError(
+            f"{path}: unsupported voxel data type {dtype} ({kind}); expected numbers"
+        )
+    low, high = SPACING_RANGE_MM
+    if not all(math.isfinite(s) and low <= s <= high for s in spacing):
+        shown = tuple(float(f"{s:.6g}") for s in spacing)
+        raise AutosegError(
+            f"{path}: invalid voxel spacing {shown} (each must be a number from {low:g} to "
+            f"{high:g} mm)"
+        )
+    voxels = math.prod(int(n) for n in shape)
+    size = "x".join(str(int(n)) for n in shape)
+    require_memory(voxels * read_bytes, f"reading {size} = {voxels:,} voxels", path)
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     import nibabel as nib
 
     img = nib.load(str(path))
+    header_dtype = img.header.get_data_dtype()
+    scaled = img.dataobj.slope != 1 or img.dataobj.inter != 0  # scaling returns float64
+    dtype = np.dtype(np.float64) if scaled and header_dtype.kind in "buif" else header_dtype
+    spatial = tuple(float(z) for z in img.header.get_zooms()[: min(3, len(img.shape))])
+    check_header(path, tuple(img.shape), dtype, spatial, dtype.itemsize + 4)
     data = np.asanyarray(img.dataobj)
     if data.ndim < 2 or data.ndim > 4:
         raise AutosegError(f"{path}: expected a 2D, 3D or 4D volume, found {data.ndim} dimensions")
@@ -116,7 +167,16 @@ def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
             f"{path}: reading {file_ending(path)} files needs SimpleITK "
             "(pip install 'autoseg[itk]')"
         ) from exc
-    itk = sitk.ReadImage(str(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    ncomp = reader.GetNumberOfComponents()
+    pixel_name = sitk.GetPixelIDValueAsString(reader.GetPixelID()).lower()
+    pixel = np.dtype(np.complex64 if "complex" in pixel_name else np.float64)  # the widest
+    shape = tuple(int(n) for n in reader.GetSize()) + ((ncomp,) if ncomp > 1 else ())
+    spacing = tuple(float(s) for s in reader.GetSpacing())
+    check_header(path, shape, pixel, spacing, pixel.itemsize + 4)
+    itk = reader.Execute()
     data = sitk.GetArrayFromImage(itk)  # (z, y, x[, c]) for 3D
     ncomp = itk.GetNumberOfComponentsPerPixel()
     if itk.GetDimension() == 2:
@@ -223,6 +283,8 @@ def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -
     header = geometry.header.copy() if isinstance(geometry.header, nib.Nifti1Header) else None
     affine = np.array(geometry.affine, dtype=np.float64)
     out = np.transpose(data, (2, 1, 0))  # (Z, Y, X) -> (i, j, k)
+    if header is not None and len(header.get_data_shape()) == 2 and out.shape[2] == 1:
+        out = out[:, :, 0]  # a 2D input (i, j) is read as (1, j, i): write it back as (i, j)
     img = nib.Nifti1Image(out, affine, header=header)
     img.set_data_dtype(data.dtype)
     if header is not None:
@@ -244,6 +306,9 @@ def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -
 def _write_itk(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
     import SimpleITK as sitk  # noqa: N813
 
+    source = geometry.header
+    if source is not None and hasattr(source, "GetDimension") and source.GetDimension() == 2:
+        data = data[0]  # a 2D input is read as (1, Y, X): write it back as 2D
     itk = sitk.GetImageFromArray(data)
     if geometry.header is not None and hasattr(geometry.header, "GetOrigin"):
         itk.CopyInformation(geometry.header)

@@ -118,7 +118,7 @@ def test_plan_train_predict_evaluate_find_best(tmp_path: Path, layout: str) -> N
     assert result.exit_code == 0 and "skipped" in result.output
 
     report = tmp_path / "report"
-    result = invoke("evaluate", out, new / "labelsTr", "-o", report)
+    result = invoke("evaluate", "-p", out, "-r", new / "labelsTr", "-o", report)
     assert result.exit_code == 0, result.output
     assert "Dice" in result.output and "HD95" in result.output
     assert (report / "evaluation.json").is_file() and (report / "evaluation.csv").is_file()

@@ -581,15 +581,17 @@ def test_evaluate_refuses_bad_label_maps(tmp_path: Path, kind: str, fragments: l
     _damage_pred(kind, preds, refs)
     before = snapshot(tmp_path)
     out = tmp_path / "results"
-    assert_clean_failure(cli("evaluate", preds, refs, "-o", out, "--workers", 1), *fragments)
+    assert_clean_failure(
+        cli("evaluate", "-p", preds, "-r", refs, "-o", out, "--workers", 1), *fragments
+    )
     assert snapshot(tmp_path) == before  # inputs untouched, no results folder
 
 
 def test_evaluate_refuses_missing_folders(tmp_path: Path) -> None:
     preds, refs = _eval_folders(tmp_path)
-    result = cli("evaluate", tmp_path / "nothing", refs)
+    result = cli("evaluate", "-p", tmp_path / "nothing", "-r", refs)
     assert_clean_failure(result, "nothing", "prediction folder not found")
-    result = cli("evaluate", preds, tmp_path / "empty")
+    result = cli("evaluate", "-p", preds, "-r", tmp_path / "empty")
     assert_clean_failure(result, "empty", "reference folder not found")
 
 
@@ -600,7 +602,7 @@ def test_evaluate_with_stray_files_and_odd_names_just_works(tmp_path: Path) -> N
         for stray in (".DS_Store", "Thumbs.db", "README.txt"):
             (folder / stray).write_text("not an image")
     out = tmp_path / "out ü"
-    result = cli("evaluate", preds, refs, "-o", out, "--workers", 1)
+    result = cli("evaluate", "-p", preds, "-r", refs, "-o", out, "--workers", 1)
     assert result.exit_code == 0, result.output
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert [c["case_id"] for c in evaluation["cases"]] == ["Fall ü 1"]

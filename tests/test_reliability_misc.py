@@ -162,7 +162,7 @@ def test_evaluate_into_a_failing_folder(
     (out / "evaluation.json").write_text("{}\n")  # an earlier result stays whole
     before = snapshot(tmp_path)
     with failing_folder(monkeypatch, out, kind):
-        result = cli("evaluate", preds, refs, "-o", out, "--workers", 1)
+        result = cli("evaluate", "-p", preds, "-r", refs, "-o", out, "--workers", 1)
     assert_clean_failure(result, str(out / "evaluation.json"), problem)
     assert snapshot(tmp_path) == before
 
