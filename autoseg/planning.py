@@ -131,8 +131,13 @@ def _start_afresh(dirs: DatasetDirs) -> None:
             f"{models}: holds models trained on the dataset planned here before; move or delete "
             "that folder yourself, or use another --home"
         )
-    if (dirs.work / "preprocessed").is_dir():
-        shutil.rmtree(dirs.work / "preprocessed")
+    folder = dirs.work / "preprocessed"
+    try:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    except OSError as exc:  # rmtree names files relative to the folder it is in
+        exc.filename = str(folder)
+        raise
     for path in (dirs.fingerprint, dirs.splits, dirs.work / "dataset_source.txt"):
         path.unlink(missing_ok=True)
     for path in dirs.work.glob("plans*.json"):

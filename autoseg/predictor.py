@@ -446,6 +446,7 @@ def predict_folder(
             len(skipped),
             output_dir,
         )
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
 
     def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any]:
@@ -501,5 +502,7 @@ def predict_folder(
                 written.append(writes.popleft().result())
         while writes:
             written.append(writes.popleft().result())
+    if created and not written and not any(output_dir.iterdir()):
+        output_dir.rmdir()  # every case failed: leave no empty folder behind
     log.info("%d case(s) written to %s, %d failed", len(written), output_dir, len(failed))
     return PredictionReport(tuple(written), tuple(failed), tuple(skipped))

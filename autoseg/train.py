@@ -41,6 +41,7 @@ from autoseg.dataset import load_dataset
 from autoseg.device import cpu_count, resolve_device
 from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
+from autoseg.io import file_ending
 from autoseg.loader import BatchLoader
 from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
@@ -404,11 +405,13 @@ class _Trainer:
         for problem in report.failed:
             log.warning("validation case failed: %s", problem)
         refs = self.model.validation_refs(self.fold)
-        refs.mkdir(exist_ok=True)
-        for case in cases:
-            link = refs / f"{case.case_id}{spec.file_ending}"
-            if not link.exists() and case.label is not None:
-                link.symlink_to(case.label.resolve())
+        if refs.is_dir():  # links of an earlier run may carry another ending: made afresh
+            shutil.rmtree(refs)
+        refs.mkdir()
+        for case in cases:  # each link keeps its label's own ending (.nii and .nii.gz may mix)
+            if case.label is not None:
+                ending = file_ending(case.label) or spec.file_ending
+                (refs / f"{case.case_id}{ending}").symlink_to(case.label.resolve())
         evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
         evaluation.to_json(self.model.summary(self.fold))
         means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
