@@ -9,6 +9,7 @@ written to ``<home>/<dataset>/splits.json`` once; a file the user edited is resp
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from autoseg.serial import atomic_write_text
 
 NUM_FOLDS = 5
 SPLIT_SEED = 12345
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,22 @@ def load_or_create_splits(path: Path, case_ids: list[str] | tuple[str, ...]) -> 
                 f"{path}: not a valid splits file: expected [{{'train': [...], 'val': [...]}}, "
                 f"...] ({exc})"
             ) from exc
-        unknown = sorted({c for s in splits for c in (*s.train, *s.val)} - known)
+        listed = {c for s in splits for c in (*s.train, *s.val)}
+        unknown = sorted(listed - known)
         if unknown:
-            raise AutosegError(f"{path}: names cases not in the dataset: {', '.join(unknown[:10])}")
+            raise AutosegError(
+                f"{path}: names cases not in the dataset: {', '.join(unknown[:10])}; edit it, or "
+                "delete it to make new splits"
+            )
+        unused = sorted(known - listed)
+        if unused:
+            log.warning(
+                "%s: %d case(s) of the dataset are in no fold and will not be used: %s; delete "
+                "the file to make new splits",
+                path,
+                len(unused),
+                ", ".join(unused[:10]),
+            )
         return splits
     splits = make_splits(case_ids)
     text = json.dumps([{"train": list(s.train), "val": list(s.val)} for s in splits], indent=1)

@@ -322,3 +322,52 @@ def test_a_deeply_nested_splits_file_is_a_clean_error(tmp_path: Path):
     result = cli("train", root.name, "3d_fullres", 0, "--home", home, *QUICK)
     assert_clean_failure(result, "splits.json")
     shutil.rmtree(home)
+
+
+# ------------------------------------------------------------------------------ hostile pass
+
+
+def test_a_case_added_after_the_splits_were_made_is_reported(tmp_path: Path):
+    root = tiny_dataset(tmp_path / "Task93_Added", n_cases=6)
+    meta = json.loads((root / "dataset.json").read_text())
+    full = list(meta["training"])
+    meta["training"] = full[:5]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    home = tmp_path / "home"
+    assert plan(root, home).exit_code == 0
+    assert cli("train", root.name, "3d_fullres", 0, "--home", home, *QUICK).exit_code == 0
+    meta["training"] = full
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert plan(root, home).exit_code == 0
+    result = cli("train", root.name, "3d_fullres", 1, "--home", home, *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "in no fold" in result.output and "case_005" in result.output
+
+
+def test_a_symlinked_label_retargeted_to_another_file_is_redone(tmp_path: Path):
+    root = uncompressed_labels(tiny_dataset(tmp_path / "Task94_Link"))
+    label = root / "labelsTr" / "case_001.nii"
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.move(label, store / "v1.nii")
+    label.symlink_to(store / "v1.nii")
+    home = tmp_path / "home"
+    assert plan(root, home).exit_code == 0
+    shutil.copy2(store / "v1.nii", store / "v2.nii")
+    edit_label(store / "v2.nii", "in place", tmp_path)
+    os.utime(store / "v2.nii", ns=((store / "v1.nii").stat().st_atime_ns,) * 2)
+    label.unlink()
+    label.symlink_to(store / "v2.nii")  # same link, another target
+    assert plan(root, home).exit_code == 0
+    assert not (seg_of(home, root.name, "case_001") == 2).any()
+
+
+def test_plan_without_preprocessing_marks_the_data_incomplete(tmp_path: Path):
+    root = tiny_dataset(tmp_path / "Task95_NoPre", n_cases=5)
+    home = tmp_path / "home"
+    assert plan(root, home).exit_code == 0
+    assert plan(root, home, "--no-preprocess").exit_code == 0
+    result = cli("train", root.name, "3d_fullres", 0, "--home", home, *QUICK)
+    assert_clean_failure(result, "incomplete")
+    assert plan(root, home).exit_code == 0  # every case reused, the marker written again
+    assert cli("train", root.name, "3d_fullres", 0, "--home", home, *QUICK).exit_code == 0

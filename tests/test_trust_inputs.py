@@ -390,9 +390,13 @@ def test_a_dataset_folder_name_with_a_trailing_space_is_found_by_name(tmp_path: 
     root = tiny_dataset(tmp_path / "Task66_Space ", n_cases=5)
     home = tmp_path / "home"
     assert cli("plan", root, "--home", home, *PLAN).exit_code == 0
+    from autoseg.paths import resolve_dataset
+
+    assert resolve_dataset("Task66_Space ", home).raw == root  # the raw folder, space and all
     result = cli("train", "Task66_Space ", "3d_fullres", 0, "--home", home, *QUICK)
     assert result.exit_code == 0, result.output
-    assert (home / "Task66_Space " / "models" / "default" / "3d_fullres" / "fold_0").is_dir()
+    fold = home / "Task66_Space " / "models" / "default" / "3d_fullres" / "fold_0"
+    assert (fold / "summary.json").is_file()  # validation found the raw images by name
 
 
 def test_no_empty_output_folder_when_every_case_fails(tmp_path: Path):
