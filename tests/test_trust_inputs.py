@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from autoseg.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from tests.reliability_helpers import (
     assert_clean_failure,
     autoseg_command,
@@ -268,13 +268,13 @@ def test_checkpoint_on_a_real_full_disk_keeps_the_previous_one(tmp_path: Path, t
 
     disk = tmpfs("2m")
     path = disk / "fold_0" / "checkpoint_latest.pt"
-    save_checkpoint(path, {"w": torch.ones(1000)}, None, {"epoch": 1})
+    save_checkpoint(path, {"w": torch.ones(1000)}, None, CheckpointMeta(epoch=1))
     before = path.read_bytes()
     with pytest.raises(OSError) as info:
-        save_checkpoint(path, {"w": torch.ones(1_000_000)}, None, {"epoch": 2})  # 4 MB
+        save_checkpoint(path, {"w": torch.ones(1_000_000)}, None, CheckpointMeta(epoch=2))  # 4 MB
     assert info.value.filename == str(path) and "No space left" in str(info.value.strerror)
     assert path.read_bytes() == before
-    assert load_checkpoint(path).meta["epoch"] == 1
+    assert load_checkpoint(path).meta.epoch == 1
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
