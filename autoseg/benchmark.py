@@ -275,7 +275,7 @@ def _time_prediction(
     """Seconds per case on the network grid, and for the whole case from the raw image."""
     config = plans.configuration(config_name)
     folder, _ = preprocessed_cases(dirs, config)
-    in_channels, num_classes = len(plans.channels), len(plans.labels)
+    in_channels, num_classes = len(plans.channels), plans.num_classes
     torch.manual_seed(0)
     net = build_network(config, in_channels, num_classes, deep_supervision=False)
     predictor = Predictor(
@@ -344,7 +344,7 @@ def run_benchmark(
     n_workers = default_workers(torch_device) if workers is None else workers
     device_name = _device_name(torch_device)  # before prediction changes the CPU thread count
     step = TrainingStep(
-        config, len(plans.channels), len(plans.labels), torch_device, augmentation=augmentation
+        config, len(plans.channels), plans.num_classes, torch_device, augmentation=augmentation
     )
     _reset_gpu_peak(torch_device)
     log.info("timing %d training iterations (%d workers)", iterations, n_workers)

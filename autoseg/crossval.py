@@ -16,6 +16,7 @@ from rich.table import Table
 
 from autoseg.cache import require_planned
 from autoseg.evaluate import Evaluation
+from autoseg.ignore import mask_ignored
 from autoseg.io import read_array, strip_ending
 from autoseg.model_folder import CV_FOLDS, ModelFolder, find_model_folders
 from autoseg.paths import DatasetDirs
@@ -25,8 +26,12 @@ from autoseg.splits import NUM_FOLDS
 log = logging.getLogger(__name__)
 
 
-def decide_cv_postprocessing(model_folder: ModelFolder, labels: list[int]) -> bool:
+def decide_cv_postprocessing(
+    model_folder: ModelFolder, labels: list[int], ignore_label: int | None = None
+) -> bool:
     """Decide post-processing on the pooled CV predictions when all folds are validated.
+
+    Voxels the reference labels ``ignore_label`` count as background in both maps.
 
     Returns:
         True when ``postprocessing.json`` was written.
@@ -46,7 +51,7 @@ def decide_cv_postprocessing(model_folder: ModelFolder, labels: list[int]) -> bo
                     continue
                 pred, geometry = read_array(pred_path)
                 ref, _ = read_array(refs_for[0])
-                yield pred, ref, geometry.spacing
+                yield (*mask_ignored(pred, ref, ignore_label), geometry.spacing)
 
     decision = decide_postprocessing(cases(), labels)
     decision.to_json(model_folder.postprocessing)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import DatasetError, Problem
+from autoseg.ignore import ignore_label_problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 
 log = logging.getLogger(__name__)
@@ -231,16 +232,6 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
     if bad:
         problems.meta(f"'labels': entries {bad} must map like {example}")
         return None
-    ignored = [
-        name for name, _ in pairs if isinstance(name, str) and name.strip().lower() == "ignore"
-    ]
-    if ignored:
-        problems.meta(
-            "'labels' has a label named 'ignore': ignore-label training (unannotated voxels) is "
-            "not supported yet, and it must not be trained as an ordinary class; remove it, or "
-            "give that class another name if it is a real structure"
-        )
-        return None
     labels: dict[int, str] = {}
     for name, v in pairs:
         if v in labels:
@@ -259,6 +250,10 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
             f"{len(values)} labels (0..{values[-1]}): at most {MAX_LABEL_VALUE + 1} are supported "
             f"(values 0..{MAX_LABEL_VALUE}, stored as 8 bits)"
         )
+        return None
+    ignore_problem = ignore_label_problem(labels)  # sparse annotation: autoseg.ignore
+    if ignore_problem is not None:
+        problems.meta(f"'labels': {ignore_problem}")
         return None
     return {v: labels[v] for v in values}
 

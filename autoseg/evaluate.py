@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.errors import AutosegError, DatasetError, Problem
+from autoseg.ignore import IGNORE_NAME, ignore_label, mask_ignored
 from autoseg.io import Geometry, file_ending, read_array, strip_ending
 from autoseg.serial import atomic_write_text, dump_json, load_json
 
@@ -238,6 +239,7 @@ def case_metrics(
     labels: Sequence[int],
     spacing: tuple[float, ...],
     nsd_tolerance_mm: float = 1.0,
+    ignore_label: int | None = None,
 ) -> dict[int, LabelMetrics]:
     """Score each label of one case (rules in the module docstring).
 
@@ -251,6 +253,8 @@ def case_metrics(
         labels: label values to score.
         spacing: voxel size in mm per axis, ``(Z, Y, X)``.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        ignore_label: voxels the reference labels so are background in both maps (they count
+            as neither TP, FP nor FN); the value itself is not scored.
 
     Returns:
         label value -> its metrics, in the order of ``labels``.
@@ -266,6 +270,8 @@ def case_metrics(
     for name, array in (("prediction", pred), ("reference", ref)):
         if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
             raise ValueError(f"{name} must hold integers, found {array.dtype}")
+    pred, ref = mask_ignored(pred, ref, ignore_label)
+    labels = [v for v in labels if ignore_label is None or int(v) != ignore_label]
     spacing = tuple(float(s) for s in spacing)
     worst = math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing, strict=True)))
     pred_boxes, ref_boxes = _label_boxes(pred, labels), _label_boxes(ref, labels)
@@ -308,11 +314,16 @@ def _summarise(
 
 
 def _label_names(labels: Sequence[int] | Mapping[int, str]) -> dict[int, str]:
+    """value -> name of the labels to score: background and the ignore label left out."""
     if isinstance(labels, Mapping):
         named = {int(k): str(v) for k, v in labels.items()}
     else:
         named = {int(v): str(int(v)) for v in labels}
-    return {k: named[k] for k in sorted(named) if k != 0}
+    return {k: named[k] for k in sorted(named) if k != 0 and named[k] != IGNORE_NAME}
+
+
+def _ignore_of(labels: Sequence[int] | Mapping[int, str] | None) -> int | None:
+    return ignore_label(labels) if isinstance(labels, Mapping) else None
 
 
 def evaluate_arrays(
@@ -325,7 +336,8 @@ def evaluate_arrays(
     Args:
         pairs: ``(case_id, pred, ref, spacing)`` per case; consumed once, so a generator that
             loads one case at a time keeps memory bounded.
-        labels: label values, or value -> name; background (0) is ignored.
+        labels: label values, or value -> name; background (0) is ignored, and so are the
+            voxels of a label named ``ignore`` (see ``case_metrics``).
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
 
     Returns:
@@ -334,9 +346,12 @@ def evaluate_arrays(
     Raises:
         ValueError: no cases, or a case's arrays do not fit together.
     """
-    names = _label_names(labels)
+    names, ignore = _label_names(labels), _ignore_of(labels)
     cases = [
-        CaseResult(str(case_id), case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm))
+        CaseResult(
+            str(case_id),
+            case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm, ignore),
+        )
         for case_id, pred, ref, spacing in pairs
     ]
     return _summarise(cases, names, nsd_tolerance_mm)
@@ -382,13 +397,17 @@ def _inspect(path: Path) -> _FileInfo:
 
 
 def _score_files(
-    case_id: str, pred_path: Path, ref_path: Path, labels: list[int], tol: float
+    case_id: str,
+    pred_path: Path,
+    ref_path: Path,
+    labels: list[int],
+    tol: float,
+    ignore: int | None = None,
 ) -> CaseResult:
     pred, _ = read_array(pred_path)
     ref, geometry = read_array(ref_path)
-    metrics = case_metrics(
-        _as_labels(pred, pred_path), _as_labels(ref, ref_path), labels, geometry.spacing, tol
-    )
+    pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
+    metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore)
     return CaseResult(case_id, metrics)
 
 
@@ -436,7 +455,8 @@ def evaluate_folders(
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps (file names ``<case_id><ending>``).
         labels: value -> name of the labels to score; default: every non-zero value found in
-            the references or the predictions, named by its value.
+            the references or the predictions, named by its value. Reference voxels of a label
+            named ``ignore`` are left out of every score.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         workers: processes reading and scoring cases.
         chill: score only the references that have a prediction (nnU-Net's ``--chill``);
@@ -484,7 +504,8 @@ def evaluate_folders(
     else:
         names = _label_names(labels)
     logger.info("evaluating %d case(s), labels %s", len(common), list(names))
-    args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm) for c in common]
+    ignore = _ignore_of(labels)
+    args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm, ignore) for c in common]
     cases = _map(_score_files, args, workers)
     evaluation = _summarise(cases, names, nsd_tolerance_mm)
     logger.info("mean Dice over labels: %.4f", evaluation.mean_dice)

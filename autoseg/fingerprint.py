@@ -30,6 +30,7 @@ from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.errors import AutosegError, DatasetError, Problem
+from autoseg.ignore import ignore_label
 from autoseg.io import Geometry, read_array
 from autoseg.serial import dump_json, load_json
 
@@ -162,6 +163,9 @@ def inspect_case(case: Case, spec: DatasetSpec, sample_budget: int) -> CaseInspe
         relative_size_after_crop=float(np.prod(cropped) / np.prod(geometry.shape)),
     )
     foreground = label > 0
+    ignore = ignore_label(spec.labels)
+    if ignore is not None:  # unannotated voxels are not foreground
+        foreground &= label != ignore
     count = int(np.count_nonzero(foreground))
     pick = None
     if count > sample_budget:

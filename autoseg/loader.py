@@ -105,8 +105,10 @@ class _Sampler:
         augment: bool,
         oversample_foreground: float,
         on_device: bool = False,
+        ignore_label: int | None = None,
     ) -> None:
         self.folder = folder
+        self.ignore_label = ignore_label
         self.case_ids = case_ids
         self.patch = np.asarray(config.patch_size, dtype=int)
         self.batch_size = config.batch_size
@@ -148,7 +150,11 @@ class _Sampler:
         return case
 
     def _foreground_voxel(self, case: PreprocessedCase) -> np.ndarray | None:
-        present = sorted(k for k, v in case.class_locations.items() if k > 0 and len(v))
+        present = sorted(
+            k
+            for k, v in case.class_locations.items()
+            if k > 0 and k != self.ignore_label and len(v)
+        )
         if not present:
             return None
         locations = case.class_locations[present[self.rng.integers(len(present))]]
@@ -268,6 +274,8 @@ class BatchLoader:
         num_workers: 0 samples in the calling process; more starts that many worker processes
             (``fork`` where available), each buffering up to two batches.
         oversample_foreground: fraction of each batch forced to contain foreground.
+        ignore_label: a label value that is not foreground (``Plans.ignore_label``): forced
+            samples never centre on it.
 
     Raises:
         AutosegError: no cases, or a case's preprocessed files are missing.
@@ -288,6 +296,7 @@ class BatchLoader:
         num_workers: int = 0,
         oversample_foreground: float = 1 / 3,
         augmentation: str = "cpu",
+        ignore_label: int | None = None,
     ) -> None:
         folder = Path(folder)
         case_ids = tuple(case_ids)
@@ -311,7 +320,7 @@ class BatchLoader:
             raise ValueError(f"augmentation must be cpu or device, not {augmentation!r}")
         on_device = augmentation == "device"
         self._sampler = _Sampler(
-            folder, case_ids, config, augment, oversample_foreground, on_device
+            folder, case_ids, config, augment, oversample_foreground, on_device, ignore_label
         )
         self._sampler.reseed(seed, 0)
         self._closed = False

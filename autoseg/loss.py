@@ -72,12 +72,17 @@ class DiceCELoss(nn.Module):
         batch_dice: Dice over the whole batch per class (True) or per sample and class (False),
             then averaged.
         smooth: Dice smoothing term.
+        ignore_index: target value of unannotated voxels (the ignore label, ``K``): they take
+            no part in either term; cross-entropy is the mean over the annotated voxels.
     """
 
-    def __init__(self, batch_dice: bool = False, smooth: float = 1e-5) -> None:
+    def __init__(
+        self, batch_dice: bool = False, smooth: float = 1e-5, ignore_index: int | None = None
+    ) -> None:
         super().__init__()
         self.batch_dice = batch_dice
         self.smooth = smooth
+        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss.
@@ -92,11 +97,19 @@ class DiceCELoss(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()  # (B, K, *S)
             labels = target.long()  # (B, 1, *S)
-            ce = F.cross_entropy(logits, labels[:, 0])
             probs = torch.softmax(logits, dim=1)
-            dice = soft_dice(
-                probs, one_hot(labels, logits.shape[1], probs.dtype), self.batch_dice, self.smooth
-            )
+            if self.ignore_index is None:
+                ce = F.cross_entropy(logits, labels[:, 0])
+                target_1h = one_hot(labels, logits.shape[1], probs.dtype)
+            else:
+                annotated = labels != self.ignore_index  # (B, 1, *S)
+                labels = labels.masked_fill(~annotated, 0)
+                weight = annotated.to(probs.dtype)
+                ce_map = F.cross_entropy(logits, labels[:, 0], reduction="none")  # (B, *S)
+                ce = (ce_map * weight[:, 0]).sum() / weight.sum().clamp_min(1.0)
+                probs = probs * weight  # unannotated voxels count nowhere in the Dice
+                target_1h = one_hot(labels, logits.shape[1], probs.dtype) * weight
+            dice = soft_dice(probs, target_1h, self.batch_dice, self.smooth)
             return (1 - dice.mean()) + ce
 
 
@@ -179,7 +192,7 @@ def downsample_target(
 
 @torch.no_grad()
 def dice_counts(
-    logits: torch.Tensor, target: torch.Tensor, num_classes: int
+    logits: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """True positives, false positives, false negatives per foreground class (argmax).
 
@@ -190,11 +203,16 @@ def dice_counts(
         logits: ``(B, K, *S)``.
         target: ``(B, 1, *S)`` integer labels.
         num_classes: K, background included.
+        ignore_index: target value of unannotated voxels, counted nowhere.
 
     Returns:
         ``(tp, fp, fn)``, each an int64 tensor of shape ``(K - 1,)`` on the logits' device.
     """
     pred = logits.argmax(dim=1, keepdim=True)  # (B, 1, *S)
+    if ignore_index is not None:  # background in both: neither TP, FP nor FN of any class
+        unannotated = target == ignore_index
+        pred = pred.masked_fill(unannotated, 0)
+        target = target.masked_fill(unannotated, 0)
     pred_1h = one_hot(pred, num_classes, torch.bool)[:, 1:]  # (B, K-1, *S)
     true_1h = one_hot(target, num_classes, torch.bool)[:, 1:]
     axes = (0, *range(2, pred_1h.ndim))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoseg.errors import AutosegError
+from autoseg.ignore import ignore_label, predicted_labels
 from autoseg.serial import dump_json, load_json
 
 
@@ -121,7 +122,23 @@ class Plans:
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:
-        return tuple(sorted(v for v in self.labels if v != 0))
+        """Label values the network predicts, background and the ignore label excluded."""
+        return tuple(v for v in self.predicted_labels if v != 0)
+
+    @property
+    def ignore_label(self) -> int | None:
+        """The value of the label named ``ignore`` (sparse annotation), or None."""
+        return ignore_label(self.labels)
+
+    @property
+    def predicted_labels(self) -> tuple[int, ...]:
+        """Label values of the network's classes, in class order (background first)."""
+        return predicted_labels(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        """The network's output classes: background included, the ignore label excluded."""
+        return len(self.predicted_labels)
 
     def configuration(self, name: str) -> Configuration:
         """The named configuration; raises AutosegError listing the planned ones."""

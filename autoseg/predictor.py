@@ -94,7 +94,8 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta, self.step = tta, step
         self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
-        self.label_values = np.array(sorted(plans.labels), dtype=np.int64)  # class i -> value
+        # class i -> label value (the ignore label has no class: it is never predicted)
+        self.label_values = np.array(plans.predicted_labels, dtype=np.int64)
         self.num_classes, self.in_channels = len(self.label_values), len(plans.channels)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
@@ -157,7 +158,7 @@ class Predictor:
             )
         for path, ckpt in zip(paths, checkpoints, strict=True):
             for key, planned in (
-                ("num_classes", len(plans.labels)),
+                ("num_classes", plans.num_classes),
                 ("in_channels", len(plans.channels)),
             ):
                 recorded = getattr(ckpt.meta, key)
@@ -298,7 +299,7 @@ class Predictor:
 
         Returns:
             ``(labels (Z, Y, X), probabilities (K, Z, Y, X) float32)`` on the image's grid;
-            probability channel i belongs to label value ``sorted(plans.labels)[i]``.
+            probability channel i belongs to label value ``plans.predicted_labels[i]``.
         """
         array, props = self.preprocess(image)
         return self.finalize(self.predict_preprocessed(array), props)

@@ -47,10 +47,12 @@ class OptimizerSettings:
     grad_clip: float = 12.0
 
 
-def default_loss(config: Configuration) -> nn.Module:
-    """Dice + cross-entropy over the deep-supervision outputs of ``config``'s network."""
+def default_loss(config: Configuration, ignore_label: int | None = None) -> nn.Module:
+    """Dice + cross-entropy over the deep-supervision outputs of ``config``'s network
+    (voxels labelled ``ignore_label`` excluded)."""
     weights = deep_supervision_weights(config.num_stages - 1)
-    return DeepSupervisionLoss(DiceCELoss(batch_dice=config.batch_dice), weights)
+    base = DiceCELoss(batch_dice=config.batch_dice, ignore_index=ignore_label)
+    return DeepSupervisionLoss(base, weights)
 
 
 class TrainingStep:
@@ -68,6 +70,8 @@ class TrainingStep:
         loss: ``loss(outputs: list, targets: list) -> scalar`` over the deep-supervision
             outputs; None: ``default_loss(config)``.
         augmentation: ``cpu``, ``device`` or ``auto`` (see ``resolve_augmentation``).
+        ignore_label: target value of unannotated voxels (``Plans.ignore_label``), excluded
+            from the default loss and the pseudo-Dice counts.
 
     Attributes:
         network: the bare network (its ``state_dict`` is what checkpoints hold).
@@ -91,8 +95,10 @@ class TrainingStep:
         distributed: bool = False,
         loss: nn.Module | None = None,
         augmentation: str = "auto",
+        ignore_label: int | None = None,
     ) -> None:
         self.config, self.device, self.num_classes = config, device, num_classes
+        self.ignore_label = ignore_label
         self.grad_clip = optimizer.grad_clip
         torch.manual_seed(seed)
         self.network = build_network(config, in_channels, num_classes, True).to(device)
@@ -107,7 +113,7 @@ class TrainingStep:
             nesterov=True,
             weight_decay=optimizer.weight_decay,
         )
-        self.loss = loss if loss is not None else default_loss(config)
+        self.loss = loss if loss is not None else default_loss(config, ignore_label)
         self.augmentation = resolve_augmentation(augmentation, device)
         self.augmenter = None
         if self.augmentation == "device":
@@ -183,7 +189,7 @@ class TrainingStep:
             outputs = self.model(image)
         outputs = [o.float() for o in outputs]
         loss = self.loss(outputs, targets)
-        tp, fp, fn = dice_counts(outputs[0], target, self.num_classes)
+        tp, fp, fn = dice_counts(outputs[0], target, self.num_classes, self.ignore_label)
         return float(loss), torch.stack([tp, fp, fn]).double().cpu()
 
     def val_batch(self, batch: dict[str, np.ndarray]) -> tuple[float, torch.Tensor]:

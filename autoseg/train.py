@@ -179,7 +179,7 @@ class _Trainer:
         self.dist, self.device = _init_distributed(self.device)
         if not self.dist.main:  # one voice: rank 0 logs and writes
             logging.getLogger("autoseg").setLevel(logging.WARNING)
-        self.num_classes = len(plans.labels)
+        self.num_classes = plans.num_classes
         self.label_names = [plans.labels[v] for v in plans.foreground_labels]
 
     # ----------------------------------------------------------------- setup
@@ -193,6 +193,7 @@ class _Trainer:
             seed=self.settings.seed,
             distributed=self.dist.world > 1,
             augmentation=self.settings.augmentation,
+            ignore_label=self.plans.ignore_label,
         )
         self.history = History()
         self.start_epoch = 0
@@ -269,6 +270,7 @@ class _Trainer:
             augment=augment,
             num_workers=workers if augment else 0,
             augmentation=self.step.augmentation,
+            ignore_label=self.plans.ignore_label,
         )
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
@@ -417,7 +419,9 @@ class _Trainer:
         means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
         log.info("fold %s validation Dice: %s", self.fold, means)
         atomic_write_text(self.model.validation_done(self.fold), "ok\n")
-        decide_cv_postprocessing(self.model, list(self.plans.foreground_labels))
+        decide_cv_postprocessing(
+            self.model, list(self.plans.foreground_labels), self.plans.ignore_label
+        )
 
 
 def train_fold(

@@ -27,6 +27,7 @@ import numpy as np
 
 from autoseg.errors import AutosegError
 from autoseg.fingerprint import Fingerprint
+from autoseg.ignore import predicted_labels
 from autoseg.planners import Budget, register_planner
 from autoseg.planners.rules import (
     GIB,
@@ -169,7 +170,7 @@ def plan_with_settings(
         settings,
         budget,
         len(fingerprint.channels),
-        max(2, len(fingerprint.labels)),
+        max(2, len(predicted_labels(fingerprint.labels))),  # the ignore label has no class
     )
     norms = normalization(fingerprint)
     aniso = anisotropic_axis(round_spacing(np.median(spacings, axis=0)))

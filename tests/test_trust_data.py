@@ -240,16 +240,18 @@ def test_a_killed_plan_leaves_nothing_train_accepts(tmp_path: Path, moment: str)
 
 
 @pytest.mark.parametrize("layout", ["msd", "nnunet"])
-def test_a_label_named_ignore_is_refused(tmp_path: Path, layout: str):
+def test_a_label_that_looks_like_ignore_is_refused(tmp_path: Path, layout: str):
+    """'ignore' itself is supported (tests/test_ignore_label.py); 'Ignore ' must not be trained
+    as an ordinary class by accident."""
     root = tiny_dataset(tmp_path / "Task87_Ignore", layout=layout)
     meta = json.loads((root / "dataset.json").read_text())
     if layout == "msd":
-        meta["labels"]["2"] = "ignore"
+        meta["labels"]["2"] = "Ignore "
     else:
-        meta["labels"] = {"background": 0, "anterior": 1, "ignore": 2}
+        meta["labels"] = {"background": 0, "anterior": 1, "Ignore ": 2}
     (root / "dataset.json").write_text(json.dumps(meta))
     home = tmp_path / "home"
-    assert_clean_failure(plan(root, home), "dataset.json", "'ignore'", "not supported")
+    assert_clean_failure(plan(root, home), "dataset.json", "'Ignore '", "not spelled 'ignore'")
     assert not home.exists()
 
 
