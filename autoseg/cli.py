@@ -16,6 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from autoseg.cli_models import register_model_commands
+
 app = typer.Typer(
     name="autoseg",
     help="Self-configuring medical image segmentation: plan, train, predict, evaluate.",
@@ -433,6 +435,9 @@ def demo(
     console.print(f"evaluation:  {result.evaluation_json}")
     console.print(f"picture:     {result.overlay_png}")
     console.print("times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
+
+
+register_model_commands(app, user_errors)  # export, import, ensemble (autoseg.cli_models)
 
 
 def main() -> None:

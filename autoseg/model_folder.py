@@ -73,6 +73,11 @@ class ModelFolder:
         """``postprocessing.json``: the decision made on the pooled cross-validation."""
         return self.path / "postprocessing.json"
 
+    @property
+    def export_manifest(self) -> Path:
+        """``export.json``: what an exported model holds (``autoseg export``); kept on import."""
+        return self.path / "export.json"
+
     # ------------------------------------------------------------------ files of one fold
     def fold_dir(self, fold: str) -> Path:
         """``fold_<k>/`` (k in 0..4 or ``all``)."""

@@ -1,0 +1,73 @@
+"""The commands that move and combine trained models: ``export``, ``import`` and ``ensemble``.
+
+Registered on the main typer app by ``autoseg.cli`` (``register_model_commands``), with its
+error handling; like every command, they import the library inside the command body so that
+``autoseg --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["register_model_commands"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> None:
+    """Add the model commands to ``app``; ``guard`` turns user errors into exit code 2."""
+
+    @app.command("export")
+    @guard
+    def export(
+        model: Annotated[Path, typer.Argument(help="Model folder (models/<planner>/<config>).")],
+        archive: Annotated[Path, typer.Argument(help="The .zip to write.")],
+        folds: Annotated[
+            str | None,
+            typer.Option("-f", "--folds", help="Comma-separated folds (default: every trained)."),
+        ] = None,
+        checkpoint: Annotated[
+            str, typer.Option("--checkpoint", help="final, best or a file name.")
+        ] = "final",
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace ARCHIVE.")] = False,
+    ) -> None:
+        """Write a trained model (plans, weights-only checkpoints, post-processing) as a zip."""
+        from autoseg.exchange import export_model
+
+        fold_list = [f.strip() for f in folds.split(",")] if folds else None
+        manifest = export_model(model, archive, fold_list, checkpoint, overwrite)
+        _console().print(
+            f"exported {manifest.dataset} {manifest.configuration} (planner {manifest.planner}, "
+            f"folds {','.join(manifest.folds)}) to {archive}"
+        )
+
+    @app.command("import")
+    @guard
+    def import_(
+        archive: Annotated[Path, typer.Argument(help="A .zip written by autoseg export.")],
+        home: Annotated[
+            Path | None,
+            typer.Option(
+                "--home", help="Working folder (default: $AUTOSEG_HOME, else ./autoseg_home)."
+            ),
+        ] = None,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Replace a model of the same name.")
+        ] = False,
+    ) -> None:
+        """Install an exported model into the home folder (refuses anything unexpected)."""
+        from autoseg.exchange import import_model
+        from autoseg.paths import resolve_home
+
+        folder = import_model(archive, resolve_home(home), overwrite=overwrite)
+        _console().print(
+            f"imported: {folder}\npredict with: autoseg predict -i IN -o OUT -m {folder}"
+        )
