@@ -241,13 +241,25 @@ def predict(
         bool, typer.Option("--save-probabilities", help="Also write CASE.npz.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+    step_size: Annotated[
+        float, typer.Option("--step-size", help="Sliding-window step, fraction of the patch.")
+    ] = 0.5,
+    part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
+    parts: Annotated[
+        int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
+    ] = 1,
+    io_workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
+    ] = 1,
 ) -> None:
     """Predict NIfTI images with a trained model; outputs keep each input's exact geometry."""
     from autoseg.errors import AutosegError
     from autoseg.model_folder import find_model_folders
     from autoseg.paths import resolve_dataset, resolve_home
     from autoseg.predictor import Predictor, predict_folder
+    from autoseg.shards import check_part
 
+    check_part(part, parts)
     for path in inputs:
         if not path.exists():
             raise AutosegError(f"{path}: input not found")
@@ -276,10 +288,18 @@ def predict(
         checkpoint=checkpoint,
         device=device,
         tta=tta,
+        step=step_size,
         postprocess=postprocess,
     )
     report = predict_folder(
-        inputs, output, predictor, overwrite=overwrite, save_probabilities=save_probabilities
+        inputs,
+        output,
+        predictor,
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+        part=part,
+        parts=parts,
+        workers=io_workers,
     )
     console = _console()
     console.print(

@@ -39,6 +39,7 @@ from autoseg.plans import Configuration, Plans
 from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.preprocess import preprocess_image, restore_probabilities
 from autoseg.serial import atomic_output
+from autoseg.shards import select_part
 from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Predictor:
         self.folds = tuple(folds) if folds is not None else tuple(map(str, range(len(weights))))
         sources = list(sources) if sources is not None else [f"fold {f}" for f in self.folds]
         self.device = resolve_device(device)
+        if not 0.0 < step <= 1.0:
+            raise AutosegError(f"step size {step}: must lie in (0, 1] (a fraction of the patch)")
         self.tta, self.step = tta, step
         self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
         # class i -> label value (the ignore label has no class: it is never predicted)
@@ -386,6 +389,9 @@ def predict_folder(
     overwrite: bool = False,
     save_probabilities: bool = False,
     progress: bool = True,
+    part: int = 0,
+    parts: int = 1,
+    workers: int = 1,
 ) -> PredictionReport:
     """Predict every case of ``inputs`` into ``output_dir``.
 
@@ -405,6 +411,9 @@ def predict_folder(
         overwrite: replace existing outputs.
         save_probabilities: also write the probabilities.
         progress: show a progress bar.
+        part, parts: predict only share ``part`` of ``parts`` (``autoseg.shards``): n
+            processes with parts n and parts 0 .. n-1 predict every case once.
+        workers: threads reading (and, as many, writing) cases beside the network.
 
     Returns:
         The written, failed and skipped cases.
@@ -419,6 +428,11 @@ def predict_folder(
     cases, problems = group_input_files(inputs, predictor.in_channels)
     if not cases and not problems:
         raise AutosegError(f"no image files found in {', '.join(map(str, inputs))}")
+    total = len(cases)
+    cases = select_part(cases, part, parts)
+    if parts > 1:
+        log.info("part %d of %d: %d of %d case(s)", part, parts, len(cases), total)
+    workers = max(1, int(workers))
     targets_of = {
         case: [_output_path(output_dir, case, files)]
         + ([output_dir / f"{case}.npz"] if save_probabilities else [])
@@ -468,8 +482,8 @@ def predict_folder(
     bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress)
     with (
         bar,
-        ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader,
-        ThreadPoolExecutor(1, thread_name_prefix="autoseg-write") as writer,
+        ThreadPoolExecutor(workers, thread_name_prefix="autoseg-read") as reader,
+        ThreadPoolExecutor(workers, thread_name_prefix="autoseg-write") as writer,
     ):
         task = bar.add_task("predicting", total=len(todo))
         reads: deque[tuple[str, list[Path], Path, Future]] = deque()
@@ -480,8 +494,8 @@ def predict_folder(
             for case, files, out in itertools.islice(queue, 1):
                 reads.append((case, files, out, reader.submit(load, files, case)))
 
-        prefetch()
-        prefetch()  # two cases in flight: one being read, one ready
+        for _ in range(workers + 1):  # cases in flight: being read, and one ready
+            prefetch()
         while reads:
             case, files, out, pending = reads.popleft()
             prefetch()
@@ -499,7 +513,7 @@ def predict_folder(
             writes.append(writer.submit(export, probs, props, geometry, case, out))
             del probs  # the export holds it, until it is written
             writes[-1].add_done_callback(lambda _: bar.advance(task))
-            while len(writes) > 1:  # bound the memory held by finished cases
+            while len(writes) > workers:  # bound the memory held by finished cases
                 written.append(writes.popleft().result())
         while writes:
             written.append(writes.popleft().result())

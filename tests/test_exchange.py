@@ -23,13 +23,15 @@ from autoseg.serial import to_dict
 from tests.reliability_helpers import assert_clean_failure, cli, tiny_dataset
 
 
-def make_model(tmp: Path, name: str = "Task96_Exchange") -> tuple[Path, Path]:
+def make_model(
+    tmp: Path, name: str = "Task96_Exchange", n_cases: int = 2, seed: int = 0
+) -> tuple[Path, Path]:
     """A planned tiny dataset and a model folder with one random fold ``all`` (no training).
 
     Returns:
         (dataset root, model folder).
     """
-    root = tiny_dataset(tmp / name, n_cases=2)
+    root = tiny_dataset(tmp / name, n_cases=n_cases)
     home = tmp / "home"
     result = cli("plan", root, "--home", home, "--workers", 1)
     assert result.exit_code == 0, result.output
@@ -39,7 +41,7 @@ def make_model(tmp: Path, name: str = "Task96_Exchange") -> tuple[Path, Path]:
     config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
     plans_path.write_text(json.dumps(raw))
     plans = Plans.from_json(plans_path)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = build_network(plans.configuration("3d_fullres"), 1, plans.num_classes)
     folder = ModelFolder(DatasetDirs(name, None, home / name).model_folder("default", "3d_fullres"))
     folder.path.mkdir(parents=True)
