@@ -71,3 +71,21 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         _console().print(
             f"imported: {folder}\npredict with: autoseg predict -i IN -o OUT -m {folder}"
         )
+
+    @app.command("ensemble")
+    @guard
+    def ensemble(
+        inputs: Annotated[
+            list[Path],
+            typer.Option("-i", "--input", help="A folder of predict --save-probabilities output."),
+        ],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+    ) -> None:
+        """Average the saved probabilities of several predictions (repeat -i) into label maps."""
+        from autoseg.ensemble import ensemble_folders
+
+        report = ensemble_folders(inputs, output, overwrite=overwrite)
+        n_skipped = len(report.skipped)
+        skipped = f", {n_skipped} skipped (existing; --overwrite)" if n_skipped else ""
+        _console().print(f"{len(report.written)} written to {output}{skipped}")

@@ -15,11 +15,13 @@ from typing import Any
 from rich.table import Table
 
 from autoseg.cache import require_planned
+from autoseg.ensemble import evaluate_cv_ensembles
 from autoseg.evaluate import Evaluation
 from autoseg.ignore import mask_ignored
-from autoseg.io import read_array, strip_ending
+from autoseg.io import file_ending, read_array, strip_ending
 from autoseg.model_folder import CV_FOLDS, ModelFolder, find_model_folders
 from autoseg.paths import DatasetDirs
+from autoseg.plans import Plans
 from autoseg.postprocess import decide_postprocessing
 from autoseg.splits import NUM_FOLDS
 
@@ -44,8 +46,8 @@ def decide_cv_postprocessing(
         for fold in folds:
             refs = model_folder.validation_refs(fold)
             for pred_path in sorted(model_folder.validation_dir(fold).iterdir()):
-                if pred_path.name.startswith("."):
-                    continue
+                if pred_path.name.startswith(".") or file_ending(pred_path) is None:
+                    continue  # hidden, or CASE.npz probabilities
                 refs_for = [r for r in refs.iterdir() if strip_ending(r) == strip_ending(pred_path)]
                 if not refs_for:
                     continue
@@ -80,16 +82,70 @@ class ConfigurationResult:
 
 
 @dataclass(frozen=True)
+class EnsembleScore:
+    """Configurations (one, or a pair averaged) scored on their pooled CV probabilities.
+
+    Attributes:
+        members: ``(planner, configuration)`` of each member.
+        mean_dice: mean over labels of the mean Dice over all cross-validation cases.
+        dice_per_label: label name -> mean Dice.
+    """
+
+    members: tuple[tuple[str, str], ...]
+    mean_dice: float
+    dice_per_label: dict[str, float]
+
+    @property
+    def name(self) -> str:
+        return " + ".join(f"{c} ({p})" for p, c in self.members)
+
+
+@dataclass(frozen=True)
 class BestConfiguration:
-    """The ranking ``autoseg find-best`` prints."""
+    """The ranking ``autoseg find-best`` prints.
+
+    Attributes:
+        dataset: the dataset's name.
+        results: every trained configuration, by the mean of its folds' validation summaries.
+        pooled: the complete configurations whose validation saved probabilities, scored on
+            all their CV cases at once, then every pair of them averaged; empty without two.
+    """
 
     dataset: str
     results: tuple[ConfigurationResult, ...]
+    pooled: tuple[EnsembleScore, ...] = ()
 
     @property
     def best(self) -> ConfigurationResult | None:
         complete = [r for r in self.results if r.complete] or list(self.results)
         return max(complete, key=lambda r: r.mean_dice, default=None)
+
+    @property
+    def best_pooled(self) -> EnsembleScore | None:
+        """The highest pooled score; on a tie the single configuration (listed first)."""
+        return max(self.pooled, key=lambda r: r.mean_dice, default=None)
+
+    def commands(self) -> list[str]:
+        """The exact commands that predict new cases with the best model or ensemble."""
+        best = self.best_pooled
+        if best is None or len(best.members) == 1:
+            single = self.best
+            if best is not None:
+                planner, config = best.members[0]
+            elif single is not None:
+                planner, config = single.planner, single.configuration
+            else:
+                return []
+            return [
+                f"autoseg predict -i IN -o OUT -d {self.dataset} -c {config} --planner {planner}"
+            ]
+        lines = [
+            f"autoseg predict -i IN -o OUT_{c} -d {self.dataset} -c {c} --planner {p} "
+            "--save-probabilities"
+            for p, c in best.members
+        ]
+        inputs = " ".join(f"-i OUT_{c}" for _, c in best.members)
+        return [*lines, f"autoseg ensemble {inputs} -o OUT"]
 
     def print(self, console: Any) -> None:
         if not self.results:
@@ -104,15 +160,27 @@ class BestConfiguration:
                 r.planner, r.configuration, ",".join(r.folds), f"{r.mean_dice:.4f}", per_label
             )
         console.print(table)
-        best = self.best
-        if best is not None:
+        if self.pooled:
+            table = Table(title="pooled over all cross-validation cases (averaged probabilities)")
+            for column in ("configuration(s)", "mean Dice", "per label"):
+                table.add_column(column)
+            for r in self.pooled:
+                per_label = ", ".join(f"{k} {v:.4f}" for k, v in r.dice_per_label.items())
+                table.add_row(r.name, f"{r.mean_dice:.4f}", per_label)
+            console.print(table)
+        pooled, best = self.best_pooled, self.best
+        if pooled is not None:
+            what = "ensemble" if len(pooled.members) > 1 else "configuration"
+            console.print(f"best {what}: {pooled.name}, pooled mean Dice {pooled.mean_dice:.4f}")
+        elif best is not None:
             note = "" if best.complete else " (not all 5 folds trained: provisional)"
             console.print(f"best: {best.configuration} (planner {best.planner}){note}")
             console.print(
-                f"predict with: autoseg predict -i IN -o OUT -d {self.dataset} "
-                f"-c {best.configuration} --planner {best.planner}"
+                "ensembles: need two configurations with 5 validated folds and saved probabilities"
             )
-        console.print("ensembles of configurations are not evaluated yet")
+        commands = self.commands()
+        if commands:
+            console.print("predict with:\n" + "\n".join(f"  {c}" for c in commands))
 
 
 def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
@@ -143,4 +211,32 @@ def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
                 dice_per_label=per_label,
             )
         )
-    return BestConfiguration(dataset=dirs.name, results=tuple(results))
+    return BestConfiguration(dataset=dirs.name, results=tuple(results), pooled=_pooled_scores(dirs))
+
+
+def _pooled_scores(dirs: DatasetDirs) -> tuple[EnsembleScore, ...]:
+    """Single complete configurations and every pair, on their pooled CV probabilities."""
+    models = [
+        m
+        for m in find_model_folders(dirs.work.parent, dirs.work.name)
+        if len(m.validated_folds()) == NUM_FOLDS and m.plans.is_file()
+    ]
+    if len(models) < 2:
+        return ()
+    labels = Plans.from_json(models[0].plans).labels
+    scores = []
+    for size in (1, 2):
+        for result in evaluate_cv_ensembles(models, labels, size):
+            names = result.evaluation.labels
+            scores.append(
+                EnsembleScore(
+                    members=tuple((m.path.parent.name, m.name) for m in result.members),
+                    mean_dice=result.evaluation.mean_dice,
+                    dice_per_label={
+                        names[v]: m.dice for v, m in result.evaluation.label_means.items()
+                    },
+                )
+            )
+    if not any(len(s.members) == 2 for s in scores):
+        return ()
+    return tuple(scores)

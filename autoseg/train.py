@@ -403,7 +403,8 @@ class _Trainer:
             self.model.path, folds=[self.fold], device=str(self.device), postprocess=False
         )
         inputs = [p for c in cases for p in c.images]
-        report = predict_folder(inputs, out, predictor, overwrite=True)
+        # probabilities too: find-best averages them to score ensembles of configurations
+        report = predict_folder(inputs, out, predictor, overwrite=True, save_probabilities=True)
         for problem in report.failed:
             log.warning("validation case failed: %s", problem)
         refs = self.model.validation_refs(self.fold)

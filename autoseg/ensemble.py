@@ -1,0 +1,266 @@
+"""Ensembles of configurations: averaged probabilities, for new cases and for cross-validation.
+
+``ensemble_folders`` is ``autoseg ensemble -i DIR1 -i DIR2 -o OUT``: for every case present in
+all folders it averages the ``CASE.npz`` probabilities that ``predict --save-probabilities``
+wrote, takes the argmax and writes ``OUT/CASE<ending>`` with the geometry of the first folder's
+label map. ``evaluate_cv_ensembles`` scores every pair of trained configurations the same way
+on their cross-validation predictions, for ``autoseg find-best``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.errors import AutosegError, DatasetError, Problem
+from autoseg.evaluate import Evaluation, evaluate_arrays
+from autoseg.inputs import refuse_outputs_that_are_inputs
+from autoseg.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
+from autoseg.model_folder import ModelFolder
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EnsembleReport",
+    "EnsembleResult",
+    "average_probabilities",
+    "ensemble_folders",
+    "evaluate_cv_ensembles",
+    "probability_files",
+]
+
+PROBABILITIES = ".npz"  # CASE.npz, as predict --save-probabilities writes it
+
+
+def probability_files(folder: Path) -> dict[str, Path]:
+    """case id -> ``CASE.npz`` in ``folder``."""
+    return {
+        p.name[: -len(PROBABILITIES)]: p
+        for p in sorted(folder.glob(f"*{PROBABILITIES}"))
+        if not p.name.startswith(".")
+    }
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of ``probabilities`` and ``labels`` from the file's array headers (no data read).
+
+    Raises:
+        AutosegError: not an autoseg probability file (not a zip, missing arrays, objects).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            shapes = []
+            for name in ("probabilities.npy", "labels.npy"):
+                with zf.open(name) as fh:
+                    major, _ = np.lib.format.read_magic(fh)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if major == 1
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(fh)
+                if dtype.hasobject:
+                    raise ValueError(f"{name} holds Python objects")
+                shapes.append(tuple(shape))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise AutosegError(
+            f"{path}: not a probability file of autoseg predict --save-probabilities ({exc})"
+        ) from exc
+    return shapes[0], shapes[1]
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(probabilities (K, Z, Y, X) float32, labels (K,))`` of one ``.npz`` (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["probabilities"].astype(np.float32), npz["labels"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise AutosegError(
+            f"{path}: not a probability file of autoseg predict --save-probabilities ({exc})"
+        ) from exc
+
+
+def average_probabilities(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of several predictions' probabilities of one case.
+
+    Returns:
+        ``(probabilities (K, Z, Y, X) float32, labels (K,))``.
+
+    Raises:
+        AutosegError: a file is unreadable, or the files disagree in labels or shape.
+    """
+    total, labels = _load(paths[0])
+    for path in paths[1:]:
+        probs, other = _load(path)
+        if not np.array_equal(other, labels):
+            raise AutosegError(
+                f"{path}: labels {other.tolist()} differ from {paths[0]} ({labels.tolist()})"
+            )
+        if probs.shape != total.shape:
+            raise AutosegError(f"{path}: shape {probs.shape} differs from {paths[0]}")
+        total += probs
+    return total / len(paths), labels
+
+
+def to_label_map(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Argmax over classes, as label values (uint8 when they fit)."""
+    dtype = np.uint8 if labels.max() < 256 and labels.min() >= 0 else np.int32
+    return labels.astype(dtype)[np.argmax(probs, axis=0)]
+
+
+def _label_map_of(folder: Path, case: str) -> Path | None:
+    for ending in IMAGE_ENDINGS:
+        candidate = folder / f"{case}{ending}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class EnsembleReport:
+    """What ``ensemble_folders`` did: label maps written and existing ones left alone."""
+
+    written: tuple[Path, ...]
+    skipped: tuple[Path, ...] = ()
+
+
+def ensemble_folders(
+    inputs: Sequence[Path], output: Path, overwrite: bool = False
+) -> EnsembleReport:
+    """Average the saved probabilities of several prediction folders, case by case.
+
+    Args:
+        inputs: two or more folders written by ``predict --save-probabilities``.
+        output: folder for the label maps (created); not one of ``inputs``.
+        overwrite: replace existing outputs (else they are skipped).
+
+    Returns:
+        The written and skipped label maps.
+
+    Raises:
+        DatasetError: fewer than two folders, a folder without probabilities, cases missing
+            from some folders, or a case without its label map (for the geometry).
+    """
+    inputs, output = [Path(p) for p in inputs], Path(output)
+    problems: list[Problem] = []
+    if len({p.resolve() for p in inputs}) < 2:
+        problems.append(Problem(str(output), "an ensemble needs at least two different -i folders"))
+    found = {folder: probability_files(folder) for folder in inputs if folder.is_dir()}
+    for folder in inputs:
+        if folder not in found:
+            problems.append(Problem(str(folder), "folder not found"))
+        elif not found[folder]:
+            problems.append(Problem(str(folder), "no CASE.npz (predict with --save-probabilities)"))
+    if problems:
+        raise DatasetError(problems, what="ensemble inputs")
+    cases = sorted(set.union(*(set(f) for f in found.values())))
+    for case in cases:
+        missing = [str(folder) for folder, files in found.items() if case not in files]
+        if missing:
+            problems.append(Problem(f"{case}.npz", f"missing in {', '.join(missing)}"))
+            continue
+        if _label_map_of(inputs[0], case) is None:
+            problems.append(Problem(str(inputs[0] / case), "no label map beside CASE.npz"))
+        shapes = {}
+        for files in found.values():
+            try:
+                shapes[files[case]] = _header(files[case])
+            except AutosegError as exc:
+                problems.append(Problem(str(files[case]), str(exc).split(": ", 1)[1]))
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"{p}: {s[0]}" for p, s in shapes.items())
+            problems.append(Problem(f"{case}.npz", f"shapes differ ({listing})"))
+    if problems:
+        raise DatasetError(problems, what="ensemble inputs")
+    targets = {case: output / (_label_map_of(inputs[0], case) or Path()).name for case in cases}
+    refuse_outputs_that_are_inputs(
+        [p for files in found.values() for p in files.values()], targets.values()
+    )
+    if output.resolve() in {p.resolve() for p in inputs}:
+        raise AutosegError(f"{output}: the output folder must not be an input folder")
+    output.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    for case in cases:
+        if targets[case].exists() and not overwrite:
+            skipped.append(targets[case])
+            continue
+        probs, labels = average_probabilities([found[folder][case] for folder in inputs])
+        _, geometry = read_array(_label_map_of(inputs[0], case))
+        write_label(to_label_map(probs, labels), geometry, targets[case])
+        written.append(targets[case])
+    if skipped:
+        log.warning("%d existing output(s) skipped (overwrite to replace them)", len(skipped))
+    return EnsembleReport(tuple(written), tuple(skipped))
+
+
+# ---------------------------------------------------------------------- cross-validation
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """One pair of configurations scored on their pooled cross-validation predictions."""
+
+    members: tuple[ModelFolder, ...]
+    evaluation: Evaluation
+
+
+def _cv_cases(model: ModelFolder) -> dict[str, tuple[Path, Path]]:
+    """case id -> (probabilities, reference label map) over the validated folds."""
+    cases = {}
+    for fold in model.validated_folds():
+        refs = {strip_ending(r): r for r in model.validation_refs(fold).glob("*")}
+        for case, npz in probability_files(model.validation_dir(fold)).items():
+            if case in refs:
+                cases[case] = (npz, refs[case])
+    return cases
+
+
+def _pairs_of_cases(
+    members: Sequence[Mapping[str, tuple[Path, Path]]], cases: Sequence[str]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]]:
+    for case in cases:
+        probs, labels = average_probabilities([m[case][0] for m in members])
+        ref, geometry = read_array(members[0][case][1])
+        yield case, to_label_map(probs, labels), np.asarray(ref).astype(np.int64), geometry.spacing
+
+
+def evaluate_cv_ensembles(
+    models: Sequence[ModelFolder], labels: Mapping[int, str], size: int = 2
+) -> list[EnsembleResult]:
+    """Score every group of ``size`` configurations by their averaged CV probabilities.
+
+    Only configurations whose five folds are validated and whose validation saved
+    probabilities take part, and only on the cases all members predicted (every case of the
+    dataset, when the folds are complete). Post-processing is not applied, as for the single
+    configurations' validation scores.
+
+    Args:
+        models: the trained configurations of one dataset.
+        labels: value -> name (an ``ignore`` label is left out of the scores).
+        size: members per ensemble.
+
+    Returns:
+        One result per group, in the order of ``itertools.combinations``.
+    """
+    cv = {m: _cv_cases(m) for m in models if len(m.validated_folds()) == 5}
+    eligible = [m for m in cv if cv[m]]
+    results = []
+    for group in itertools.combinations(eligible, size):
+        common = sorted(set.intersection(*(set(cv[m]) for m in group)))
+        if not common:
+            continue
+        evaluation = evaluate_arrays(_pairs_of_cases([cv[m] for m in group], common), labels)
+        results.append(EnsembleResult(tuple(group), evaluation))
+        log.info(
+            "ensemble %s: mean Dice %.4f on %d cases",
+            " + ".join(m.name for m in group),
+            evaluation.mean_dice,
+            len(common),
+        )
+    return results
