@@ -139,6 +139,10 @@ def plan(
             "--replan", help="Replace what the home holds for another dataset of this name."
         ),
     ] = False,
+    plans_from: Annotated[
+        str | None,
+        typer.Option("--plans-from", help="Reuse this planned dataset's network topology."),
+    ] = None,
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -151,6 +155,7 @@ def plan(
         workers=_workers(workers),
         preprocess=preprocess,
         replan=replan,
+        plans_from=plans_from,
     )
     summary.print(_console())
 
@@ -179,6 +184,12 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(min=1, help="Save checkpoint_latest.pt every N epochs.")
     ] = 5,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            "--pretrained", help="Start from this model folder's or checkpoint's weights."
+        ),
+    ] = None,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -199,6 +210,7 @@ def train(
         resume=resume,
         validate=validate,
         checkpoint_every=checkpoint_every,
+        pretrained=str(pretrained.resolve()) if pretrained is not None else None,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")

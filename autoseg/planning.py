@@ -23,6 +23,7 @@ from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_h
 from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
 from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.transfer import plans_from as transfer_plans
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def plan_dataset(
     workers: int,
     preprocess: bool = True,
     replan: bool = False,
+    plans_from: str | None = None,
 ) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases.
 
@@ -82,6 +84,9 @@ def plan_dataset(
         replan: start the dataset's work folder afresh (its plans, fingerprint, splits and
             preprocessed data are removed first): needed when another dataset folder of the
             same name was planned in this home before.
+        plans_from: a dataset folder or name, already planned with ``planner``, whose network
+            topology the configurations take (``autoseg.transfer.plans_from``), so that its
+            trained weights fit for ``train --pretrained``.
 
     Raises:
         AutosegError / DatasetError: the dataset has problems (all reported at once), the
@@ -92,9 +97,15 @@ def plan_dataset(
     home_dir = resolve_home(home)
     dirs = resolve_dataset(dataset, home_dir, same_source=not replan)
     planner_fn = get_planner(planner)
+    source = None
+    if plans_from is not None:  # read before anything is written
+        source_dirs = resolve_dataset(plans_from, dirs.work.parent)
+        source = Plans.from_json(source_dirs.require_plans(planner))
     spec = load_dataset(dirs.require_raw())
     fingerprint = compute_fingerprint(spec, workers=workers)
     plans = planner_fn(fingerprint, Budget(gpu_memory_gb=gpu_memory_gb))
+    if source is not None:
+        plans = transfer_plans(source, plans)
     sources = dataset_sources(spec, workers)
     if replan:
         _start_afresh(dirs)

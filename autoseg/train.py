@@ -52,6 +52,7 @@ from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
+from autoseg.transfer import load_pretrained, pretrained_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class TrainSettings:
             every 5 minutes, and at the end).
         validate: predict and score the validation cases at the end of the fold.
         optimizer: the optimiser's settings.
+        pretrained: a checkpoint or model folder whose compatible weights start the training
+            (``autoseg.transfer``); not used when resuming.
     """
 
     epochs: int = 1000
@@ -88,6 +91,7 @@ class TrainSettings:
     checkpoint_every: int = 5
     validate: bool = True
     optimizer: OptimizerSettings = OptimizerSettings()  # noqa: RUF009 - frozen, immutable
+    pretrained: str | None = None
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -170,6 +174,8 @@ class _Trainer:
         self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str, settings: TrainSettings
     ):
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
+        if settings.pretrained:  # a wrong path fails now, before anything is written
+            pretrained_checkpoint(settings.pretrained, config_name)
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = select_split(dirs, fold, case_ids)
@@ -256,6 +262,12 @@ class _Trainer:
         self.history.truncate(self.start_epoch)
         log.info("resumed %s at epoch %d", source, self.start_epoch)
 
+    def _load_pretrained(self, source: str) -> None:
+        report = load_pretrained(self.step.network, source, self.config.name)
+        log.info("pretrained weights from %s: %d tensors loaded", report.source, len(report.loaded))
+        for key, why in report.reinitialised:
+            log.info("  re-initialised %s (%s)", key, why)
+
     def _loader(self, cases: tuple[str, ...], seed: int, augment: bool) -> BatchLoader:
         per_rank = max(1, math.ceil(self.config.batch_size / self.dist.world))
         config = dataclasses.replace(self.config, batch_size=per_rank)
@@ -288,6 +300,8 @@ class _Trainer:
         handler = add_file_log(self.model.training_log(self.fold)) if self.dist.main else None
         ok = False
         try:
+            if self.settings.pretrained and self.start_epoch == 0:
+                self._load_pretrained(self.settings.pretrained)
             self._epochs()
             if self.dist.main:
                 self._save("final", self.settings.epochs - 1)
