@@ -223,7 +223,10 @@ def _pooled_scores(dirs: DatasetDirs) -> tuple[EnsembleScore, ...]:
     ]
     if len(models) < 2:
         return ()
-    labels = Plans.from_json(models[0].plans).labels
+    plans = Plans.from_json(models[0].plans)
+    if plans.regions:  # sigmoid outputs: averaging them as classes would be wrong
+        return ()
+    labels = plans.labels
     scores = []
     for size in (1, 2):
         for result in evaluate_cv_ensembles(models, labels, size):

@@ -25,6 +25,7 @@ from typing import Any
 from autoseg.errors import DatasetError, Problem
 from autoseg.ignore import ignore_label_problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
+from autoseg.regions import Region, is_region_based, parse_regions
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class DatasetSpec:
         labels: label value -> name, background (0) included.
         cases: training cases, sorted by case id.
         file_ending: the image file ending (``.nii.gz``, ``.nrrd``, ...).
+        regions: the regions of a region-based dataset (``autoseg.regions``), else empty.
     """
 
     name: str
@@ -93,6 +95,7 @@ class DatasetSpec:
     labels: dict[int, str]
     cases: tuple[Case, ...]
     file_ending: str = ".nii.gz"
+    regions: tuple[Region, ...] = ()
 
     @property
     def is_ct(self) -> tuple[bool, ...]:
@@ -120,11 +123,13 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     root = Path(os.path.abspath(Path(path).expanduser()))
     problems = _Problems(root)
     meta = _read_meta(problems)
+    regions: tuple[Region, ...] = ()
     if meta is not None and "channel_names" in meta:
         layout = "nnunet"
         channels = _channel_names(meta, "channel_names", problems)
         labels = _labels(meta, layout, problems)
         ending = _nnunet_file_ending(meta, problems)
+        regions = parse_regions(meta)[0] if is_region_based(meta) else ()
         cases = _nnunet_cases(ending, len(channels or ()), problems) if ending else ()
     elif meta is not None and ("modality" in meta or "training" in meta):
         layout = "msd"
@@ -156,6 +161,7 @@ def load_dataset(path: str | Path) -> DatasetSpec:
         labels=labels,
         cases=tuple(sorted(cases, key=lambda c: c.case_id)),
         file_ending=ending or ".nii.gz",
+        regions=regions,
     )
 
 
@@ -221,12 +227,11 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
         bad = [k for k, v in value.items() if not (k.strip().isdigit() and isinstance(v, str))]
         pairs = [(n, int(k)) for n, k in pairs if k not in bad]
     else:
-        if "regions_class_order" in meta or any(isinstance(v, list) for v in value.values()):
-            problems.meta(
-                "region-based labels (lists of values, 'regions_class_order') are not "
-                "supported; give each label one integer value"
-            )
-            return None
+        if is_region_based(meta):  # label values of the maps; the regions: parse_regions
+            _, names, region_problems = parse_regions(meta)
+            for problem in region_problems:
+                problems.meta(problem)
+            return None if region_problems else names
         pairs = list(value.items())
         bad = [k for k, v in pairs if isinstance(v, bool) or not isinstance(v, int)]
     if bad:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from autoseg.evaluate import Evaluation, evaluate_arrays
 from autoseg.inputs import refuse_outputs_that_are_inputs
 from autoseg.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
 from autoseg.model_folder import ModelFolder
+from autoseg.probability_files import load_probabilities, probability_files, probability_header
 
 log = logging.getLogger(__name__)
 
@@ -32,58 +32,7 @@ __all__ = [
     "average_probabilities",
     "ensemble_folders",
     "evaluate_cv_ensembles",
-    "probability_files",
 ]
-
-PROBABILITIES = ".npz"  # CASE.npz, as predict --save-probabilities writes it
-
-
-def probability_files(folder: Path) -> dict[str, Path]:
-    """case id -> ``CASE.npz`` in ``folder``."""
-    return {
-        p.name[: -len(PROBABILITIES)]: p
-        for p in sorted(folder.glob(f"*{PROBABILITIES}"))
-        if not p.name.startswith(".")
-    }
-
-
-def _header(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of ``probabilities`` and ``labels`` from the file's array headers (no data read).
-
-    Raises:
-        AutosegError: not an autoseg probability file (not a zip, missing arrays, objects).
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            shapes = []
-            for name in ("probabilities.npy", "labels.npy"):
-                with zf.open(name) as fh:
-                    major, _ = np.lib.format.read_magic(fh)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if major == 1
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read(fh)
-                if dtype.hasobject:
-                    raise ValueError(f"{name} holds Python objects")
-                shapes.append(tuple(shape))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise AutosegError(
-            f"{path}: not a probability file of autoseg predict --save-probabilities ({exc})"
-        ) from exc
-    return shapes[0], shapes[1]
-
-
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities (K, Z, Y, X) float32, labels (K,))`` of one ``.npz`` (no pickles)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return npz["probabilities"].astype(np.float32), npz["labels"].astype(np.int64)
-    except (OSError, ValueError, KeyError) as exc:
-        raise AutosegError(
-            f"{path}: not a probability file of autoseg predict --save-probabilities ({exc})"
-        ) from exc
 
 
 def average_probabilities(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -95,9 +44,9 @@ def average_probabilities(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray
     Raises:
         AutosegError: a file is unreadable, or the files disagree in labels or shape.
     """
-    total, labels = _load(paths[0])
+    total, labels = load_probabilities(paths[0])
     for path in paths[1:]:
-        probs, other = _load(path)
+        probs, other = load_probabilities(path)
         if not np.array_equal(other, labels):
             raise AutosegError(
                 f"{path}: labels {other.tolist()} differ from {paths[0]} ({labels.tolist()})"
@@ -170,7 +119,7 @@ def ensemble_folders(
         shapes = {}
         for files in found.values():
             try:
-                shapes[files[case]] = _header(files[case])
+                shapes[files[case]] = probability_header(files[case])
             except AutosegError as exc:
                 problems.append(Problem(str(files[case]), str(exc).split(": ", 1)[1]))
         if len(set(shapes.values())) > 1:

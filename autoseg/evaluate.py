@@ -48,6 +48,7 @@ from scipy import ndimage
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.ignore import IGNORE_NAME, ignore_label, mask_ignored
 from autoseg.io import Geometry, file_ending, read_array, strip_ending
+from autoseg.regions import Region
 from autoseg.serial import atomic_write_text, dump_json, load_json
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ def case_metrics(
     spacing: tuple[float, ...],
     nsd_tolerance_mm: float = 1.0,
     ignore_label: int | None = None,
+    regions: Sequence[Region] = (),
 ) -> dict[int, LabelMetrics]:
     """Score each label of one case (rules in the module docstring).
 
@@ -255,9 +257,12 @@ def case_metrics(
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         ignore_label: voxels the reference labels so are background in both maps (they count
             as neither TP, FP nor FN); the value itself is not scored.
+        regions: score these regions (``autoseg.regions``) instead of ``labels``: region i
+            (1-based) is the set of voxels holding any of its values.
 
     Returns:
-        label value -> its metrics, in the order of ``labels``.
+        label value -> its metrics, in the order of ``labels``; with ``regions``, region
+        number (1, 2, ...) -> its metrics.
 
     Raises:
         ValueError: shapes differ, the arrays are not integers or spacing has the wrong length.
@@ -274,9 +279,26 @@ def case_metrics(
     labels = [v for v in labels if ignore_label is None or int(v) != ignore_label]
     spacing = tuple(float(s) for s in spacing)
     worst = math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing, strict=True)))
+    if regions:
+        labels = sorted({v for r in regions for v in r.values})
     pred_boxes, ref_boxes = _label_boxes(pred, labels), _label_boxes(ref, labels)
     whole = tuple(slice(0, n) for n in pred.shape)
     result: dict[int, LabelMetrics] = {}
+    for number, region in enumerate(regions, start=1):
+        boxes = [b.get(v) for b in (pred_boxes, ref_boxes) for v in region.values]
+        box = _union_box(*boxes)
+        if box is None:
+            result[number] = LabelMetrics(1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 0, 0, 0, 0)
+            continue
+        result[number] = _metrics_of_masks(
+            np.isin(pred[box], region.values),
+            np.isin(ref[box], region.values),
+            spacing,
+            nsd_tolerance_mm,
+            worst,
+        )
+    if regions:
+        return result
     for label in (int(v) for v in labels):
         # find_objects has no boxes for background (0) or negative values: use the whole image
         box = _union_box(pred_boxes[label], ref_boxes[label]) if label > 0 else whole
@@ -322,6 +344,10 @@ def _label_names(labels: Sequence[int] | Mapping[int, str]) -> dict[int, str]:
     return {k: named[k] for k in sorted(named) if k != 0 and named[k] != IGNORE_NAME}
 
 
+def _region_names(regions: Sequence[Region]) -> dict[int, str]:
+    return {i: r.name for i, r in enumerate(regions, start=1)}
+
+
 def _ignore_of(labels: Sequence[int] | Mapping[int, str] | None) -> int | None:
     return ignore_label(labels) if isinstance(labels, Mapping) else None
 
@@ -330,6 +356,7 @@ def evaluate_arrays(
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray, tuple[float, ...]]],
     labels: Sequence[int] | Mapping[int, str],
     nsd_tolerance_mm: float = 1.0,
+    regions: Sequence[Region] = (),
 ) -> Evaluation:
     """Score in-memory predictions (the trainer's validation cases, for instance).
 
@@ -339,6 +366,7 @@ def evaluate_arrays(
         labels: label values, or value -> name; background (0) is ignored, and so are the
             voxels of a label named ``ignore`` (see ``case_metrics``).
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        regions: score regions instead of labels (named by the regions).
 
     Returns:
         The evaluation.
@@ -347,10 +375,12 @@ def evaluate_arrays(
         ValueError: no cases, or a case's arrays do not fit together.
     """
     names, ignore = _label_names(labels), _ignore_of(labels)
+    if regions:
+        names = _region_names(regions)
     cases = [
         CaseResult(
             str(case_id),
-            case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm, ignore),
+            case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm, ignore, regions),
         )
         for case_id, pred, ref, spacing in pairs
     ]
@@ -403,11 +433,12 @@ def _score_files(
     labels: list[int],
     tol: float,
     ignore: int | None = None,
+    regions: tuple[Region, ...] = (),
 ) -> CaseResult:
     pred, _ = read_array(pred_path)
     ref, geometry = read_array(ref_path)
     pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
-    metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore)
+    metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore, regions)
     return CaseResult(case_id, metrics)
 
 
@@ -444,6 +475,7 @@ def evaluate_folders(
     nsd_tolerance_mm: float = 1.0,
     workers: int = 1,
     chill: bool = False,
+    regions: Sequence[Region] = (),
 ) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the reference of the same case id.
 
@@ -462,6 +494,7 @@ def evaluate_folders(
         chill: score only the references that have a prediction (nnU-Net's ``--chill``);
             otherwise a reference without prediction is an error. A prediction without
             reference is always one.
+        regions: score these regions instead of labels (``case_metrics``).
 
     Returns:
         The evaluation.
@@ -505,7 +538,10 @@ def evaluate_folders(
         names = _label_names(labels)
     logger.info("evaluating %d case(s), labels %s", len(common), list(names))
     ignore = _ignore_of(labels)
-    args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm, ignore) for c in common]
+    if regions:
+        names = _region_names(regions)
+    regions = tuple(regions)
+    args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm, ignore, regions) for c in common]
     cases = _map(_score_files, args, workers)
     evaluation = _summarise(cases, names, nsd_tolerance_mm)
     logger.info("mean Dice over labels: %.4f", evaluation.mean_dice)

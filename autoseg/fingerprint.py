@@ -32,6 +32,7 @@ from autoseg.dataset import Case, DatasetSpec
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.ignore import ignore_label
 from autoseg.io import Geometry, read_array
+from autoseg.regions import Region
 from autoseg.serial import dump_json, load_json
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Fingerprint:
         labels: label value -> name, background included.
         cases: one entry per training case, sorted by case id.
         intensities: one entry per channel.
+        regions: the regions of a region-based dataset, else empty.
     """
 
     dataset_name: str
@@ -89,6 +91,7 @@ class Fingerprint:
     labels: dict[int, str]
     cases: tuple[CaseFingerprint, ...]
     intensities: tuple[IntensityStats, ...]
+    regions: tuple[Region, ...] = ()
 
     def to_json(self, path: str | Path) -> None:
         dump_json(self, path)
@@ -318,6 +321,7 @@ def compute_fingerprint(spec: DatasetSpec, workers: int = 1) -> Fingerprint:
         dataset_name=spec.name,
         channels=spec.channels,
         labels=dict(spec.labels),
+        regions=spec.regions,
         cases=tuple(r.fingerprint for r in results if r.fingerprint is not None),
         intensities=tuple(_intensity_stats(np.concatenate(c)) for c in channels),
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from autoseg.errors import AutosegError
 from autoseg.ignore import ignore_label, predicted_labels
+from autoseg.regions import Region
 from autoseg.serial import dump_json, load_json
 
 
@@ -110,6 +111,7 @@ class Plans:
         channels: channel (modality) names, in input order.
         labels: label value -> name, background (0) included; keys are strings in JSON.
         configurations: name -> configuration.
+        regions: for a region-based dataset, its regions (one sigmoid output each), else empty.
     """
 
     dataset_name: str
@@ -119,6 +121,7 @@ class Plans:
     channels: tuple[str, ...]
     labels: dict[int, str]
     configurations: dict[str, Configuration] = field(default_factory=dict)
+    regions: tuple[Region, ...] = ()
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:
@@ -137,8 +140,16 @@ class Plans:
 
     @property
     def num_classes(self) -> int:
-        """The network's output classes: background included, the ignore label excluded."""
-        return len(self.predicted_labels)
+        """The network's outputs: one per region, else one per class (background included,
+        the ignore label excluded)."""
+        return len(self.regions) if self.regions else len(self.predicted_labels)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """What the pseudo-Dice and the evaluation score: region names, else foreground labels."""
+        if self.regions:
+            return tuple(r.name for r in self.regions)
+        return tuple(self.labels[v] for v in self.foreground_labels)
 
     def configuration(self, name: str) -> Configuration:
         """The named configuration; raises AutosegError listing the planned ones."""

@@ -15,8 +15,6 @@ from __future__ import annotations
 import glob
 import itertools
 import logging
-import os
-import zipfile
 from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,7 +36,8 @@ from autoseg.network import build_network
 from autoseg.plans import Configuration, Plans
 from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.preprocess import preprocess_image, restore_probabilities
-from autoseg.serial import atomic_output
+from autoseg.probability_files import save_probabilities as write_probabilities
+from autoseg.regions import regions_to_labels
 from autoseg.shards import select_part
 from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
 
@@ -97,9 +96,12 @@ class Predictor:
             raise AutosegError(f"step size {step}: must lie in (0, 1] (a fraction of the patch)")
         self.tta, self.step = tta, step
         self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
-        # class i -> label value (the ignore label has no class: it is never predicted)
-        self.label_values = np.array(plans.predicted_labels, dtype=np.int64)
-        self.num_classes, self.in_channels = len(self.label_values), len(plans.channels)
+        # class i -> label value (the ignore label has no class: it is never predicted); with
+        # regions, output i is region i, written as its regions_class_order value
+        self.regions = plans.regions
+        values = [r.value for r in self.regions] if self.regions else plans.predicted_labels
+        self.label_values = np.array(values, dtype=np.int64)
+        self.num_classes, self.in_channels = plans.num_classes, len(plans.channels)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
         else:
@@ -264,6 +266,8 @@ class Predictor:
                 del logits
             # mean over folds and softmax in place: (K, Z, Y, X) is the largest array here
             probs = total.div_(len(self.networks))
+            if self.regions:  # one sigmoid per region
+                return probs.sigmoid_().cpu().numpy()
             probs -= probs.amax(dim=0, keepdim=True)
             probs = probs.exp_()
             probs /= probs.sum(dim=0, keepdim=True)
@@ -280,6 +284,13 @@ class Predictor:
             ``(labels (Z, Y, X), probabilities (K, Z, Y, X) float32)`` on the input's grid;
             labels hold the dataset's label values (uint8 when they fit).
         """
+        if self.regions:  # outside the crop no region: a zero channel takes the background's 1
+            padded = np.concatenate([np.zeros_like(probs[:1]), probs])
+            restored = np.asarray(restore_probabilities(padded, props)[1:], dtype=np.float32)
+            labels = regions_to_labels(restored, self.regions)
+            if self.postprocessing is not None:
+                labels = apply_postprocessing(labels, self.postprocessing)
+            return labels, restored
         restored = np.asarray(restore_probabilities(probs, props), dtype=np.float32)
         dtype = (
             np.uint8 if self.label_values.max() < 256 and self.label_values.min() >= 0 else np.int32
@@ -365,20 +376,6 @@ class PredictionReport:
 def _output_path(output_dir: Path, case: str, files: Sequence[Path]) -> Path:
     ending = file_ending(files[0]) or ".nii.gz"
     return output_dir / f"{case}{_OUTPUT_ENDING.get(ending, ending)}"
-
-
-def _save_probabilities(probs: np.ndarray, label_values: np.ndarray, path: Path) -> None:
-    """``probabilities`` (K, Z, Y, X) float16 and ``labels`` (K,) in an .npz, atomically.
-
-    Like ``np.savez_compressed``, but with fixed timestamps: the same result, the same bytes.
-    """
-    arrays = {"probabilities": probs.astype(np.float16), "labels": label_values}
-    with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as member:  # streamed, no copy
-                np.lib.format.write_array(member, np.asanyarray(array))
 
 
 def predict_folder(
@@ -472,7 +469,12 @@ def predict_folder(
         labels, restored = predictor.finalize(probs, props)
         del probs
         if save_probabilities:
-            _save_probabilities(restored, predictor.label_values, output_dir / f"{case}.npz")
+            write_probabilities(
+                restored,
+                predictor.label_values,
+                output_dir / f"{case}.npz",
+                regions=bool(predictor.regions),
+            )
         del restored
         write_label(labels, geometry, out)  # last: its presence marks the case done
         return out

@@ -10,6 +10,7 @@ path (``--augmentation device``), the augmentation of the copied batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ from autoseg.loss import (
 )
 from autoseg.network import build_network
 from autoseg.plans import Configuration
+from autoseg.region_loss import RegionDiceBCELoss, region_dice_counts
+from autoseg.regions import Region
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,14 @@ class OptimizerSettings:
     grad_clip: float = 12.0
 
 
-def default_loss(config: Configuration, ignore_label: int | None = None) -> nn.Module:
+def default_loss(
+    config: Configuration, ignore_label: int | None = None, regions: Sequence[Region] = ()
+) -> nn.Module:
     """Dice + cross-entropy over the deep-supervision outputs of ``config``'s network
-    (voxels labelled ``ignore_label`` excluded)."""
+    (voxels labelled ``ignore_label`` excluded); Dice + BCE per region with ``regions``."""
     weights = deep_supervision_weights(config.num_stages - 1)
+    if regions:
+        return DeepSupervisionLoss(RegionDiceBCELoss(regions, config.batch_dice), weights)
     base = DiceCELoss(batch_dice=config.batch_dice, ignore_index=ignore_label)
     return DeepSupervisionLoss(base, weights)
 
@@ -72,6 +79,7 @@ class TrainingStep:
         augmentation: ``cpu``, ``device`` or ``auto`` (see ``resolve_augmentation``).
         ignore_label: target value of unannotated voxels (``Plans.ignore_label``), excluded
             from the default loss and the pseudo-Dice counts.
+        regions: ``Plans.regions``: one sigmoid output per region (``num_classes`` of them).
 
     Attributes:
         network: the bare network (its ``state_dict`` is what checkpoints hold).
@@ -96,9 +104,10 @@ class TrainingStep:
         loss: nn.Module | None = None,
         augmentation: str = "auto",
         ignore_label: int | None = None,
+        regions: Sequence[Region] = (),
     ) -> None:
         self.config, self.device, self.num_classes = config, device, num_classes
-        self.ignore_label = ignore_label
+        self.ignore_label, self.regions = ignore_label, tuple(regions)
         self.grad_clip = optimizer.grad_clip
         torch.manual_seed(seed)
         self.network = build_network(config, in_channels, num_classes, True).to(device)
@@ -113,7 +122,7 @@ class TrainingStep:
             nesterov=True,
             weight_decay=optimizer.weight_decay,
         )
-        self.loss = loss if loss is not None else default_loss(config, ignore_label)
+        self.loss = loss if loss is not None else default_loss(config, ignore_label, regions)
         self.augmentation = resolve_augmentation(augmentation, device)
         self.augmenter = None
         if self.augmentation == "device":
@@ -181,7 +190,8 @@ class TrainingStep:
         """Loss and Dice counts of device tensors, without training.
 
         Returns:
-            ``(loss, counts)``: counts float64 ``(3, K - 1)`` = TP, FP, FN per foreground class,
+            ``(loss, counts)``: counts float64 ``(3, K - 1)`` = TP, FP, FN per foreground class
+            (``(3, R)`` per region),
             on the CPU.
         """
         targets = self._targets(target)
@@ -189,7 +199,10 @@ class TrainingStep:
             outputs = self.model(image)
         outputs = [o.float() for o in outputs]
         loss = self.loss(outputs, targets)
-        tp, fp, fn = dice_counts(outputs[0], target, self.num_classes, self.ignore_label)
+        if self.regions:
+            tp, fp, fn = region_dice_counts(outputs[0], target, self.regions)
+        else:
+            tp, fp, fn = dice_counts(outputs[0], target, self.num_classes, self.ignore_label)
         return float(loss), torch.stack([tp, fp, fn]).double().cpu()
 
     def val_batch(self, batch: dict[str, np.ndarray]) -> tuple[float, torch.Tensor]:

@@ -186,7 +186,7 @@ class _Trainer:
         if not self.dist.main:  # one voice: rank 0 logs and writes
             logging.getLogger("autoseg").setLevel(logging.WARNING)
         self.num_classes = plans.num_classes
-        self.label_names = [plans.labels[v] for v in plans.foreground_labels]
+        self.label_names = list(plans.output_names)  # foreground labels, or regions
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -200,6 +200,7 @@ class _Trainer:
             distributed=self.dist.world > 1,
             augmentation=self.settings.augmentation,
             ignore_label=self.plans.ignore_label,
+            regions=self.plans.regions,
         )
         self.history = History()
         self.start_epoch = 0
@@ -380,7 +381,7 @@ class _Trainer:
         s = self.settings
         self.step.model.eval()
         val_cases = self.split.val or self.split.train
-        val_losses, counts = [], torch.zeros(3, self.num_classes - 1, dtype=torch.float64)
+        val_losses, counts = [], torch.zeros(3, len(self.label_names), dtype=torch.float64)
         with self._loader(val_cases, s.seed + 17 + self.dist.rank, augment=False) as loader:
             for _ in range(s.val_iterations):
                 loss, c = self.step.val_batch(next(loader))
@@ -429,9 +430,11 @@ class _Trainer:
             if case.label is not None:
                 ending = file_ending(case.label) or spec.file_ending
                 (refs / f"{case.case_id}{ending}").symlink_to(case.label.resolve())
-        evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
+        evaluation = evaluate_folders(
+            out, refs, labels=self.plans.labels, regions=self.plans.regions
+        )
         evaluation.to_json(self.model.summary(self.fold))
-        means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
+        means = {evaluation.labels[k]: m.dice for k, m in evaluation.label_means.items()}
         log.info("fold %s validation Dice: %s", self.fold, means)
         atomic_write_text(self.model.validation_done(self.fold), "ok\n")
         decide_cv_postprocessing(

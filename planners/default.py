@@ -170,7 +170,8 @@ def plan_with_settings(
         settings,
         budget,
         len(fingerprint.channels),
-        max(2, len(predicted_labels(fingerprint.labels))),  # the ignore label has no class
+        # network outputs: one per region, else per class (the ignore label has none)
+        len(fingerprint.regions) or max(2, len(predicted_labels(fingerprint.labels))),
     )
     norms = normalization(fingerprint)
     aniso = anisotropic_axis(round_spacing(np.median(spacings, axis=0)))
@@ -228,6 +229,7 @@ def plan_with_settings(
         min_feature_map=budget.min_feature_map,
         channels=tuple(fingerprint.channels),
         labels=dict(fingerprint.labels),
+        regions=fingerprint.regions,
         configurations=configs,
     )
 

@@ -188,11 +188,11 @@ def test_labels_without_background(tmp_path: Path, layout: str) -> None:
     assert path.endswith("dataset.json") and "no background (value 0)" in message
 
 
-def test_region_based_labels_rejected(nnunet_dataset: Path) -> None:
+def test_region_based_labels_need_their_class_order(nnunet_dataset: Path) -> None:
     meta = _meta(nnunet_dataset)
     meta["labels"] = {"background": 0, "whole": [1, 2], "core": 2}
     _write_meta(nnunet_dataset, meta)
-    assert "region-based labels" in _only(nnunet_dataset)[1]
+    assert "need 'regions_class_order'" in _only(nnunet_dataset)[1]  # regions: test_regions.py
 
 
 def test_non_consecutive_labels_rejected(msd_dataset: Path) -> None:
