@@ -29,20 +29,46 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
     @guard
     def export(
         model: Annotated[Path, typer.Argument(help="Model folder (models/<planner>/<config>).")],
-        archive: Annotated[Path, typer.Argument(help="The .zip to write.")],
+        archive: Annotated[
+            Path | None, typer.Argument(help="The .zip to write (model exchange).")
+        ] = None,
+        onnx: Annotated[
+            Path | None, typer.Option("--onnx", help="Write one fold as ONNX here instead.")
+        ] = None,
         folds: Annotated[
             str | None,
-            typer.Option("-f", "--folds", help="Comma-separated folds (default: every trained)."),
+            typer.Option(
+                "-f", "--folds", help="Comma-separated folds (default: every trained; ONNX: one)."
+            ),
         ] = None,
         checkpoint: Annotated[
             str, typer.Option("--checkpoint", help="final, best or a file name.")
         ] = "final",
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace ARCHIVE.")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output.")] = False,
     ) -> None:
-        """Write a trained model (plans, weights-only checkpoints, post-processing) as a zip."""
-        from autoseg.exchange import export_model
+        """Write a trained model as a zip (plans, weights-only checkpoints, post-processing), or
+        one fold as ONNX (--onnx)."""
+        from autoseg.errors import AutosegError
 
         fold_list = [f.strip() for f in folds.split(",")] if folds else None
+        if (archive is None) == (onnx is None):
+            raise AutosegError("give either ARCHIVE (a .zip) or --onnx FILE")
+        if onnx is not None:
+            from autoseg.onnx_export import export_onnx
+
+            if fold_list is not None and len(fold_list) != 1:
+                raise AutosegError("--onnx exports one fold: give one with -f")
+            fold = fold_list[0] if fold_list else None
+            result = export_onnx(model, onnx, fold, checkpoint, overwrite)
+            checked = (
+                f"; onnxruntime vs torch: max |logit difference| {result.max_abs_diff:.2e}"
+                if result.max_abs_diff is not None
+                else "; not checked (onnxruntime not installed)"
+            )
+            _console().print(f"exported fold {result.fold} to {onnx}{checked}")
+            return
+        from autoseg.exchange import export_model
+
         manifest = export_model(model, archive, fold_list, checkpoint, overwrite)
         _console().print(
             f"exported {manifest.dataset} {manifest.configuration} (planner {manifest.planner}, "
