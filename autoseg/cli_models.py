@@ -1,4 +1,5 @@
-"""The commands that move and combine trained models: ``export``, ``import`` and ``ensemble``.
+"""The commands that move, combine and show models' results: ``export``, ``import``,
+``ensemble`` and ``overlay``.
 
 Registered on the main typer app by ``autoseg.cli`` (``register_model_commands``), with its
 error handling; like every command, they import the library inside the command body so that
@@ -115,3 +116,32 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         n_skipped = len(report.skipped)
         skipped = f", {n_skipped} skipped (existing; --overwrite)" if n_skipped else ""
         _console().print(f"{len(report.written)} written to {output}{skipped}")
+
+    @app.command("overlay")
+    @guard
+    def overlay(
+        images: Annotated[Path, typer.Argument(help="Folder of the images (CASE[_0000].nii.gz).")],
+        predictions: Annotated[Path, typer.Argument(help="Folder of label maps (CASE.nii.gz).")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Folder for CASE.png.")],
+        reference: Annotated[
+            Path | None, typer.Option("--reference", help="Folder of reference label maps.")
+        ] = None,
+        dataset: Annotated[
+            str | None,
+            typer.Option("-d", "--dataset", help="Dataset (folder or name) naming the labels."),
+        ] = None,
+        home: Annotated[
+            Path | None, typer.Option("--home", help="Home folder (for -d NAME).")
+        ] = None,
+        slices: Annotated[int, typer.Option(min=1, max=12, help="Slices per case.")] = 3,
+    ) -> None:
+        """PNGs of a few slices per case: image, reference and prediction, with a legend."""
+        from autoseg.dataset import load_dataset
+        from autoseg.overlay import overlay_folders
+        from autoseg.paths import resolve_dataset, resolve_home
+
+        names = None
+        if dataset is not None:
+            names = load_dataset(resolve_dataset(dataset, resolve_home(home)).require_raw()).labels
+        written = overlay_folders(images, predictions, output, reference, names, slices)
+        _console().print(f"{len(written)} overlay(s) written to {output}")

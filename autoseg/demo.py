@@ -19,6 +19,7 @@ from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
 from autoseg.io import read_array
 from autoseg.model_folder import ModelFolder
+from autoseg.overlay import save_overlay as draw_overlay
 from autoseg.paths import resolve_dataset
 from autoseg.planning import plan_dataset
 from autoseg.predictor import Predictor, predict_folder
@@ -49,42 +50,20 @@ class DemoResult:
 
 
 def save_overlay(
-    image_path: Path, ref_path: Path, pred_path: Path, out: Path, slices: int = 3
+    image_path: Path,
+    ref_path: Path,
+    pred_path: Path,
+    out: Path,
+    slices: int = 3,
+    names: dict[int, str] | None = None,
 ) -> None:
-    """A PNG with a few slices of one case: image, reference contour, prediction contour."""
-    import matplotlib  # heavy and only for the picture: imported when one is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A PNG of a few slices of one case: image, reference and prediction (autoseg.overlay)."""
     image, _ = read_array(image_path)
-    ref, _ = read_array(ref_path)
-    pred, _ = read_array(pred_path)
-    fg = np.nonzero(ref.sum(axis=(1, 2)))[0] if ref.any() else np.arange(ref.shape[0])
-    picks = np.linspace(fg.min(), fg.max(), slices + 2)[1:-1].round().astype(int)
-    fig, axes = plt.subplots(2, slices, figsize=(3.2 * slices, 6.4))
-    for col, z in enumerate(picks):
-        for row, (labels, title) in enumerate(((ref, "reference"), (pred, "prediction"))):
-            ax = axes[row, col]
-            ax.imshow(image[z], cmap="gray", interpolation="nearest")
-            masked = np.ma.masked_where(labels[z] == 0, labels[z])
-            ax.imshow(
-                masked,
-                cmap="autumn",
-                alpha=0.45,
-                interpolation="nearest",
-                vmin=1,
-                vmax=max(2, int(labels.max())),
-            )
-            ax.set_title(f"{title}, slice {z}", fontsize=9)
-            ax.axis("off")
-    fig.suptitle(image_path.name, fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    maps = [
+        (title, np.rint(read_array(path)[0]).astype(np.int64))
+        for title, path in (("reference", ref_path), ("prediction", pred_path))
+    ]
+    draw_overlay(image, maps, names or {}, out, image_path.name, slices)
 
 
 def run_demo(
@@ -138,7 +117,13 @@ def run_demo(
     evaluation.print_table(console)
     first = sorted((source / "imagesTs").glob("*.nii.gz"))[0]
     overlay = dirs.work / "demo_overlay.png"
-    save_overlay(first, source / "labelsTs" / first.name, predictions / first.name, overlay)
+    save_overlay(
+        first,
+        source / "labelsTs" / first.name,
+        predictions / first.name,
+        overlay,
+        names=summary.plans.labels,
+    )
     means = {summary.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
     return DemoResult(
         work=dirs.work,
