@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.augment import sample_size, training_transforms
+from autoseg.cascade import one_hot_channels
 from autoseg.errors import AutosegError
 from autoseg.plans import Configuration
 from autoseg.preprocess import PreprocessedCase, load_case
@@ -106,9 +107,11 @@ class _Sampler:
         oversample_foreground: float,
         on_device: bool = False,
         ignore_label: int | None = None,
+        previous_stage: tuple[Path, tuple[int, ...]] | None = None,
     ) -> None:
         self.folder = folder
         self.ignore_label = ignore_label
+        self.previous_stage = previous_stage
         self.case_ids = case_ids
         self.patch = np.asarray(config.patch_size, dtype=int)
         self.batch_size = config.batch_size
@@ -160,6 +163,17 @@ class _Sampler:
         locations = case.class_locations[present[self.rng.integers(len(present))]]
         return np.asarray(locations[self.rng.integers(len(locations))], dtype=int)  # (Z, Y, X)
 
+    def _previous(self, case_id: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The case's previous-stage label map ``(1, Z, Y, X)`` (memory-mapped)."""
+        path = self.previous_stage[0] / f"{case_id}.npy"
+        try:
+            previous = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise AutosegError(f"{path}: previous-stage segmentation unreadable") from exc
+        if previous.shape != tuple(shape):
+            raise AutosegError(f"{path}: shape {previous.shape} differs from the case's {shape}")
+        return previous
+
     def _patch_start(self, shape: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
         # Along axes at least as long as the patch it stays inside; shorter axes are centred.
         lo = np.where(shape >= self.patch, 0, -((self.patch - shape) // 2))
@@ -192,15 +206,22 @@ class _Sampler:
             if data is None:
                 channels = image.shape[0]
                 data = np.zeros((self.batch_size, channels, *self.region), np.float32)
-                target = np.zeros((self.batch_size, 1, *self.region), np.uint8)
+                seg_channels = 1 if self.previous_stage is None else 2
+                target = np.zeros((self.batch_size, seg_channels, *self.region), np.uint8)
             if image.shape[0] != data.shape[1]:
                 raise AutosegError(f"{self.folder}: case '{case_id}' has another channel count")
             read_region(image, start, data[i])  # (C, *region)
-            read_region(seg, start, target[i])  # (1, *region)
+            read_region(seg, start, target[i, :1])  # (1, *region)
+            if self.previous_stage is not None:  # a cascade: the previous stage's labels
+                read_region(self._previous(case_id, seg.shape), start, target[i, 1:])
         if self.transforms is not None:
             with self._global_random_states():
                 out = self.transforms(data=data, seg=target)
             data, target = out["data"], out["seg"]
+        if self.previous_stage is not None:  # moved, one-hot, into the image channels
+            labels = self.previous_stage[1]
+            onehot = np.stack([one_hot_channels(t, labels) for t in target[:, 1]])
+            data, target = np.concatenate([data, onehot], axis=1), target[:, :1]
         return {
             "image": np.ascontiguousarray(data, dtype=np.float32),
             "target": np.ascontiguousarray(target).astype(np.int16),
@@ -276,6 +297,9 @@ class BatchLoader:
         oversample_foreground: fraction of each batch forced to contain foreground.
         ignore_label: a label value that is not foreground (``Plans.ignore_label``): forced
             samples never centre on it.
+        previous_stage: for a cascade, ``(folder of CASE.npy, foreground labels)``: the
+            previous stage's label maps are cropped and augmented with the target, then added
+            one-hot (one channel per label) to the image channels.
 
     Raises:
         AutosegError: no cases, or a case's preprocessed files are missing.
@@ -297,6 +321,7 @@ class BatchLoader:
         oversample_foreground: float = 1 / 3,
         augmentation: str = "cpu",
         ignore_label: int | None = None,
+        previous_stage: tuple[Path, tuple[int, ...]] | None = None,
     ) -> None:
         folder = Path(folder)
         case_ids = tuple(case_ids)
@@ -319,8 +344,17 @@ class BatchLoader:
         if augmentation not in ("cpu", "device"):
             raise ValueError(f"augmentation must be cpu or device, not {augmentation!r}")
         on_device = augmentation == "device"
+        if on_device and augment and previous_stage is not None:
+            raise ValueError("a cascade stage is augmented on the CPU (augmentation='cpu')")
         self._sampler = _Sampler(
-            folder, case_ids, config, augment, oversample_foreground, on_device, ignore_label
+            folder,
+            case_ids,
+            config,
+            augment,
+            oversample_foreground,
+            on_device,
+            ignore_label,
+            previous_stage,
         )
         self._sampler.reseed(seed, 0)
         self._closed = False

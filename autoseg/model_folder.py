@@ -78,6 +78,16 @@ class ModelFolder:
         """``export.json``: what an exported model holds (``autoseg export``); kept on import."""
         return self.path / "export.json"
 
+    @property
+    def previous_stage_dir(self) -> Path:
+        """A cascade stage's inputs from the previous stage: ``previous_stage/CASE.npy``."""
+        return self.path / "previous_stage"
+
+    @property
+    def previous_stage_index(self) -> Path:
+        """``previous_stage/index.json``: case -> SHA-256 of its source prediction (last)."""
+        return self.previous_stage_dir / "index.json"
+
     # ------------------------------------------------------------------ files of one fold
     def fold_dir(self, fold: str) -> Path:
         """``fold_<k>/`` (k in 0..4 or ``all``)."""

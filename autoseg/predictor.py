@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from rich.progress import MofNCompleteColumn, Progress
 
+from autoseg.cascade import PreviousStage, input_channels, previous_stage_input
 from autoseg.checkpoint import load_checkpoint
 from autoseg.device import autocast, cpu_count, resolve_device
 from autoseg.errors import AutosegError, Problem
@@ -62,9 +63,11 @@ class Predictor:
         tile_batch: network inputs per forward pass; None = 8 on CUDA, 2 on CPU.
         folds: the fold names of ``weights`` (for messages; default 0, 1, ...).
         sources: where each state dict came from, named in errors (default ``fold <k>``).
+        previous_stage: for a cascade stage, gives a case's previous-stage label map on its
+            own grid (``from_folder`` runs the previous stage's model).
 
     Raises:
-        AutosegError: a cascade stage, or weights that do not fit the planned network.
+        AutosegError: a cascade stage without ``previous_stage``, or weights that do not fit.
     """
 
     def __init__(
@@ -80,15 +83,15 @@ class Predictor:
         tile_batch: int | None = None,
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
+        previous_stage: PreviousStage | None = None,
     ) -> None:
         self.plans = plans
         if isinstance(configuration, str):
             configuration = plans.configuration(configuration)
         self.configuration: Configuration = configuration
-        if configuration.previous_stage:
-            raise AutosegError(
-                f"'{configuration.name}' is a cascade stage; predicting cascades is not supported"
-            )
+        if configuration.previous_stage and previous_stage is None:
+            raise AutosegError(f"'{configuration.name}' is a cascade stage: give previous_stage")
+        self.previous_stage = previous_stage
         self.folds = tuple(folds) if folds is not None else tuple(map(str, range(len(weights))))
         sources = list(sources) if sources is not None else [f"fold {f}" for f in self.folds]
         self.device = resolve_device(device)
@@ -102,6 +105,7 @@ class Predictor:
         values = [r.value for r in self.regions] if self.regions else plans.predicted_labels
         self.label_values = np.array(values, dtype=np.int64)
         self.num_classes, self.in_channels = plans.num_classes, len(plans.channels)
+        self.network_channels = input_channels(plans, configuration)  # + cascade inputs
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
         else:
@@ -161,10 +165,11 @@ class Predictor:
             raise AutosegError(
                 f"{folder.path}: folds trained with different configurations {names}"
             )
+        config = plans.configuration(names.pop())
         for path, ckpt in zip(paths, checkpoints, strict=True):
             for key, planned in (
                 ("num_classes", plans.num_classes),
-                ("in_channels", len(plans.channels)),
+                ("in_channels", input_channels(plans, config)),
             ):
                 recorded = getattr(ckpt.meta, key)
                 if recorded is not None and recorded != planned:
@@ -172,12 +177,18 @@ class Predictor:
         decision = None
         if postprocess and folder.postprocessing.is_file():
             decision = PostprocessingDecision.from_json(folder.postprocessing)
-        config = plans.configuration(names.pop())
-        if config.previous_stage:
-            raise AutosegError(
-                f"{folder.path}: '{config.name}' is a cascade stage; predicting cascades is not "
-                "supported"
+        previous = None
+        if config.previous_stage:  # the previous stage's model folder beside this one
+            low = cls.from_folder(
+                folder.path.parent / config.previous_stage,
+                checkpoint=checkpoint,
+                device=device,
+                tta=tta,
+                step=step,
+                postprocess=False,
+                tile_batch=tile_batch,
             )
+            previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
             [c.model_state for c in checkpoints],
             plans,
@@ -189,6 +200,7 @@ class Predictor:
             tile_batch=tile_batch,
             folds=chosen,
             sources=[str(p) for p in paths],
+            previous_stage=previous,
         )
         log.info(
             "loaded %s (%s, folds %s) on %s",
@@ -202,7 +214,7 @@ class Predictor:
     def _network(self, weights: Mapping[str, torch.Tensor], source: str) -> torch.nn.Module:
         """A network of the configuration with ``weights``, in eval mode on the device."""
         net = build_network(
-            self.configuration, self.in_channels, self.num_classes, deep_supervision=False
+            self.configuration, self.network_channels, self.num_classes, deep_supervision=False
         )
         try:
             net.load_state_dict(weights)
@@ -234,6 +246,10 @@ class Predictor:
         if not np.isfinite(image.array.sum(dtype=np.float64)):
             bad = int(image.array.size - np.count_nonzero(np.isfinite(image.array)))
             raise AutosegError(f"{bad} NaN or Inf voxel(s) in the image")
+        if self.previous_stage is not None:  # a cascade: + the previous stage, one-hot
+            labels = self.plans.foreground_labels
+            config = self.configuration
+            return previous_stage_input(image, config, self.previous_stage, labels, case_id)
         array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
         return array, props
 

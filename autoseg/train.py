@@ -35,13 +35,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
 from autoseg.cache import complete_cases
+from autoseg.cascade import cv_predictions, input_channels, prepare_previous_stage
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.crossval import decide_cv_postprocessing
 from autoseg.dataset import load_dataset
 from autoseg.device import cpu_count, resolve_device
 from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
-from autoseg.io import file_ending
+from autoseg.io import file_ending, read_array
 from autoseg.loader import BatchLoader
 from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
@@ -186,19 +187,28 @@ class _Trainer:
         if not self.dist.main:  # one voice: rank 0 logs and writes
             logging.getLogger("autoseg").setLevel(logging.WARNING)
         self.num_classes = plans.num_classes
+        self.in_channels = input_channels(plans, self.config)
+        self.previous_stage = None
+        if self.config.previous_stage:  # a cascade: the previous stage's CV predictions
+            folder = prepare_previous_stage(dirs, plans, self.config)
+            self.previous_stage = (folder, plans.foreground_labels)
         self.label_names = list(plans.output_names)  # foreground labels, or regions
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
+        augmentation = self.settings.augmentation
+        if self.previous_stage is not None and augmentation != "cpu":
+            log.info("cascade stage: augmentation on the CPU (the previous stage is a label map)")
+            augmentation = "cpu"
         self.step = TrainingStep(
             self.config,
-            len(self.plans.channels),
+            self.in_channels,
             self.num_classes,
             self.device,
             self.settings.optimizer,
             seed=self.settings.seed,
             distributed=self.dist.world > 1,
-            augmentation=self.settings.augmentation,
+            augmentation=augmentation,
             ignore_label=self.plans.ignore_label,
             regions=self.plans.regions,
         )
@@ -212,7 +222,7 @@ class _Trainer:
             fold=self.fold,
             epoch=epoch,
             num_classes=self.num_classes,
-            in_channels=len(self.plans.channels),
+            in_channels=self.in_channels,
             plans=to_dict(self.plans),
             settings=to_dict(self.settings),
             history=self.history.to_dict(),
@@ -284,6 +294,7 @@ class _Trainer:
             num_workers=workers if augment else 0,
             augmentation=self.step.augmentation,
             ignore_label=self.plans.ignore_label,
+            previous_stage=self.previous_stage,
         )
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
@@ -417,6 +428,9 @@ class _Trainer:
         predictor = Predictor.from_folder(
             self.model.path, folds=[self.fold], device=str(self.device), postprocess=False
         )
+        if self.previous_stage is not None:  # validate on the previous stage's CV predictions
+            sources = cv_predictions(self.dirs, self.plans, self.config)
+            predictor.previous_stage = lambda _, case: read_array(sources[case])[0]
         inputs = [p for c in cases for p in c.images]
         # probabilities too: find-best averages them to score ensembles of configurations
         report = predict_folder(inputs, out, predictor, overwrite=True, save_probabilities=True)

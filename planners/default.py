@@ -10,6 +10,8 @@ value (see :mod:`planners.resenc`). Configurations:
   grows in 3% steps (only the axes > 2x finer than the coarsest while there are such axes)
   until the patch planned at it covers >= 25% of the median image; dropped, as nnU-Net does,
   when its median image is not at least 2x smaller than the 3d_fullres one.
+* ``3d_cascade_fullres``: with every 3d_lowres, the 3d_fullres network taking the 3d_lowres
+  segmentation as extra input channels (``autoseg.cascade``).
 
 ``batch_dice`` follows nnU-Net v2: True for 2d, False for 3d_lowres, and for 3d_fullres True
 only when a 3d_lowres exists (a cascade trains on larger images, few per batch).
@@ -19,6 +21,7 @@ spacing share the preprocessed data, which does not depend on the network.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -46,6 +49,7 @@ from autoseg.plans import Configuration, Normalization, Plans
 log = logging.getLogger(__name__)
 
 SETTINGS = PlannerSettings(name="default", network="unet", encoder_blocks=(2,))
+CASCADE = "3d_cascade_fullres"
 
 NONZERO_MASK_THRESHOLD = 0.75
 MAX_LOWRES_STEPS = 1000
@@ -222,6 +226,11 @@ def plan_with_settings(
         )
         if lowres is not None:
             configs["3d_lowres"] = configuration("3d_lowres", *lowres, False)
+            # the cascade's second stage: 3d_fullres with the low-resolution segmentation as
+            # extra input channels (autoseg.cascade); it shares 3d_fullres' preprocessed data
+            configs[CASCADE] = dataclasses.replace(
+                configs["3d_fullres"], name=CASCADE, previous_stage="3d_lowres"
+            )
     return Plans(
         dataset_name=fingerprint.dataset_name,
         planner=settings.name,
