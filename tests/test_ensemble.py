@@ -12,7 +12,7 @@ from autoseg.evaluate import evaluate_arrays
 from autoseg.io import read_array, write_label
 from autoseg.model_folder import ModelFolder
 from autoseg.plans import Plans
-from tests.reliability_helpers import assert_clean_failure, cli, save_nifti
+from tests.reliability_helpers import assert_clean_failure, cli, save_nifti, tiny_dataset
 from tests.test_exchange import make_model
 
 LABELS = {0: "background", 1: "blob"}
@@ -86,6 +86,15 @@ def test_ensemble_of_two_predicted_models(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, ((probs[0] + probs[1]) / 2).argmax(0))
 
 
+def _planned(tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A planned (tiny) dataset in a home, for find-best to accept: (home, name)."""
+    root = tiny_dataset(tmp_path / name, n_cases=2)
+    home = tmp_path / "home"
+    result = cli("plan", root, "--home", home, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    return home, name
+
+
 def _fake_cv_model(home: Path, dataset: str, config: str, probs_of: dict, refs: dict) -> None:
     """A model folder whose 5 folds are validated, each with saved probabilities."""
     folder = ModelFolder(home / dataset / "models" / "default" / config)
@@ -113,9 +122,7 @@ def _fake_cv_model(home: Path, dataset: str, config: str, probs_of: dict, refs: 
 
 def test_find_best_reports_a_better_pair_with_its_commands(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    home, dataset = tmp_path / "home", "Task93_Best"
-    (home / dataset).mkdir(parents=True)
-    (home / dataset / "dataset_source.txt").write_text(str(tmp_path / "raw") + "\n")
+    home, dataset = _planned(tmp_path, "Task93_Best")
     scenes = {f"case_{i}": _scene(rng) for i in range(5)}
     refs = {c: s[0] for c, s in scenes.items()}
     _fake_cv_model(home, dataset, "3d_fullres", {c: s[1] for c, s in scenes.items()}, refs)
@@ -133,9 +140,7 @@ def test_find_best_keeps_the_single_configuration_when_the_pair_is_not_better(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(2)
-    home, dataset = tmp_path / "home", "Task92_Best"
-    (home / dataset).mkdir(parents=True)
-    (home / dataset / "dataset_source.txt").write_text(str(tmp_path / "raw") + "\n")
+    home, dataset = _planned(tmp_path, "Task92_Best")
     scenes = {f"case_{i}": _scene(rng) for i in range(5)}
     refs = {c: s[0] for c, s in scenes.items()}
     perfect = {c: _two_class(r.astype(np.float32)) for c, r in refs.items()}

@@ -43,8 +43,8 @@ def source_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     return tmp / "home", root, model
 
 
-def _plan_target(tmp: Path, home: Path, *extra: object) -> Path:
-    target = tiny_dataset(tmp / "Task89_Target", n_cases=3, num_labels=1, shape_ijk=(20, 26, 18))
+def _plan_target(tmp: Path, home: Path, *extra: object, name: str = "Task89_Target") -> Path:
+    target = tiny_dataset(tmp / name, n_cases=3, num_labels=1, shape_ijk=(20, 26, 18))
     result = cli("plan", target, "--home", home, "--workers", 1, *extra)
     assert result.exit_code == 0, result.output
     return target
@@ -79,7 +79,7 @@ def test_pretrained_refuses_what_does_not_fit(
     source_model: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     home, _, model = source_model
-    own = _plan_target(tmp_path, home, "--no-preprocess")  # its own topology: features 32, ...
+    own = _plan_target(tmp_path, home, "--no-preprocess", name="Task79_Own")  # features 32, ...
     plans = Plans.from_json(home / own.name / "plans.json")
     net = build_network(plans.configuration("3d_fullres"), 1, plans.num_classes)
     with pytest.raises(Exception, match="no weight of the pretrained model fits"):
@@ -95,7 +95,7 @@ def test_train_pretrained_from_the_cli_logs_what_was_reinitialised(
     source_model: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     home, source, model = source_model
-    target = _plan_target(tmp_path, home, "--plans-from", source.name)
+    target = _plan_target(tmp_path, home, "--plans-from", source.name, name="Task78_Target")
     train = ("train", target.name, "3d_fullres", "all", "--epochs", 1, "--iterations", 1)
     train += ("--val-iterations", 1, "--device", "cpu", "--workers", 0, "--no-validate")
     result = cli(*train, "--home", home, "--pretrained", model)
