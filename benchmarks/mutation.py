@@ -16,6 +16,7 @@ reported on their own. Not part of CI: a module takes minutes to an hour on 2 CP
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import shutil
 import subprocess
@@ -64,6 +65,32 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
+LOG_CALLS = {"debug", "info", "warning", "error", "exception"}
+
+
+def _skip_logging(path: Path) -> int:
+    """Mark each logging statement ``# pragma: no mutate block`` (a comment: same behaviour).
+
+    What a log line says is not a result, and no test should pin its wording; without this,
+    every argument of every ``log.info(...)`` is a surviving mutant.
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [
+        node.lineno - 1
+        for node in ast.walk(ast.parse("".join(lines)))
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute)
+        and node.value.func.attr in LOG_CALLS
+        and isinstance(node.value.func.value, ast.Name)
+        and node.value.func.value.id in {"log", "logger", "logging"}
+    ]
+    for i in starts:
+        lines[i] = lines[i].rstrip("\n") + "  # pragma: no mutate block\n"
+    path.write_text("".join(lines))
+    return len(starts)
+
+
 def _config(source: str, tests: tuple[str, ...]) -> str:
     top = source.split("/")[0]
     others = [d for d in ("autoseg", "planners", "tests") if d != top]
@@ -82,9 +109,14 @@ def run_module(name: str, children: int) -> dict[str, int]:
     source, tests = MODULES[name]
     work = Path(tempfile.mkdtemp(prefix=f"autoseg-mutmut-{name}-"))
     _copy_tree(work)
+    skipped = _skip_logging(work / source)
     with open(work / "pyproject.toml", "a") as fh:
         fh.write(_config(source, tests))
-    print(f"[{name}] mutating {source} against {', '.join(tests)} in {work}", flush=True)
+    print(
+        f"[{name}] mutating {source} ({skipped} logging statements left alone) against "
+        f"{', '.join(tests)} in {work}",
+        flush=True,
+    )
     subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=work, check=False)
     subprocess.run(["mutmut", "export-cicd-stats"], cwd=work, check=False)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
@@ -92,6 +124,19 @@ def run_module(name: str, children: int) -> dict[str, int]:
     survived = stats.get("survived", 0)
     score = killed / max(1, killed + survived)
     print(f"[{name}] {json.dumps(stats)}  score {score:.1%}  (kept in {work})", flush=True)
+    survivors = work / "mutants" / "survivors.diff"
+    with open(survivors, "w") as fh:
+        listing = subprocess.run(
+            ["mutmut", "results"], cwd=work, capture_output=True, text=True
+        ).stdout
+        for line in listing.splitlines():
+            if line.strip().endswith("survived"):
+                mutant = line.strip().split(":")[0]
+                shown = subprocess.run(
+                    ["mutmut", "show", mutant], cwd=work, capture_output=True, text=True
+                )
+                fh.write(shown.stdout + "\n")
+    print(f"[{name}] survivors' diffs: {survivors}", flush=True)
     return stats
 
 
