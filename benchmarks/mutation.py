@@ -4,6 +4,7 @@ Usage (from the repository root, with the test extra and ``pip install mutmut`` 
 
     python benchmarks/mutation.py rules            # one module
     python benchmarks/mutation.py all --children 2 # every module in turn
+    python benchmarks/mutation.py loss --budget 600  # stop after 10 minutes: partial score
 
 Each module is mutated against its fast, targeted test files only (see ``MODULES``). The run
 happens in a throw-away copy of the working tree (mutmut rewrites the sources it mutates and
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,7 +108,7 @@ def _config(source: str, tests: tuple[str, ...]) -> str:
     ).replace("'", '"')
 
 
-def run_module(name: str, children: int) -> dict[str, int]:
+def run_module(name: str, children: int, budget: float | None = None) -> dict[str, int]:
     source, tests = MODULES[name]
     work = Path(tempfile.mkdtemp(prefix=f"autoseg-mutmut-{name}-"))
     _copy_tree(work)
@@ -117,7 +120,15 @@ def run_module(name: str, children: int) -> dict[str, int]:
         f"{', '.join(tests)} in {work}",
         flush=True,
     )
-    subprocess.run(["mutmut", "run", "--max-children", str(children)], cwd=work, check=False)
+    run = subprocess.Popen(
+        ["mutmut", "run", "--max-children", str(children)], cwd=work, start_new_session=True
+    )
+    try:
+        run.wait(timeout=budget)
+    except subprocess.TimeoutExpired:  # a partial score: mutants not reached are not counted
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait()
+        print(f"[{name}] stopped after the {budget} s budget: partial figures", flush=True)
     subprocess.run(["mutmut", "export-cicd-stats"], cwd=work, check=False)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
     killed = stats.get("killed", 0) + stats.get("timeout", 0)
@@ -144,11 +155,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=[*MODULES, "all"])
     parser.add_argument("--children", type=int, default=1, help="parallel test processes")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per module")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
         sys.exit("mutmut is not installed: pip install mutmut")
     for name in MODULES if args.module == "all" else [args.module]:
-        run_module(name, args.children)
+        run_module(name, args.children, args.budget)
 
 
 if __name__ == "__main__":
