@@ -173,3 +173,50 @@ def test_loader_forces_foreground_into_the_last_third_of_every_batch(tmp_path: P
                 has_fg = [bool((t > 0).any()) for t in target]
                 n = FORCED[batch]
                 assert has_fg == [False] * (batch - n) + [True] * n, batch
+
+
+# ---------------------------------------------------------------------------- mutation survivors
+
+
+def test_initial_patch_is_256_cubed_shaped_like_the_inverse_spacing() -> None:
+    from planners.rules import initial_topology
+
+    # inverse spacing (0.5, 1, 1), scaled to 256^3 voxels: 256 * 2^(1/3) = 322.54 per fine
+    # axis, half of it on Z: (161, 323, 323) before rounding up to the total stride
+    topo = initial_topology((2.0, 1.0, 1.0), (1000, 1000, 1000), 4, 7)
+    assert topo.patch_size == derive_topology((2.0, 1.0, 1.0), (161, 323, 323), 4, 7).patch_size
+    # clipped to the median shape (a one-voxel axis stays one voxel)
+    flat = initial_topology((1.0, 1.0, 1.0), (1, 50, 50), 4, 7)
+    assert flat.patch_size[0] == 1
+    # tiny images: the finest axes grow to 2 x min_feature_map so that one pooling fits
+    tiny = initial_topology((1.0, 1.0, 1.0), (4, 6, 6), 4, 7)
+    assert tiny.patch_size == (8, 8, 8) and tiny.num_stages == 2
+
+
+def test_stage_and_feature_caps_per_dimension() -> None:
+    from planners.rules import PlannerSettings
+
+    settings = PlannerSettings(name="x", network="unet")
+    assert settings.max_stages(3) == 7 and settings.max_stages(2) == 8
+    assert settings.features_per_stage(8, 3)[-1] == 320
+    assert settings.features_per_stage(8, 2) == (32, 64, 128, 256, 512, 512, 512, 512)
+
+
+def test_anisotropy_threshold_is_strictly_above_3() -> None:
+    from planners.rules import anisotropic_axis, target_spacing
+
+    assert anisotropic_axis((3.0, 1.0, 1.0)) is None
+    assert anisotropic_axis((1.0, 3.01, 1.0)) == 1
+    shapes = np.array([[10, 100, 100]] * 10)
+    # exactly 3x: the median is kept
+    assert target_spacing(np.array([[3.0, 1.0, 1.0]] * 10), shapes) == (3.0, 1.0, 1.0)
+    # above 3x with few slices: the 10th percentile of the thick spacings (here 3.5)
+    thick = np.array([[3.5 + 0.5 * i, 1.0, 1.0] for i in range(10)])
+    assert target_spacing(thick, shapes) == (
+        round(float(np.percentile(thick[:, 0], 10)), 6),
+        1.0,
+        1.0,
+    )
+    # but not when Z x 3 is not below the other median sizes (exactly equal here)
+    many = np.array([[34, 102, 102]] * 10)
+    assert target_spacing(thick, many)[0] == float(np.median(thick[:, 0]))
