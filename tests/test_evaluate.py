@@ -169,6 +169,14 @@ def test_evaluate_folders_scores_and_writes(tmp_path: Path):
     assert [c.case_id for c in evaluation.cases] == ["c1", "c2"]
     expected = case_metrics(pred, ref, [1, 2], (2.0, 1.0, 1.0))
     assert evaluation.cases[0].metrics == expected
+    # by hand, not by the same function: label 1 lost one of its three 12-voxel slices
+    for case in evaluation.cases:
+        one, two = case.metrics[1], case.metrics[2]
+        assert (one.tp, one.fp, one.fn, one.n_pred, one.n_ref) == (24, 0, 12, 24, 36)
+        assert one.dice == pytest.approx(0.8) and one.iou == pytest.approx(24 / 36)
+        assert one.precision == 1.0 and one.recall == pytest.approx(24 / 36)
+        assert (two.tp, two.fp, two.fn) == (12, 0, 0)
+        assert (two.dice, two.hd95, two.nsd) == (1.0, 0.0, 1.0)
     assert expected[1].dice == pytest.approx(2 * 24 / (24 + 36))
     assert evaluation.mean_dice == pytest.approx((expected[1].dice + 1.0) / 2)
     parallel = evaluate_folders(tmp_path / "pred", tmp_path / "ref", workers=2)
