@@ -93,3 +93,36 @@ def test_probabilities_restore_with_the_nearest_thick_slice() -> None:
     expected[0] = 1.0  # outside the crop: background
     expected[:, 1:4, 1:3, 0:2] = probs[:, [0, 2, 4]]
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- mutation survivors
+
+
+def test_probabilities_are_linear_in_plane_when_restored() -> None:
+    """X: 2 -> 4 voxels at positions -0.25, 0.25, 0.75, 1.25: p0, .75 p0 + .25 p1, ..., p1."""
+    from autoseg.resample import resample_probabilities
+
+    probs = np.array([[[[0.2, 1.0]]], [[[0.8, 0.0]]]], dtype=np.float32)  # (2, 1, 1, 2)
+    out = resample_probabilities(probs, (1, 1, 4))
+    expected = np.array([[0.2, 0.4, 0.8, 1.0], [0.8, 0.6, 0.2, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(out[:, 0, 0], expected, atol=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_one_dimensional_and_default_orders() -> None:
+    from scipy import ndimage
+
+    from autoseg.resample import resample, resample_image
+
+    line = np.array([0.0, 1.0, 3.0])
+    np.testing.assert_allclose(
+        resample(line, (6,), (1,)), [0.0, 0.25, 0.75, 1.5, 2.5, 3.0], atol=1e-6
+    )
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 5, 6, 7))
+    out = resample_image(image, (7, 9, 4))  # default: cubic, like scipy's zoom
+    zoom = ndimage.zoom(image[0], (7 / 5, 9 / 6, 4 / 7), order=3, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(out[0], zoom, atol=1e-4)
+    assert out.dtype == np.float32
+    same = resample_image(image, (5, 6, 7))
+    assert same.dtype == np.float32 and np.array_equal(same, image.astype(np.float32))
