@@ -240,3 +240,24 @@ def test_evaluate_folders_reports_every_problem_together(tmp_path: Path):
     assert "ref/shape.nii.gz" in problems["pred/shape.nii.gz"]
     assert "spacing" in problems["pred/spacing.nii.gz"]
     assert "evaluation inputs" in str(info.value)
+
+
+def test_one_empty_mask_keeps_its_counts_and_worst_distance():
+    """Mutation survivor: the counts of a missed label, and HD95 = the image diagonal."""
+    ref = np.zeros((4, 5, 6), dtype=np.uint8)
+    ref[1:2, 1:3, 1:4] = 1  # 6 voxels
+    m = case_metrics(np.zeros_like(ref), ref, [1], (2.0, 1.0, 1.0))[1]
+    assert (m.tp, m.fp, m.fn, m.n_pred, m.n_ref) == (0, 0, 6, 0, 6)
+    assert (m.dice, m.nsd) == (0.0, 0.0)
+    assert m.hd95 == pytest.approx(np.sqrt(8.0**2 + 5.0**2 + 6.0**2))
+    swapped = case_metrics(ref, np.zeros_like(ref), [1], (2.0, 1.0, 1.0))[1]
+    assert (swapped.tp, swapped.fp, swapped.fn, swapped.n_pred, swapped.n_ref) == (0, 6, 0, 6, 0)
+
+
+def test_nsd_counts_surface_points_exactly_at_the_tolerance():
+    """A cube shifted by one 1 mm voxel: every surface distance is 0 or exactly 1 mm."""
+    ref = np.zeros((8, 8, 8), dtype=np.uint8)
+    ref[2:5, 2:5, 2:5] = 1
+    pred = np.roll(ref, 1, axis=2)
+    assert case_metrics(pred, ref, [1], (1.0, 1.0, 1.0), nsd_tolerance_mm=1.0)[1].nsd == 1.0
+    assert case_metrics(pred, ref, [1], (1.0, 1.0, 1.0), nsd_tolerance_mm=0.999)[1].nsd < 1.0
