@@ -31,10 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: module -> (source file, targeted test files)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "rules": ("planners/rules.py", ("tests/test_planners.py", "tests/test_pinned_rules.py")),
+    "rules": (
+        "autoseg/planners/rules.py",
+        ("tests/test_planners.py", "tests/test_pinned_rules.py"),
+    ),
     "loss": ("autoseg/loss.py", ("tests/test_loss.py", "tests/test_pinned_training.py")),
     "sliding_window": (
-        "autoseg/predict.py",
+        "autoseg/sliding_window.py",
         ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
     ),
     "predictor": (
@@ -112,6 +115,9 @@ def run_module(name: str, children: int, budget: float | None = None) -> dict[st
     source, tests = MODULES[name]
     work = Path(tempfile.mkdtemp(prefix=f"autoseg-mutmut-{name}-"))
     _copy_tree(work)
+    # planners/ is installed as autoseg.planners: give the copy the same layout, so the tests
+    # import the mutated file and not the checkout's (editable install)
+    shutil.copytree(work / "planners", work / "autoseg" / "planners")
     skipped = _skip_logging(work / source)
     with open(work / "pyproject.toml", "a") as fh:
         fh.write(_config(source, tests))

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import autoseg.benchmark as benchmark
 from autoseg.cli import app
-from autoseg.plan import plan_dataset
+from autoseg.planning import plan_dataset
 from autoseg.step import TrainingStep
 from tests.synthetic import write_dataset
 

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.checkpoint import save_checkpoint
+from autoseg.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.network import build_network
 from autoseg.plans import Configuration, Normalization, Plans
-from autoseg.predict import Predictor, sliding_window_logits
+from autoseg.predictor import Predictor
 from autoseg.serial import to_dict
+from autoseg.sliding_window import sliding_window_logits
 
 LABELS = {0: "background", 1: "a", 2: "b"}
 
@@ -120,7 +121,7 @@ def _model_folder(root: Path, name: str) -> Path:
     folder.mkdir(parents=True)
     plans.to_json(folder / "plans.json")
     net = build_network(config, 1, len(LABELS), deep_supervision=True)
-    meta = {"plans": to_dict(plans), "configuration": name, "fold": "0", "epoch": 0}
+    meta = CheckpointMeta(configuration=name, fold="0", plans=to_dict(plans))
     save_checkpoint(folder / "fold_0" / "checkpoint_final.pt", net.state_dict(), None, meta)
     return folder
 
@@ -152,7 +153,7 @@ def test_predictor_tta_flips_every_spatial_axis(tmp_path: Path, name: str) -> No
     folder = _model_folder(tmp_path, name)
     ndim = 2 if name == "2d" else 3
     net = Asymmetric(ndim, 3).eval()
-    predictor = Predictor(folder, device="cpu", tta=True)
+    predictor = Predictor.from_folder(folder, device="cpu", tta=True)
     predictor.networks = [net]
     array = np.random.default_rng(2).normal(size=(1, 3 if ndim == 2 else 8, 8, 8))
     array = array.astype(np.float32)
@@ -174,6 +175,6 @@ def test_predictor_tta_flips_every_spatial_axis(tmp_path: Path, name: str) -> No
                 slices.append(torch.stack(runs).mean(0))
             expected = _softmax(torch.stack(slices, dim=1))
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
-    no_tta = Predictor(folder, device="cpu", tta=False)
+    no_tta = Predictor.from_folder(folder, device="cpu", tta=False)
     no_tta.networks = [net]
     assert not np.allclose(no_tta.predict_preprocessed(array), expected, atol=1e-3)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.data import BatchLoader, forced_foreground_count
+from autoseg.loader import BatchLoader, forced_foreground_count
+from autoseg.planners.rules import derive_topology
 from autoseg.plans import Configuration, Normalization
-from planners.rules import derive_topology
 
 ONE = (1, 1, 1)
 ALL = (2, 2, 2)
@@ -179,7 +179,7 @@ def test_loader_forces_foreground_into_the_last_third_of_every_batch(tmp_path: P
 
 
 def test_initial_patch_is_256_cubed_shaped_like_the_inverse_spacing() -> None:
-    from planners.rules import initial_topology
+    from autoseg.planners.rules import initial_topology
 
     # inverse spacing (0.5, 1, 1), scaled to 256^3 voxels: 256 * 2^(1/3) = 322.54 per fine
     # axis, half of it on Z: (161, 323, 323) before rounding up to the total stride
@@ -194,7 +194,7 @@ def test_initial_patch_is_256_cubed_shaped_like_the_inverse_spacing() -> None:
 
 
 def test_stage_and_feature_caps_per_dimension() -> None:
-    from planners.rules import PlannerSettings
+    from autoseg.planners.rules import PlannerSettings
 
     settings = PlannerSettings(name="x", network="unet")
     assert settings.max_stages(3) == 7 and settings.max_stages(2) == 8
@@ -203,7 +203,7 @@ def test_stage_and_feature_caps_per_dimension() -> None:
 
 
 def test_anisotropy_threshold_is_strictly_above_3() -> None:
-    from planners.rules import anisotropic_axis, target_spacing
+    from autoseg.planners.rules import anisotropic_axis, target_spacing
 
     assert anisotropic_axis((3.0, 1.0, 1.0)) is None
     assert anisotropic_axis((1.0, 3.01, 1.0)) == 1

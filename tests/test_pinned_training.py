@@ -16,7 +16,6 @@ import torch
 
 from autoseg.plans import Configuration, Normalization
 from autoseg.step import TrainingStep
-from autoseg.train import TrainSettings
 
 SMOOTH = 1e-5
 
@@ -68,7 +67,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("batch_dice", [True, False])
 def test_training_step_loss_equals_the_hand_computation(batch_dice: bool) -> None:
     config = _config(batch_dice)
-    step = TrainingStep(config, 1, 3, torch.device("cpu"), TrainSettings(seed=3, device="cpu"))
+    step = TrainingStep(config, 1, 3, torch.device("cpu"), seed=3)
     assert step.loss.base.batch_dice is batch_dice
     image, target = _batch()
     with torch.no_grad():
@@ -99,8 +98,8 @@ def test_batch_dice_travels_from_the_plans_through_serialisation(tmp_path) -> No
     plans.to_json(tmp_path / "plans.json")
     loaded = Plans.from_json(tmp_path / "plans.json").configuration("3d_fullres")
     assert loaded.batch_dice is True
-    step = TrainingStep(loaded, 1, 2, torch.device("cpu"), TrainSettings(device="cpu"))
+    step = TrainingStep(loaded, 1, 2, torch.device("cpu"))
     assert step.loss.base.batch_dice is True
     off = dataclasses.replace(loaded, batch_dice=False)
-    step_off = TrainingStep(off, 1, 2, torch.device("cpu"), TrainSettings())
+    step_off = TrainingStep(off, 1, 2, torch.device("cpu"))
     assert step_off.loss.base.batch_dice is False

@@ -15,9 +15,9 @@ import nibabel as nib
 import numpy as np
 
 from autoseg.paths import resolve_dataset
-from autoseg.plan import plan_dataset
+from autoseg.planning import plan_dataset
 from autoseg.plans import Plans
-from autoseg.predict import Predictor
+from autoseg.predictor import Predictor
 from autoseg.train import TrainSettings, train_fold
 
 SHAPE = (24, 24, 24)
@@ -74,7 +74,7 @@ def test_a_few_iterations_learn_bright_spheres(tmp_path: Path) -> None:
         epochs=2, iterations=6, val_iterations=1, device="cpu", seed=0, validate=False, workers=0
     )
     folder = train_fold(dirs, plans, "3d_fullres", "all", settings)
-    predictor = Predictor(folder.parent, folds=["all"], device="cpu", tta=False)
+    predictor = Predictor.from_folder(folder.parent, folds=["all"], device="cpu", tta=False)
     rng = np.random.default_rng(123)  # held-out cases, never trained on
     scores = []
     for _ in range(2):
