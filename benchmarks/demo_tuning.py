@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=DemoSettings.initial_lr)
     parser.add_argument("--no-tta", action="store_true")
     parser.add_argument("--tile-batch", type=int, default=DemoSettings.tile_batch)
+    parser.add_argument("--augmentation", default=DemoSettings.augmentation)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="append one JSON line here")
     args = parser.parse_args()
@@ -83,6 +84,7 @@ def main() -> None:
         initial_lr=args.lr,
         tta=not args.no_tta,
         tile_batch=args.tile_batch,
+        augmentation=args.augmentation,
         seed=args.seed,
     )
     with tempfile.TemporaryDirectory() as tmp:
