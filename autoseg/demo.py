@@ -2,7 +2,7 @@
 
 plan -> train (fold ``all`` on the 18 training cases) -> predict the 6 held-out cases ->
 evaluate against their reference labels -> an overlay picture. The configuration and budget are
-the fields of ``DemoSettings``: the 2d network (on a CPU it takes about 3.4x more SGD steps per
+the fields of ``DemoSettings``: the 2d network (on a CPU it takes about 3.5x more SGD steps per
 second than 3d_fullres at the demo's batch sizes, 27 slices each against 2 patches, and 1.3x
 more voxels), 15 epochs x 100 iterations, mirroring TTA with 64 slice tiles per forward pass;
 chosen so that the whole command takes a few minutes on 2 CPU cores (docs/benchmarks.md has the
