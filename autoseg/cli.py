@@ -7,6 +7,7 @@ traceback (``--debug`` shows it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -39,6 +40,10 @@ AugmentationOpt = Annotated[
         help="Where training augmentation runs: cpu (batchgenerators), device (torch on the "
         "training device) or auto (device on CUDA and on the CPU).",
     ),
+]
+CpuBf16Opt = Annotated[
+    bool,
+    typer.Option("--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on a bf16-capable CPU."),
 ]
 
 
@@ -177,6 +182,7 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(min=1, help="Save checkpoint_latest.pt every N epochs.")
     ] = 5,
+    cpu_bf16: CpuBf16Opt = True,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -197,6 +203,7 @@ def train(
         resume=resume,
         validate=validate,
         checkpoint_every=checkpoint_every,
+        cpu_bf16=cpu_bf16,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -363,6 +370,7 @@ def benchmark(
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring TTA.")] = True,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")] = None,
     augmentation: AugmentationOpt = "auto",
+    cpu_bf16: CpuBf16Opt = True,
 ) -> None:
     """Epoch time with and without data loading, it/s, peak memory and prediction speed."""
     from autoseg.benchmark import run_benchmark
@@ -382,6 +390,7 @@ def benchmark(
         predict_cases=predict_cases,
         tta=tta,
         augmentation=augmentation,
+        cpu_bf16=cpu_bf16,
     )
     console = _console()
     console.print(result.table())
@@ -408,20 +417,29 @@ def find_best(
 @user_errors
 def demo(
     home: HomeOpt = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 15,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Training epochs (default: the demo's).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(min=1, help="Iterations per epoch (default: the demo's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
 ) -> None:
     """Plan, train, predict and evaluate on real hippocampus MRI shipped in the package."""
-    from autoseg.demo import run_demo
+    from autoseg.demo import DemoSettings, run_demo
     from autoseg.paths import resolve_home
 
     console = _console()
+    settings = DemoSettings(seed=seed)
+    if epochs is not None:
+        settings = dataclasses.replace(settings, epochs=epochs)
+    if iterations is not None:
+        settings = dataclasses.replace(settings, iterations=iterations)
     result = run_demo(
         resolve_home(home),
-        epochs=epochs,
-        iterations=iterations,
+        settings,
         device=device,
         workers=_workers(workers),
         console=console,

@@ -3,9 +3,14 @@
 ``TrainingStep`` is what the trainer (``autoseg.train``) and the benchmark
 (``autoseg.benchmark``) share, so that what is timed is exactly what trains: the planned network
 (optionally wrapped in DistributedDataParallel), SGD with nesterov momentum, Dice +
-cross-entropy with deep supervision, bf16 autocast on CUDA, gradient clipping, the host to
-device copy of a batch (pinned memory, non-blocking on CUDA) and, with the device augmentation
-path (``--augmentation device``), the augmentation of the copied batch.
+cross-entropy with deep supervision, bf16 autocast (on CUDA, and on a CPU with native bf16 unless
+``cpu_bf16`` is False), gradient clipping, the host to device copy of a batch (pinned memory,
+non-blocking on CUDA) and, with the device augmentation path (``--augmentation device``), the
+augmentation of the copied batch.
+
+On the CPU, bf16 autocast halves the time of a 3d_fullres Hippocampus step (the convolutions,
+about 85% of it, run in oneDNN's bf16 kernels) with the loss curve unchanged within seed-to-seed
+noise (docs/benchmarks.md); weights, gradients, optimiser state and the loss stay float32.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from autoseg.augment_device import DeviceAugmentation, resolve_augmentation
-from autoseg.device import autocast
+from autoseg.device import autocast, cpu_has_bf16
 from autoseg.loss import (
     DeepSupervisionLoss,
     DiceCELoss,
@@ -68,6 +73,7 @@ class TrainingStep:
         loss: ``loss(outputs: list, targets: list) -> scalar`` over the deep-supervision
             outputs; None: ``default_loss(config)``.
         augmentation: ``cpu``, ``device`` or ``auto`` (see ``resolve_augmentation``).
+        cpu_bf16: on a CPU with native bf16, run the network under bf16 autocast.
 
     Attributes:
         network: the bare network (its ``state_dict`` is what checkpoints hold).
@@ -77,6 +83,8 @@ class TrainingStep:
         augmentation: ``cpu`` (the loader augments) or ``device`` (``augmentation`` resolved
             for the device).
         augmenter: the ``DeviceAugmentation`` applied by ``device_batch``, or None.
+        bf16: whether the network runs under bf16 autocast (CUDA, or ``cpu_bf16`` on a CPU
+            with native bf16).
     """
 
     def __init__(
@@ -91,9 +99,11 @@ class TrainingStep:
         distributed: bool = False,
         loss: nn.Module | None = None,
         augmentation: str = "auto",
+        cpu_bf16: bool = True,
     ) -> None:
         self.config, self.device, self.num_classes = config, device, num_classes
         self.grad_clip = optimizer.grad_clip
+        self.bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_bf16())
         torch.manual_seed(seed)
         self.network = build_network(config, in_channels, num_classes, True).to(device)
         self.model: torch.nn.Module = self.network
@@ -157,7 +167,7 @@ class TrainingStep:
         """
         targets = self._targets(target)
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device):
+        with autocast(self.device, cpu_bf16=self.bf16):
             outputs = self.model(image)
         loss = self.loss([o.float() for o in outputs], targets)
         loss.backward()
@@ -179,7 +189,7 @@ class TrainingStep:
             on the CPU.
         """
         targets = self._targets(target)
-        with autocast(self.device):
+        with autocast(self.device, cpu_bf16=self.bf16):
             outputs = self.model(image)
         outputs = [o.float() for o in outputs]
         loss = self.loss(outputs, targets)
