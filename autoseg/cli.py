@@ -183,6 +183,22 @@ def train(
         int, typer.Option(min=1, help="Save checkpoint_latest.pt every N epochs.")
     ] = 5,
     cpu_bf16: CpuBf16Opt = True,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="dice_ce (default), focal, dice_focal or border_ce (U-Net border weights, for "
+            "touching objects); recorded in the model folder.",
+        ),
+    ] = "dice_ce",
+    augment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--augment",
+            help="Extra augmentation on top of nnU-Net's: elastic (the U-Net paper's elastic "
+            "deformation). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -204,6 +220,8 @@ def train(
         validate=validate,
         checkpoint_every=checkpoint_every,
         cpu_bf16=cpu_bf16,
+        loss=loss,
+        augment=tuple(augment or ()),
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
