@@ -375,6 +375,31 @@ def evaluate(
 
 @app.command()
 @user_errors
+def instances(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
+    output: Annotated[Path, typer.Argument(help="Folder for the instance label maps.")],
+    border_label: Annotated[
+        int | None,
+        typer.Option("--border-label", help="Class that separates touching objects, if trained."),
+    ] = None,
+    min_size: Annotated[
+        int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")
+    ] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+) -> None:
+    """Split semantic predictions into objects: an instance label map per file (same format)."""
+    from autoseg.instances import instances_folder
+
+    report = instances_folder(predictions, output, border_label, min_size, overwrite)
+    total = sum(report.objects.values())
+    _console().print(
+        f"{len(report.written)} written to {output} ({total} objects)"
+        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
+    )
+
+
+@app.command()
+@user_errors
 def benchmark(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or name (planned).")],
     configuration: Annotated[str, typer.Argument(help="2d, 3d_fullres or 3d_lowres.")],
