@@ -143,5 +143,6 @@ def object_table(means: Mapping[int, ObjectMeans], names: Mapping[int, str]) -> 
         table.add_column(header, justify="right")
     for label, mean in means.items():
         row = (f"{getattr(mean, n):.4f}" for n in OBJECT_METRIC_NAMES)
-        table.add_row(f"{label} {names.get(label, str(label))}", *row)
+        name = names.get(label, str(label))
+        table.add_row(str(label) if name == str(label) else f"{label} {name}", *row)
     return table
