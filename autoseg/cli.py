@@ -265,7 +265,7 @@ def predict(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
 ) -> None:
-    """Predict NIfTI images with a trained model; outputs keep each input's exact geometry."""
+    """Predict images with a trained model; outputs keep each input's format and exact geometry."""
     from autoseg.errors import AutosegError
     from autoseg.model_folder import find_model_folders
     from autoseg.paths import resolve_dataset, resolve_home
