@@ -221,8 +221,12 @@ def _read_channels(
         channels.extend(data if data.ndim == 4 else (data,))
     if len(problems) == first and len(channels) != n_channels:
         kind = "4D" if four_d else "3D"
+        hint = ""
+        if file_ending(case.images[0]) in MICROSCOPY_ENDINGS:
+            kind = "RGB" if four_d else "grayscale"
+            hint = " (an RGB file holds 3 channels, e.g. R, G, B; a grayscale file 1)"
         message = f"{kind} image with {len(channels)} channel(s), but dataset.json declares"
-        problems.append(Problem(str(case.images[0]), f"{message} {n_channels}"))
+        problems.append(Problem(str(case.images[0]), f"{message} {n_channels}{hint}"))
     return channels, geometry
 
 

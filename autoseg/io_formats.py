@@ -64,6 +64,17 @@ def sidecar_path(path: Path, ending: str) -> Path:
     return path.with_name(path.name[: -len(ending)] + ".json")
 
 
+def companion_files(path: Path) -> list[Path]:
+    """The existing sidecar of an image file (its spacing JSON), to keep beside any link or
+    copy of it; none for other formats."""
+    name = path.name.lower()
+    for ending in TIFF_ENDINGS + PILLOW_ENDINGS:
+        if name.endswith(ending):
+            side = sidecar_path(path, ending)
+            return [side] if side.is_file() else []
+    return []
+
+
 def _import(module: str, path: Path):
     try:
         if module == "PIL":

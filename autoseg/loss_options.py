@@ -45,7 +45,7 @@ __all__ = [
 
 DEFAULT_LOSS = "dice_ce"
 LossBuilder = Callable[[Configuration], nn.Module]
-LOSSES: Registry[LossBuilder] = Registry("loss", "autoseg.losses")
+LOSSES: Registry[LossBuilder] = Registry("loss function", "autoseg.losses")
 
 
 def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:

@@ -43,6 +43,7 @@ from autoseg.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
 from autoseg.io import file_ending
+from autoseg.io_formats import companion_files
 from autoseg.loader import BatchLoader
 from autoseg.loss_options import DEFAULT_LOSS, build_loss, loss_needs_weights
 from autoseg.model_folder import CHECKPOINTS, ModelFolder
@@ -453,6 +454,8 @@ class _Trainer:
             if case.label is not None:
                 ending = file_ending(case.label) or spec.file_ending
                 (refs / f"{case.case_id}{ending}").symlink_to(case.label.resolve())
+                for side in companion_files(case.label):  # a TIFF's spacing sidecar
+                    (refs / f"{case.case_id}.json").symlink_to(side.resolve())
         evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
         evaluation.to_json(self.model.summary(self.fold))
         means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}

@@ -126,3 +126,12 @@ def test_3d_tiff_dataset_spacing_from_sidecars(tmp_path) -> None:
     root = write_micro_dataset(tmp_path / "ds", "tiff3d", n_cases=2)
     fingerprint = compute_fingerprint(load_dataset(root))
     assert tuple(fingerprint.cases[0].spacing) == (2.0, 0.5, 0.5)
+
+
+def test_gray_file_for_three_declared_channels_is_named_with_a_hint(tmp_path) -> None:
+    root = write_micro_dataset(tmp_path / "ds", "png", n_cases=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "R", "1": "G", "2": "B"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"cell_000_0000\.png.*grayscale image with 1 channel"):
+        compute_fingerprint(load_dataset(root))

@@ -74,7 +74,7 @@ def test_losses_by_name_and_unknown_name() -> None:
     assert {"dice_ce", "focal", "dice_focal", "border_ce"} <= set(LOSSES.names())
     assert loss_needs_weights(build_loss("border_ce", CONFIG_2D))
     assert not loss_needs_weights(build_loss("focal", CONFIG_2D))
-    with pytest.raises(AutosegError, match="unknown loss 'tversky'.*border_ce"):
+    with pytest.raises(AutosegError, match="unknown loss function 'tversky'.*border_ce"):
         build_loss("tversky", CONFIG_2D)
 
 

@@ -20,10 +20,15 @@ from autoseg.cli import app
 from tests.synthetic_micro import write_micro_dataset
 
 RUNS = {
-    # kind: (configuration, planner, train options)
-    "png": ("2d", "default", ["--loss", "border_ce", "--augment", "elastic"]),
-    "rgb_tiff": ("2d", "attention", ["--loss", "focal", "--augmentation", "cpu"]),
-    "tiff3d": ("3d_fullres", "microscopy", ["--loss", "dice_focal", "--augmentation", "device"]),
+    # kind: (configuration, planner, fold, train options); fold 0 also validates at the end
+    "png": ("2d", "default", "all", ["--loss", "border_ce", "--augment", "elastic"]),
+    "rgb_tiff": ("2d", "attention", "all", ["--loss", "focal", "--augmentation", "cpu"]),
+    "tiff3d": (
+        "3d_fullres",
+        "microscopy",
+        "0",
+        ["--loss", "dice_focal", "--augmentation", "device"],
+    ),
 }
 
 
@@ -36,8 +41,8 @@ def _read(path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(RUNS))
 def test_plan_train_predict_evaluate(tmp_path, kind: str) -> None:
-    config, planner, options = RUNS[kind]
-    data = write_micro_dataset(tmp_path / f"cells_{kind}", kind, n_cases=3)
+    config, planner, fold, options = RUNS[kind]
+    data = write_micro_dataset(tmp_path / f"cells_{kind}", kind, n_cases=3 if fold == "all" else 5)
     home = tmp_path / "home"
     runner = CliRunner()
 
@@ -47,14 +52,17 @@ def test_plan_train_predict_evaluate(tmp_path, kind: str) -> None:
         return result.output
 
     run("plan", str(data), "--workers", "1", "--planner", planner)
+    validate = "--validate" if fold != "all" else "--no-validate"
     run(
-        "train", data.name, config, "all", "--planner", planner, "--epochs", "1",
-        "--iterations", "2", "--val-iterations", "1", "--device", "cpu", "--no-validate",
-        *options,
+        "train", data.name, config, fold, "--planner", planner, "--epochs", "1",
+        "--iterations", "2", "--val-iterations", "1", "--device", "cpu", validate, *options,
     )  # fmt: skip
     model = home / data.name / "models" / planner / config
-    meta = load_checkpoint(model / "fold_all" / "checkpoint_final.pt").meta
+    meta = load_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pt").meta
     assert meta.loss == options[1]
+    if fold != "all":  # the validation cases were predicted and scored (sidecars linked)
+        summary = json.loads((model / f"fold_{fold}" / "summary.json").read_text())
+        assert len(summary["cases"]) == 1
     out = tmp_path / "predictions"
     run("predict", "-i", str(data / "imagesTr"), "-o", str(out), "-m", str(model),
         "--device", "cpu", "--no-tta")  # fmt: skip
@@ -68,5 +76,5 @@ def test_plan_train_predict_evaluate(tmp_path, kind: str) -> None:
         assert spacing == [2.0, 0.5, 0.5]
     run("evaluate", str(out), str(data / "labelsTr"), "-o", str(tmp_path / "ev"))
     evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
-    assert len(evaluation["cases"]) == 3
+    assert len(evaluation["cases"]) == (3 if fold == "all" else 5)
     assert bool(evaluation["object_means"]) == (kind != "tiff3d")  # 2D maps only
