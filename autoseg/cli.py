@@ -142,6 +142,12 @@ def plan(
             "--replan", help="Replace what the home holds for another dataset of this name."
         ),
     ] = False,
+    border_weights: Annotated[
+        bool,
+        typer.Option(
+            "--border-weights", help="Also compute the border weight maps of --loss border_ce."
+        ),
+    ] = False,
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -154,6 +160,7 @@ def plan(
         workers=_workers(workers),
         preprocess=preprocess,
         replan=replan,
+        border_weights=border_weights,
     )
     summary.print(_console())
 

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg.cli import app
+from autoseg.weightmap import ensure_weight_maps
 from tests.synthetic_micro import write_micro_dataset
 
 
@@ -14,9 +15,19 @@ def planned(tmp_path_factory):
     root = tmp_path_factory.mktemp("micro")
     data = write_micro_dataset(root / "cells", "png", n_cases=2)
     home = root / "home"
-    result = CliRunner().invoke(app, ["plan", str(data), "--home", str(home), "--workers", "1"])
+    args = ["plan", str(data), "--home", str(home), "--workers", "1", "--border-weights"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return home
+
+
+def test_plan_can_compute_the_border_weight_maps(planned) -> None:
+    (folder,) = (planned / "cells" / "preprocessed").iterdir()
+    assert sorted(p.name for p in folder.glob("*.wmap.json")) == [
+        "cell_000.wmap.json",
+        "cell_001.wmap.json",
+    ]
+    assert ensure_weight_maps(folder, ["cell_000", "cell_001"]) == 0  # current: training reuses
 
 
 @pytest.mark.parametrize(
