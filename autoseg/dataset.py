@@ -25,7 +25,7 @@ from typing import Any
 from autoseg.errors import DatasetError, Problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
-from autoseg.io_formats import TIFF_ENDINGS, sidecar_path
+from autoseg.io_formats import is_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ def _image_files(folder: Path) -> list[Path]:
     stray: list[str] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file() or file_ending(entry.name) is None:
-            if not _is_sidecar(entry):
+            if not is_sidecar(entry):
                 stray.append(entry.name)
         else:
             files.append(entry)
@@ -431,14 +431,3 @@ def _image_files(folder: Path) -> list[Path]:
             "%s: ignoring %d entries that are not image files: %s", folder, len(stray), _some(stray)
         )
     return files
-
-
-def _is_sidecar(entry: Path) -> bool:
-    """``CASE.json`` beside ``CASE.tif``: the TIFF's spacing (``autoseg.io_formats``)."""
-    if entry.suffix != ".json":
-        return False
-    stem = entry.name[: -len(".json")]
-    return any(
-        sidecar_path(entry.with_name(stem + e), e) == entry and entry.with_name(stem + e).is_file()
-        for e in TIFF_ENDINGS
-    )

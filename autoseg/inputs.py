@@ -19,6 +19,7 @@ from autoseg.dataset import split_channel_suffix
 from autoseg.errors import AutosegError, Problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.io_formats import is_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def group_input_files(
         if path.name.startswith("."):
             continue
         if file_ending(path) is None:
+            if is_sidecar(path):  # a TIFF's spacing, read with it
+                continue
             log.warning("ignoring %s: not an image file (%s)", path, ", ".join(IMAGE_ENDINGS))
             continue
         stem = strip_ending(path)

@@ -282,7 +282,8 @@ def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
     path = Path(path)
     if tuple(array.shape) != tuple(geometry.shape):
         raise ValueError(f"label shape {array.shape} does not match geometry {geometry.shape}")
-    dtype = np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int16
+    low, high = array.min(initial=0), array.max(initial=0)
+    dtype = np.uint8 if high < 256 and low >= 0 else np.int16 if high < 2**15 else np.int32
     data = np.ascontiguousarray(array.astype(dtype, copy=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as (fd, tmp):

@@ -64,6 +64,14 @@ def sidecar_path(path: Path, ending: str) -> Path:
     return path.with_name(path.name[: -len(ending)] + ".json")
 
 
+def is_sidecar(path: Path) -> bool:
+    """``CASE.json`` beside an existing ``CASE.tif`` (or .png, ...): that file's spacing."""
+    if path.suffix != ".json":
+        return False
+    stem = path.name[: -len(".json")]
+    return any(path.with_name(stem + ending).is_file() for ending in ENDINGS)
+
+
 def companion_files(path: Path) -> list[Path]:
     """The existing sidecar of an image file (its spacing JSON), to keep beside any link or
     copy of it; none for other formats."""
@@ -204,7 +212,10 @@ def write_label_file(
     """
     if data.min(initial=0) < 0:
         raise AutosegError(f"{final}: negative label values cannot be written as {ending}")
-    dtype = np.uint8 if data.max(initial=0) < 256 else np.uint16
+    high = int(data.max(initial=0))
+    dtype = np.uint8 if high < 256 else np.uint16 if high < 2**16 else np.uint32
+    if dtype == np.uint32 and ending not in TIFF_ENDINGS:
+        raise AutosegError(f"{final}: label values above 65535 cannot be written as {ending}")
     data = np.ascontiguousarray(data.astype(dtype))
     if ending in TIFF_ENDINGS:
         tifffile = _import("tifffile", final)

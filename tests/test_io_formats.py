@@ -135,3 +135,25 @@ def test_gray_file_for_three_declared_channels_is_named_with_a_hint(tmp_path) ->
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DatasetError, match=r"cell_000_0000\.png.*grayscale image with 1 channel"):
         compute_fingerprint(load_dataset(root))
+
+
+def test_many_labels_get_16_bit_png_and_32_bit_tiff(tmp_path) -> None:
+    PILImage.fromarray(np.zeros((2, 3), np.uint8)).save(tmp_path / "in.png")
+    _, geometry = read_array(tmp_path / "in.png")
+    labels = np.array([[[0, 300, 40000], [1, 2, 3]]])
+    write_label(labels, geometry, tmp_path / "out.png")
+    np.testing.assert_array_equal(read_array(tmp_path / "out.png")[0], labels)
+    huge = labels * 2  # 80000
+    write_label(huge, geometry, tmp_path / "out.tif")
+    np.testing.assert_array_equal(read_array(tmp_path / "out.tif")[0], huge)
+    with pytest.raises(AutosegError, match="above 65535"):
+        write_label(huge, geometry, tmp_path / "out2.png")
+
+
+def test_sidecars_are_not_reported_as_stray_files(tmp_path, caplog) -> None:
+    root = write_micro_dataset(tmp_path / "ds", "tiff3d", n_cases=2)
+    (root / "imagesTr" / "notes.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        load_dataset(root)
+    text = caplog.text
+    assert "notes.json" in text and "cell_000_0000.json" not in text
