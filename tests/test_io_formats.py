@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -157,3 +158,12 @@ def test_sidecars_are_not_reported_as_stray_files(tmp_path, caplog) -> None:
         load_dataset(root)
     text = caplog.text
     assert "notes.json" in text and "cell_000_0000.json" not in text
+
+
+@pytest.mark.parametrize(("module", "name"), [("tifffile", "a.tif"), ("PIL", "a.png")])
+def test_missing_reader_names_the_extra(tmp_path, monkeypatch, module, name) -> None:
+    PILImage.fromarray(np.zeros((3, 3), np.uint8)).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((3, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(AutosegError, match=rf"{name}: .*needs {module}.*autoseg\[microscopy\]"):
+        read_array(tmp_path / name)
