@@ -206,7 +206,10 @@ def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
 
 
 def _read_microscopy(path: Path, ending: str) -> tuple[np.ndarray, Geometry]:
-    data, spacing, header = io_formats.read_file(path, ending)
+    def check(shape: tuple[int, ...], dtype: np.dtype, spacing: tuple[float, ...]) -> None:
+        check_header(path, shape, dtype, spacing, dtype.itemsize + 4)
+
+    data, spacing, header = io_formats.read_file(path, ending, check)
     affine = np.diag([*reversed(spacing), 1.0])  # voxel (i=x, j=y, k=z) -> world
     geometry = Geometry(
         shape=tuple(int(s) for s in data.shape[-3:]),

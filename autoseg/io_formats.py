@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ TIFF_ENDINGS = (".tif", ".tiff")
 ENDINGS = PILLOW_ENDINGS + TIFF_ENDINGS
 
 _EXTRA = "pip install 'autoseg[microscopy]'"
+HeaderCheck = Callable[[tuple[int, ...], np.dtype, tuple[float, ...]], None]
+_Before = Callable[[tuple[int, ...], np.dtype, bool], None]  # stored shape, type, is it 2D
 _GRAY_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -119,13 +122,22 @@ def _samples_to_channels(data: np.ndarray, path: Path) -> np.ndarray:
     return np.moveaxis(data, -1, 0)
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    """``(Y, X)`` or ``(C, Y, X)`` as stored (palette images as their indices)."""
+def _pillow_dtype(mode: str) -> np.dtype:
+    if mode.startswith("I;16"):
+        return np.dtype(np.uint16)
+    return np.dtype({"I": np.int32, "F": np.float32}.get(mode, np.uint8))
+
+
+def _read_pillow(path: Path, before: _Before) -> np.ndarray:
+    """``(Y, X)`` or ``(C, Y, X)`` as stored (palette images as their indices); ``before``
+    sees the stored shape and type before the pixels are decoded."""
     image_module = _import("PIL", path)
     with image_module.open(path) as im:
         if getattr(im, "n_frames", 1) > 1:
             raise AutosegError(f"{path}: {im.n_frames} frames; expected one 2D image")
         mode = im.mode
+        bands = len(im.getbands())
+        before((im.height, im.width, *((bands,) if bands > 1 else ())), _pillow_dtype(mode), True)
         if mode in _GRAY_MODES:
             data = np.asarray(im)
             return data.astype(np.uint8) if mode == "1" else data
@@ -134,19 +146,23 @@ def _read_pillow(path: Path) -> np.ndarray:
         return np.moveaxis(np.asarray(im.convert("RGB")), -1, 0)  # CMYK, YCbCr, ...
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
-    """``(Z, Y, X)``, ``(C, Z, Y, X)``, ``(Y, X)`` or ``(C, Y, X)``; and whether it is 2D."""
+def _read_tiff(path: Path, before: _Before) -> tuple[np.ndarray, bool]:
+    """``(Z, Y, X)``, ``(C, Z, Y, X)``, ``(Y, X)`` or ``(C, Y, X)``; and whether it is 2D.
+    ``before`` sees the stored shape and type before the pixels are read."""
     tifffile = _import("tifffile", path)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        axes, data = series.axes, series.asarray()
-    samples = axes.endswith("S")
-    spatial = axes[:-1] if samples else axes
-    if len(spatial) not in (2, 3):
-        raise AutosegError(
-            f"{path}: TIFF with axes {axes} {data.shape}; expected a 2D image (YX), an RGB image "
-            "(YXS) or a 3D stack (ZYX); store one channel per file (CASE_0000.tif, CASE_0001.tif)"
-        )
+        axes, shape = series.axes, tuple(series.shape)
+        samples = axes.startswith("S") or axes.endswith("S")
+        spatial = axes.replace("S", "", 1) if samples else axes
+        if len(spatial) not in (2, 3):
+            raise AutosegError(
+                f"{path}: TIFF with axes {axes} {shape}; expected a 2D image (YX), an RGB image "
+                "(YXS) or a 3D stack (ZYX); store one channel per file (CASE_0000.tif, "
+                "CASE_0001.tif)"
+            )
+        before(shape, np.dtype(series.dtype), len(spatial) == 2)
+        data = series.asarray()
     if axes.startswith("S"):  # planar RGB: samples first
         data, samples = np.moveaxis(data, 0, -1), True
     if samples:
@@ -171,12 +187,16 @@ def _spacing(path: Path, ending: str, ndim: int) -> tuple[tuple[float, ...], boo
     return ((1.0, *spacing) if ndim == 2 else spacing), True
 
 
-def read_file(path: Path, ending: str) -> tuple[np.ndarray, tuple[float, ...], FileHeader]:
+def read_file(
+    path: Path, ending: str, check: HeaderCheck | None = None
+) -> tuple[np.ndarray, tuple[float, ...], FileHeader]:
     """Read a PNG/BMP/TIFF file in autoseg's order.
 
     Args:
         path: the file.
         ending: its ending (one of ``ENDINGS``).
+        check: called as ``check(stored shape, dtype, spatial spacing)`` before the pixels are
+            read (``autoseg.io.check_header``: type, spacing range, size against memory).
 
     Returns:
         ``(array, spacing, header)``: array ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (several
@@ -185,17 +205,25 @@ def read_file(path: Path, ending: str) -> tuple[np.ndarray, tuple[float, ...], F
     Raises:
         AutosegError: the reader is not installed, or the file breaks one of the rules above.
     """
+    found: dict[str, tuple[tuple[float, ...], bool]] = {}
+
+    def before(shape: tuple[int, ...], dtype: np.dtype, two_d: bool) -> None:
+        found["spacing"] = _spacing(path, ending, 2 if two_d else 3)
+        if check is not None:
+            spacing = found["spacing"][0]
+            check(shape, dtype, spacing[-2:] if two_d else spacing)
+
     if ending in TIFF_ENDINGS:
-        data, two_d = _read_tiff(path)
+        data, two_d = _read_tiff(path, before)
         kind = "tiff"
     else:
-        data, two_d = _read_pillow(path), True
+        data, two_d = _read_pillow(path, before), True
         kind = ending[1:]
     if data.dtype.kind == "b":
         data = data.astype(np.uint8)
     if two_d:  # (Y, X) -> (1, Y, X); (C, Y, X) -> (C, 1, Y, X)
         data = data[None] if data.ndim == 2 else data[:, None]
-    spacing, sidecar = _spacing(path, ending, 2 if two_d else 3)
+    spacing, sidecar = found["spacing"]
     return data, spacing, FileHeader(kind, two_d, sidecar)
 
 

@@ -167,3 +167,13 @@ def test_missing_reader_names_the_extra(tmp_path, monkeypatch, module, name) -> 
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     with pytest.raises(AutosegError, match=rf"{name}: .*needs {module}.*autoseg\[microscopy\]"):
         read_array(tmp_path / name)
+
+
+def test_header_checks_of_io_apply_before_the_pixels_are_read(tmp_path) -> None:
+    PILImage.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({"spacing": [1e9, 1.0]}))
+    with pytest.raises(AutosegError, match=r"a\.png: invalid voxel spacing"):
+        read_array(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((2, 2), np.complex64))
+    with pytest.raises(AutosegError, match=r"c\.tif: unsupported voxel data type complex64"):
+        read_array(tmp_path / "c.tif")
