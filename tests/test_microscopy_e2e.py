@@ -74,7 +74,7 @@ def test_plan_train_predict_evaluate(tmp_path, kind: str) -> None:
     if kind == "tiff3d":
         spacing = json.loads((out / "cell_000.json").read_text())["spacing"]
         assert spacing == [2.0, 0.5, 0.5]
-    run("evaluate", str(out), str(data / "labelsTr"), "-o", str(tmp_path / "ev"))
+    run("evaluate", "-r", str(data / "labelsTr"), "-p", str(out), "-o", str(tmp_path / "ev"))
     evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert len(evaluation["cases"]) == (3 if fold == "all" else 5)
     assert bool(evaluation["object_means"]) == (kind != "tiff3d")  # 2D maps only
