@@ -142,6 +142,12 @@ def plan(
             "--replan", help="Replace what the home holds for another dataset of this name."
         ),
     ] = False,
+    border_weights: Annotated[
+        bool,
+        typer.Option(
+            "--border-weights", help="Also compute the border weight maps of --loss border_ce."
+        ),
+    ] = False,
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -154,6 +160,7 @@ def plan(
         workers=_workers(workers),
         preprocess=preprocess,
         replan=replan,
+        border_weights=border_weights,
     )
     summary.print(_console())
 
@@ -183,6 +190,22 @@ def train(
         int, typer.Option(min=1, help="Save checkpoint_latest.pt every N epochs.")
     ] = 5,
     cpu_bf16: CpuBf16Opt = True,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="dice_ce (default), focal, dice_focal or border_ce (U-Net border weights, for "
+            "touching objects); recorded in the model folder.",
+        ),
+    ] = "dice_ce",
+    augment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--augment",
+            help="Extra augmentation on top of nnU-Net's: elastic (the U-Net paper's elastic "
+            "deformation). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -204,6 +227,8 @@ def train(
         validate=validate,
         checkpoint_every=checkpoint_every,
         cpu_bf16=cpu_bf16,
+        loss=loss,
+        augment=tuple(augment or ()),
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -247,7 +272,7 @@ def predict(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
 ) -> None:
-    """Predict NIfTI images with a trained model; outputs keep each input's exact geometry."""
+    """Predict images with a trained model; outputs keep each input's format and exact geometry."""
     from autoseg.errors import AutosegError
     from autoseg.model_folder import find_model_folders
     from autoseg.paths import resolve_dataset, resolve_home
@@ -353,6 +378,31 @@ def evaluate(
         evaluation.to_json(output / "evaluation.json")
         evaluation.to_csv(output / "evaluation.csv")
         _console().print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.csv'}")
+
+
+@app.command()
+@user_errors
+def instances(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
+    output: Annotated[Path, typer.Argument(help="Folder for the instance label maps.")],
+    border_label: Annotated[
+        int | None,
+        typer.Option("--border-label", help="Class that separates touching objects, if trained."),
+    ] = None,
+    min_size: Annotated[
+        int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")
+    ] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+) -> None:
+    """Split semantic predictions into objects: an instance label map per file (same format)."""
+    from autoseg.instances import instances_folder
+
+    report = instances_folder(predictions, output, border_label, min_size, overwrite)
+    total = sum(report.objects.values())
+    _console().print(
+        f"{len(report.written)} written to {output} ({total} objects)"
+        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
+    )
 
 
 @app.command()

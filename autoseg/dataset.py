@@ -24,6 +24,8 @@ from typing import Any
 
 from autoseg.errors import DatasetError, Problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
+from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.io_formats import is_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +383,11 @@ def _nnunet_cases(ending: str, n_channels: int, problems: _Problems) -> tuple[Ca
             expected = images_dir / f"{case_id}_0000{ending}"
             problems.add(labels[case_id], f"label without image (expected {expected})")
             continue
+        if ending in MICROSCOPY_ENDINGS and set(channels) == {0} and n_channels > 1:
+            # one RGB file holds every channel (nnU-Net's natural images); the fingerprint
+            # checks that it has as many as dataset.json declares
+            cases.append(Case(case_id=case_id, images=(channels[0],), label=labels[case_id]))
+            continue
         missing = [c for c in range(n_channels) if c not in channels]
         for c in missing:
             expected = images_dir / f"{case_id}_{c:04d}{ending}"
@@ -415,7 +422,8 @@ def _image_files(folder: Path) -> list[Path]:
     stray: list[str] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file() or file_ending(entry.name) is None:
-            stray.append(entry.name)
+            if not is_sidecar(entry):
+                stray.append(entry.name)
         else:
             files.append(entry)
     if stray:

@@ -28,6 +28,10 @@ Empty masks never give NaN:
 
 Means over cases therefore always exist. Background (0) is never scored by
 :func:`evaluate_folders` or :func:`evaluate_arrays`.
+
+For 2D label maps (a single slice) each case also gets the object metrics of
+``autoseg.metrics_micro`` per label (pixel error, Rand error, detection F1 at IoU 0.5), in
+``CaseResult.objects`` and ``Evaluation.object_means``, and as extra CSV columns.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -47,6 +51,14 @@ from scipy import ndimage
 
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.io import Geometry, file_ending, read_array, strip_ending
+from autoseg.metrics_micro import (
+    OBJECT_METRIC_NAMES,
+    ObjectMeans,
+    ObjectMetrics,
+    case_objects,
+    mean_object_metrics,
+    object_table,
+)
 from autoseg.serial import atomic_write_text, dump_json, load_json
 
 if TYPE_CHECKING:
@@ -90,10 +102,11 @@ class MeanMetrics:
 
 @dataclass(frozen=True)
 class CaseResult:
-    """The scores of every evaluated label in one case."""
+    """The scores of every evaluated label in one case (``objects``: 2D label maps only)."""
 
     case_id: str
     metrics: dict[int, LabelMetrics]
+    objects: dict[int, ObjectMetrics] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,7 @@ class Evaluation:
         label_means: label value -> means over cases of every metric.
         mean_dice: mean over labels of ``label_means[label].dice`` (0.0 when no label).
         nsd_tolerance_mm: the NSD tolerance used.
+        object_means: label value -> means of the object metrics (2D label maps; else empty).
     """
 
     cases: tuple[CaseResult, ...]
@@ -113,6 +127,7 @@ class Evaluation:
     label_means: dict[int, MeanMetrics]
     mean_dice: float
     nsd_tolerance_mm: float
+    object_means: dict[int, ObjectMeans] = field(default_factory=dict)
 
     def to_json(self, path: str | Path) -> None:
         """Write as deterministic JSON (atomically)."""
@@ -127,14 +142,17 @@ class Evaluation:
         """Write one row per case and label, then one ``mean`` row per label (atomically)."""
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES])
+        extra = OBJECT_METRIC_NAMES if self.object_means else ()
+        writer.writerow(["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES, *extra])
         for case in self.cases:
             for label, m in case.metrics.items():
                 values = [getattr(m, n) for n in METRIC_NAMES + COUNT_NAMES]
+                values += [getattr(case.objects[label], n) for n in extra]
                 writer.writerow([case.case_id, label, self.labels.get(label, str(label)), *values])
         for label, mean in self.label_means.items():
-            values = [getattr(mean, n) for n in METRIC_NAMES]
-            writer.writerow(["mean", label, self.labels[label], *values, *[""] * len(COUNT_NAMES)])
+            values = [getattr(mean, n) for n in METRIC_NAMES] + [""] * len(COUNT_NAMES)
+            values += [getattr(self.object_means[label], n) for n in extra]
+            writer.writerow(["mean", label, self.labels[label], *values])
         atomic_write_text(path, buffer.getvalue())
 
     def print_table(self, console: Console) -> None:
@@ -159,6 +177,8 @@ class Evaluation:
         table.add_section()
         table.add_row("mean", f"{self.mean_dice:.4f}", *[""] * 5)
         console.print(table)
+        if self.object_means:
+            console.print(object_table(self.object_means, self.labels))
 
 
 def _full_structure(ndim: int) -> np.ndarray:
@@ -304,6 +324,7 @@ def _summarise(
         label_means=means,
         mean_dice=mean_dice,
         nsd_tolerance_mm=float(nsd_tolerance_mm),
+        object_means=mean_object_metrics([c.objects for c in cases]),
     )
 
 
@@ -336,7 +357,11 @@ def evaluate_arrays(
     """
     names = _label_names(labels)
     cases = [
-        CaseResult(str(case_id), case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm))
+        CaseResult(
+            str(case_id),
+            case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm),
+            case_objects(pred, ref, list(names)),
+        )
         for case_id, pred, ref, spacing in pairs
     ]
     return _summarise(cases, names, nsd_tolerance_mm)
@@ -386,10 +411,9 @@ def _score_files(
 ) -> CaseResult:
     pred, _ = read_array(pred_path)
     ref, geometry = read_array(ref_path)
-    metrics = case_metrics(
-        _as_labels(pred, pred_path), _as_labels(ref, ref_path), labels, geometry.spacing, tol
-    )
-    return CaseResult(case_id, metrics)
+    pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
+    metrics = case_metrics(pred, ref, labels, geometry.spacing, tol)
+    return CaseResult(case_id, metrics, case_objects(pred, ref, labels))
 
 
 def _image_files(folder: Path, role: str, problems: list[Problem]) -> dict[str, Path]:

@@ -6,8 +6,9 @@ through-plane axis of most scans comes first, as in nnU-Net. ``Geometry.spacing`
 same order. The original header travels with the array so that a prediction is written with
 exactly the input's geometry (shape, affine, qform/sform codes).
 
-NIfTI goes through nibabel; other formats (.nrrd, .nhdr, .mha, .mhd) through SimpleITK, which is
-imported only when such a file is met.
+NIfTI goes through nibabel; .nrrd, .nhdr, .mha, .mhd through SimpleITK, imported only when
+such a file is met; 2D microscopy images (.png, .bmp, .tif, .tiff) and 3D TIFF stacks through
+``autoseg.io_formats`` (Pillow, tifffile), whose rules map them to ``(C, Z=1, Y, X)``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from autoseg import io_formats
 from autoseg.errors import AutosegError
 from autoseg.memory import require_memory
 from autoseg.serial import atomic_output
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
-IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS
+IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS + io_formats.ENDINGS
 #: Voxel spacings (mm) outside this range are refused: no scan has them, and a header that
 #: claims them would make resampling allocate absurd amounts of memory.
 SPACING_RANGE_MM = (1e-5, 1e4)
@@ -203,6 +205,21 @@ def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
     return data, geometry
 
 
+def _read_microscopy(path: Path, ending: str) -> tuple[np.ndarray, Geometry]:
+    def check(shape: tuple[int, ...], dtype: np.dtype, spacing: tuple[float, ...]) -> None:
+        check_header(path, shape, dtype, spacing, dtype.itemsize + 4)
+
+    data, spacing, header = io_formats.read_file(path, ending, check)
+    affine = np.diag([*reversed(spacing), 1.0])  # voxel (i=x, j=y, k=z) -> world
+    geometry = Geometry(
+        shape=tuple(int(s) for s in data.shape[-3:]),
+        spacing=spacing,
+        affine=_affine_tuple(affine),
+        header=header,
+    )
+    return data, geometry
+
+
 def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read one file as stored: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` for a 4D file.
 
@@ -220,6 +237,8 @@ def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
     try:
         if ending in NIFTI_ENDINGS:
             return _read_nifti(path)
+        if ending in io_formats.ENDINGS:
+            return _read_microscopy(path, ending)
         return _read_itk(path)
     except AutosegError:
         raise
@@ -266,13 +285,17 @@ def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
     path = Path(path)
     if tuple(array.shape) != tuple(geometry.shape):
         raise ValueError(f"label shape {array.shape} does not match geometry {geometry.shape}")
-    dtype = np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int16
+    low, high = array.min(initial=0), array.max(initial=0)
+    dtype = np.uint8 if high < 256 and low >= 0 else np.int16 if high < 2**15 else np.int32
     data = np.ascontiguousarray(array.astype(dtype, copy=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as (fd, tmp):
         os.close(fd)  # the writers open the temp file by name
-        if file_ending(path) in NIFTI_ENDINGS:
-            _write_nifti(data, geometry, Path(tmp), ending=file_ending(path) or ".nii.gz")
+        ending = file_ending(path)
+        if ending in NIFTI_ENDINGS:
+            _write_nifti(data, geometry, Path(tmp), ending=ending or ".nii.gz")
+        elif ending in io_formats.ENDINGS:
+            io_formats.write_label_file(data, geometry.spacing, Path(tmp), ending, path)
         else:
             _write_itk(data, geometry, Path(tmp), ending=file_ending(path) or ".mha")
 

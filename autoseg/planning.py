@@ -23,6 +23,7 @@ from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_h
 from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
 from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ def plan_dataset(
     workers: int,
     preprocess: bool = True,
     replan: bool = False,
+    border_weights: bool = False,
 ) -> PlanSummary:
-    """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases.
+    """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases
+    (with ``border_weights``, also their border weight maps for ``--loss border_ce``).
 
     Args:
         replan: start the dataset's work folder afresh (its plans, fingerprint, splits and
@@ -110,6 +113,10 @@ def plan_dataset(
     plans.to_json(dirs.plans(planner))
     if preprocess:
         run_preprocessing(spec, plans, list(plans.configurations), dirs.work, workers, sources)
+        if border_weights:
+            folders = {preprocessed_folder(dirs.work, c) for c in plans.configurations.values()}
+            for folder in sorted(folders):
+                ensure_weight_maps(folder, [case.case_id for case in spec.cases])
     return PlanSummary(
         dataset=dirs.name,
         work=dirs.work,

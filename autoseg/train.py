@@ -39,10 +39,13 @@ from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.crossval import decide_cv_postprocessing
 from autoseg.dataset import load_dataset
 from autoseg.device import cpu_count, resolve_device
+from autoseg.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
 from autoseg.io import file_ending
+from autoseg.io_formats import companion_files
 from autoseg.loader import BatchLoader
+from autoseg.loss_options import DEFAULT_LOSS, build_loss, loss_needs_weights
 from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
@@ -52,6 +55,7 @@ from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
+from autoseg.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,10 @@ class TrainSettings:
         optimizer: the optimiser's settings.
         cpu_bf16: on a CPU with native bf16 instructions, run the network under bf16 autocast
             (about 2x faster, loss curve unchanged within noise); False keeps fp32.
+        loss: registered loss name (``autoseg.loss_options``: ``dice_ce``, ``focal``,
+            ``dice_focal``, ``border_ce``), with deep supervision.
+        augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
+            ``augmentations`` (a planner setting) are added.
     """
 
     epochs: int = 1000
@@ -91,6 +99,8 @@ class TrainSettings:
     validate: bool = True
     optimizer: OptimizerSettings = OptimizerSettings()  # noqa: RUF009 - frozen, immutable
     cpu_bf16: bool = True
+    loss: str = DEFAULT_LOSS
+    augment: tuple[str, ...] = ()
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -184,6 +194,23 @@ class _Trainer:
             logging.getLogger("autoseg").setLevel(logging.WARNING)
         self.num_classes = len(plans.labels)
         self.label_names = [plans.labels[v] for v in plans.foreground_labels]
+        self.loss = build_loss(settings.loss, self.config)  # unknown names fail here, early
+        self.needs_weights = loss_needs_weights(self.loss)
+        extra = set(settings.augment) | set(self.config.augmentations)
+        unknown = sorted(extra - set(AUGMENTATIONS))
+        if unknown:
+            raise AutosegError(
+                f"unknown augmentation(s) {', '.join(unknown)}; "
+                f"available: {', '.join(AUGMENTATIONS)}"
+            )
+        self.elastic = ELASTIC in extra
+        self.augmentation = settings.augmentation
+        if self.needs_weights:  # the weight maps follow the labels through the CPU transforms
+            if settings.augmentation == "device":
+                raise AutosegError(
+                    f"--loss {settings.loss} needs the CPU augmentation (--augmentation cpu)"
+                )
+            self.augmentation = "cpu"
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -195,9 +222,15 @@ class _Trainer:
             self.settings.optimizer,
             seed=self.settings.seed,
             distributed=self.dist.world > 1,
-            augmentation=self.settings.augmentation,
+            loss=self.loss,
+            augmentation=self.augmentation,
+            elastic=self.elastic,
             cpu_bf16=self.settings.cpu_bf16,
         )
+        if self.needs_weights and self.dist.main:
+            ensure_weight_maps(self.data_folder, sorted({*self.split.train, *self.split.val}))
+        if self.needs_weights and self.dist.world > 1:
+            dist.barrier()  # the other ranks read the weight maps rank 0 wrote
         self.history = History()
         self.start_epoch = 0
         self._published = False
@@ -213,6 +246,7 @@ class _Trainer:
             settings=to_dict(self.settings),
             history=self.history.to_dict(),
             augmentation=self.step.augmentation,
+            loss=self.settings.loss,
             autoseg_version=__version__,
         )
 
@@ -273,6 +307,8 @@ class _Trainer:
             augment=augment,
             num_workers=workers if augment else 0,
             augmentation=self.step.augmentation,
+            elastic=self.elastic,
+            weights=self.needs_weights,
         )
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
@@ -357,6 +393,8 @@ class _Trainer:
         seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
         if self.step.augmenter is not None:
             self.step.augmenter.reseed(seed)
+        if self.step.elastic is not None:
+            self.step.elastic.reseed(seed)
         with self._loader(self.split.train, seed, augment=True) as loader:
             for _ in range(s.iterations):
                 losses.append(self.step.train_batch(next(loader)))
@@ -416,6 +454,8 @@ class _Trainer:
             if case.label is not None:
                 ending = file_ending(case.label) or spec.file_ending
                 (refs / f"{case.case_id}{ending}").symlink_to(case.label.resolve())
+                for side in companion_files(case.label):  # a TIFF's spacing sidecar
+                    (refs / f"{case.case_id}.json").symlink_to(side.resolve())
         evaluation = evaluate_folders(out, refs, labels=self.plans.labels)
         evaluation.to_json(self.model.summary(self.fold))
         means = {self.plans.labels[k]: m.dice for k, m in evaluation.label_means.items()}
