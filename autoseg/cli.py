@@ -17,12 +17,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from autoseg import __version__
+from autoseg.cli_habits import HabitGroup
+
 app = typer.Typer(
     name="autoseg",
+    cls=HabitGroup,
     help="Self-configuring medical image segmentation: plan, train, predict, evaluate.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,21 +88,39 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoseg {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug messages (any position).")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only warnings and the final summary; no bars."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, console=_console(stderr=True))],
-        force=True,
-    )
-    logging.getLogger("autoseg").setLevel(logging.DEBUG if debug else logging.INFO)
+    from autoseg.terminal import set_progress  # rich.progress: only once a command runs
+
+    level = logging.DEBUG if debug or verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(show_path=False, show_time=False, console=_console(stderr=True))
+    handler.setLevel(level)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    # the package logger stays at INFO at least: training.log records INFO whatever the console
+    logging.getLogger("autoseg").setLevel(min(level, logging.INFO))
+    set_progress(not quiet)
 
 
 def _console(stderr: bool = False):
@@ -225,7 +248,7 @@ def predict(
         typer.Option(
             "-f",
             "--folds",
-            help="Comma-separated folds (default: 0-4 when all are trained, else all).",
+            help="Folds: -f 0 1 or -f 0,1 (default: 0-4 when all are trained, else all).",
         ),
     ] = None,
     model: Annotated[

@@ -25,13 +25,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.io import Geometry, read_array
 from autoseg.serial import dump_json, load_json
+from autoseg.terminal import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -323,11 +323,8 @@ def compute_fingerprint(spec: DatasetSpec, workers: int = 1) -> Fingerprint:
 
 
 def _with_progress(results: Iterator[CaseInspection], spec: DatasetSpec) -> list[CaseInspection]:
-    console = Console(stderr=True)
     columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=console, transient=True, disable=not console.is_terminal
-    ) as progress:
+    with progress_bar(*columns, transient=True) as progress:
         task = progress.add_task(f"fingerprint {spec.name}", total=len(spec.cases))
         out = []
         for result in results:

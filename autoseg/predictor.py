@@ -40,6 +40,7 @@ from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.preprocess import preprocess_image, restore_probabilities
 from autoseg.serial import atomic_output
 from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +465,7 @@ def predict_folder(
 
     written: list[Path] = []
     failed = list(problems)
-    bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress)
+    bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
     with (
         bar,
         ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader,

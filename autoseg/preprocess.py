@@ -43,6 +43,7 @@ from autoseg.normalize import normalize_channel
 from autoseg.plans import Configuration, Plans
 from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
 from autoseg.serial import atomic_output, dump_json, load_json, to_dict
+from autoseg.terminal import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -404,8 +405,6 @@ def run_preprocessing(
     Raises:
         AutosegError: unknown configuration, or cases that cannot be read (all of them listed).
     """
-    from rich.progress import Progress
-
     groups: dict[Path, Configuration] = {}
     for name in config_names:
         config = plans.configuration(name)
@@ -436,7 +435,7 @@ def run_preprocessing(
         reused = len(spec.cases) - len(todo)
         if todo:
             cache.remove_marker(folder)
-        with Progress(transient=False) as progress:
+        with progress_bar(transient=False) as progress:
             task = progress.add_task(f"preprocess {folder.name}", total=len(spec.cases))
             progress.advance(task, reused)
             failed = len(problems)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
 from autoseg.cache import complete_cases
@@ -52,6 +52,7 @@ from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
+from autoseg.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -321,13 +322,13 @@ class _Trainer:
     def _epochs(self) -> None:
         s = self.settings
         last_save = time.monotonic()
-        with Progress(
+        with progress_bar(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
-            disable=not self.dist.main,
+            enabled=self.dist.main,
             transient=False,
         ) as bar:
             task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
