@@ -335,7 +335,19 @@ def evaluate(
         list[Path] | None, typer.Argument(hidden=True, help="Refused: use -r and -p.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write evaluation.json/.csv here.")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write evaluation.json, evaluation_cases.csv and evaluation_summary.csv here.",
+        ),
+    ] = None,
+    dataset_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset-json",
+            help="dataset.json (or a dataset or model folder) naming the labels to score.",
+        ),
     ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
@@ -346,6 +358,10 @@ def evaluate(
 ) -> None:
     """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
     HD95 and NSD per case and label, with means per label."""
+    import dataclasses
+
+    from autoseg.cli_habits import command_line
+    from autoseg.dataset import read_label_names
     from autoseg.errors import AutosegError
     from autoseg.evaluate import evaluate_folders
 
@@ -363,19 +379,20 @@ def evaluate(
             "perfect by construction",
             reference,
         )
+    labels = read_label_names(dataset_json) if dataset_json is not None else None
     evaluation = evaluate_folders(
         predictions,
         reference,
+        labels=labels,
         nsd_tolerance_mm=nsd_tolerance,
         workers=_workers(workers),
         chill=chill,
     )
+    evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        evaluation.to_json(output / "evaluation.json")
-        evaluation.to_csv(output / "evaluation.csv")
-        _console().print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.csv'}")
+        paths = evaluation.write_report(output)
+        _console().print("written: " + ", ".join(map(str, paths)))
 
 
 @app.command()

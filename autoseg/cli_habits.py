@@ -15,14 +15,20 @@ Nothing here imports torch or the library: ``autoseg --help`` stays instant.
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from collections.abc import Sequence
 
 import typer.core
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older typer depends on click
     from click.exceptions import UsageError
+    from click.globals import get_current_context
+
+_ARGV_KEY = "autoseg.argv"
 
 GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet", "--debug")
 
@@ -104,10 +110,19 @@ def rewrite_command_args(command: typer.core.TyperCommand, args: Sequence[str]) 
     return out
 
 
+def command_line() -> str:
+    """The command line being run, as the user typed it (shell-quoted), for reports."""
+    ctx = get_current_context(silent=True)
+    argv = ctx.meta.get(_ARGV_KEY) if ctx is not None else None
+    return shlex.join(["autoseg", *(argv if argv is not None else sys.argv[1:])])
+
+
 class HabitGroup(typer.core.TyperGroup):
     """The ``autoseg`` group: accepts the habits listed in the module docstring."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:  # noqa: D102 - click's signature
+        args = [str(a) for a in args]  # CliRunner callers may pass paths
+        ctx.meta[_ARGV_KEY] = args
         return super().parse_args(ctx, hoist_global_flags(args))
 
     def resolve_command(self, ctx, args: list[str]):  # noqa: D102 - click's signature

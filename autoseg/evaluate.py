@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+REPORT_FILES = ("evaluation.json", "evaluation_cases.csv", "evaluation_summary.csv")
+METRIC_DEFINITIONS = "monai"
+
 
 @dataclass(frozen=True)
 class MeanMetrics:
@@ -63,6 +66,8 @@ class Evaluation:
         label_means: label value -> means over cases of every metric.
         mean_dice: mean over labels of ``label_means[label].dice`` (0.0 when no label).
         nsd_tolerance_mm: the NSD tolerance used.
+        command: the command line that produced it ("" when called from Python).
+        metrics: where the metric definitions come from (MONAI's, see ``autoseg.metrics``).
     """
 
     cases: tuple[CaseResult, ...]
@@ -70,9 +75,11 @@ class Evaluation:
     label_means: dict[int, MeanMetrics]
     mean_dice: float
     nsd_tolerance_mm: float
+    command: str = ""
+    metrics: str = METRIC_DEFINITIONS
 
     def to_json(self, path: str | Path) -> None:
-        """Write as deterministic JSON (atomically)."""
+        """Write as deterministic JSON (atomically): per case, per-label means, the command."""
         dump_json(self, path)
 
     @classmethod
@@ -81,18 +88,42 @@ class Evaluation:
         return load_json(cls, path)
 
     def to_csv(self, path: str | Path) -> None:
-        """Write one row per case and label, then one ``mean`` row per label (atomically)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES])
-        for case in self.cases:
-            for label, m in case.metrics.items():
-                values = [getattr(m, n) for n in METRIC_NAMES + COUNT_NAMES]
-                writer.writerow([case.case_id, label, self.labels.get(label, str(label)), *values])
-        for label, mean in self.label_means.items():
-            values = [getattr(mean, n) for n in METRIC_NAMES]
-            writer.writerow(["mean", label, self.labels[label], *values, *[""] * len(COUNT_NAMES)])
-        atomic_write_text(path, buffer.getvalue())
+        """Write one row per case and label (atomically): ``case, label, name``, metrics, counts."""
+        rows = [
+            [case.case_id, label, self.labels.get(label, str(label))]
+            + [getattr(m, n) for n in METRIC_NAMES + COUNT_NAMES]
+            for case in self.cases
+            for label, m in case.metrics.items()
+        ]
+        _write_csv(path, ["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES], rows)
+
+    def summary_to_csv(self, path: str | Path) -> None:
+        """Write one row of means per label, then a ``mean`` row of the means over labels."""
+        rows = [
+            [label, self.labels[label], len(self.cases)] + [getattr(mean, n) for n in METRIC_NAMES]
+            for label, mean in self.label_means.items()
+        ]
+        if self.label_means:
+            overall = [
+                float(np.mean([getattr(m, n) for m in self.label_means.values()]))
+                for n in METRIC_NAMES
+            ]
+            rows.append(["mean", "all labels", len(self.cases), *overall])
+        _write_csv(path, ["label", "name", "cases", *METRIC_NAMES], rows)
+
+    def write_report(self, folder: str | Path) -> tuple[Path, ...]:
+        """Write ``evaluation.json``, ``evaluation_cases.csv`` and ``evaluation_summary.csv``.
+
+        Returns:
+            The three paths, in that order (each written atomically).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = tuple(folder / n for n in REPORT_FILES)
+        self.to_json(paths[0])
+        self.to_csv(paths[1])
+        self.summary_to_csv(paths[2])
+        return paths
 
     def print_table(self, console: Console) -> None:
         """Print the per-label means as a rich table."""
@@ -116,6 +147,14 @@ class Evaluation:
         table.add_section()
         table.add_row("mean", f"{self.mean_dice:.4f}", *[""] * 5)
         console.print(table)
+
+
+def _write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _summarise(
@@ -270,8 +309,9 @@ def evaluate_folders(
     Args:
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps (file names ``<case_id><ending>``).
-        labels: value -> name of the labels to score; default: every non-zero value found in
-            the references or the predictions, named by its value.
+        labels: value -> name of the labels to score (``autoseg.dataset.read_label_names``);
+            other values in the files are not scored (with a warning). Default: every non-zero
+            value found in the references or the predictions, named by its value.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         workers: processes reading and scoring cases.
         chill: score only the references that have a prediction (nnU-Net's ``--chill``);
@@ -318,6 +358,9 @@ def evaluate_folders(
         names = {v: str(v) for v in sorted(found) if v != 0}
     else:
         names = _label_names(labels)
+        unscored = sorted({v for i in infos.values() for v in i.values} - set(names) - {0})
+        if unscored:
+            logger.warning("label value(s) %s are in the files but not scored", unscored)
     logger.info("evaluating %d case(s), labels %s", len(common), list(names))
     args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm) for c in common]
     cases = _map(_score_files, args, workers)

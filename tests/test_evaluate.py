@@ -189,8 +189,8 @@ def test_evaluate_folders_scores_and_writes(tmp_path: Path):
     evaluation.to_csv(tmp_path / "out" / "metrics.csv")
     with open(tmp_path / "out" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 2 + 2  # case x label, then one mean row per label
-    assert [r["case"] for r in rows[-2:]] == ["mean", "mean"]
+    assert len(rows) == 2 * 2  # case x label
+    assert [r["case"] for r in rows] == ["c1", "c1", "c2", "c2"]
     assert float(rows[0]["dice"]) == pytest.approx(expected[1].dice)
     assert int(rows[0]["tp"]) == 24
 
