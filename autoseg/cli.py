@@ -165,6 +165,12 @@ def plan(
             "--replan", help="Replace what the home holds for another dataset of this name."
         ),
     ] = False,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage", help="Preprocessed arrays: npy (fastest) or blosc2 (compressed, extra)."
+        ),
+    ] = "npy",
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -177,6 +183,7 @@ def plan(
         workers=_workers(workers),
         preprocess=preprocess,
         replan=replan,
+        storage=storage,
     )
     summary.print(_console())
 

@@ -23,6 +23,7 @@ from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_h
 from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
 from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.storage import check_storage
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def plan_dataset(
     workers: int,
     preprocess: bool = True,
     replan: bool = False,
+    storage: str = "npy",
 ) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases.
 
@@ -88,6 +90,7 @@ def plan_dataset(
             planner is unknown, or another dataset of this name is planned in the home (without
             ``replan``); nothing is written then.
     """
+    check_storage(storage)  # before anything is written
     t0 = time.perf_counter()
     home_dir = resolve_home(home)
     dirs = resolve_dataset(dataset, home_dir, same_source=not replan)
@@ -109,7 +112,9 @@ def plan_dataset(
     fingerprint.to_json(dirs.fingerprint)
     plans.to_json(dirs.plans(planner))
     if preprocess:
-        run_preprocessing(spec, plans, list(plans.configurations), dirs.work, workers, sources)
+        run_preprocessing(
+            spec, plans, list(plans.configurations), dirs.work, workers, sources, storage
+        )
     return PlanSummary(
         dataset=dirs.name,
         work=dirs.work,
