@@ -213,6 +213,12 @@ def train(
         int, typer.Option(min=1, help="Save checkpoint_latest.pt every N epochs.")
     ] = 5,
     cpu_bf16: CpuBf16Opt = True,
+    tracking: Annotated[
+        str,
+        typer.Option(
+            "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
+        ),
+    ] = "none",
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -234,6 +240,7 @@ def train(
         validate=validate,
         checkpoint_every=checkpoint_every,
         cpu_bf16=cpu_bf16,
+        tracking=tracking,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")

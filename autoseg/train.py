@@ -53,6 +53,7 @@ from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
 from autoseg.terminal import progress_bar
+from autoseg.tracking import check_tracking, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class TrainSettings:
         optimizer: the optimiser's settings.
         cpu_bf16: on a CPU with native bf16 instructions, run the network under bf16 autocast
             (about 2x faster, loss curve unchanged within noise); False keeps fp32.
+        tracking: ``none`` or ``tensorboard`` (``autoseg.tracking``): per-epoch figures.
     """
 
     epochs: int = 1000
@@ -92,6 +94,7 @@ class TrainSettings:
     validate: bool = True
     optimizer: OptimizerSettings = OptimizerSettings()  # noqa: RUF009 - frozen, immutable
     cpu_bf16: bool = True
+    tracking: str = "none"
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -174,6 +177,7 @@ class _Trainer:
         self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str, settings: TrainSettings
     ):
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
+        check_tracking(settings.tracking)  # before any work
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = select_split(dirs, fold, case_ids)
@@ -185,6 +189,7 @@ class _Trainer:
             logging.getLogger("autoseg").setLevel(logging.WARNING)
         self.num_classes = len(plans.labels)
         self.label_names = [plans.labels[v] for v in plans.foreground_labels]
+        self.tracker = None
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -291,6 +296,10 @@ class _Trainer:
         handler = add_file_log(self.model.training_log(self.fold)) if self.dist.main else None
         ok = False
         try:
+            if self.dist.main:
+                self.tracker = open_tracker(
+                    self.settings.tracking, self.fold_dir, self.label_names, self.start_epoch
+                )
             self._epochs()
             if self.dist.main:
                 self._save("final", self.settings.epochs - 1)
@@ -299,6 +308,8 @@ class _Trainer:
                     self._validate_cases()
             ok = True
         finally:
+            if self.tracker is not None:
+                self.tracker.close()
             if handler is not None:
                 logging.getLogger("autoseg").removeHandler(handler)
                 handler.close()
@@ -390,6 +401,8 @@ class _Trainer:
         if saved:
             self._save("latest", epoch)
         write_progress(self.history, self.fold_dir, self.label_names)
+        if self.tracker is not None:
+            self.tracker.write(self.history)
         return saved
 
     def _validate_cases(self) -> None:
