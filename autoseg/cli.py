@@ -360,7 +360,7 @@ def evaluate(
         Path | None,
         typer.Option(
             "--dataset-json",
-            help="dataset.json (or a dataset or model folder) naming the labels to score.",
+            help="dataset.json or plans.json (or a dataset or model folder) naming the labels.",
         ),
     ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,

@@ -162,15 +162,20 @@ def load_dataset(path: str | Path) -> DatasetSpec:
 
 
 def read_label_names(path: str | Path) -> dict[int, str]:
-    """Label value -> name from a dataset.json, or from a folder holding one.
+    """Label value -> name from a dataset.json or plans.json, or a folder holding one.
 
-    Any dataset.json autoseg reads works: MSD (``{"0": "background", "1": "Anterior"}``),
-    nnU-Net v2 (``{"background": 0, "Anterior": 1}``) and a model folder's.
+    The ``labels`` of any such file autoseg reads work: MSD
+    (``{"0": "background", "1": "Anterior"}``), nnU-Net v2 (``{"background": 0, "Anterior": 1}``)
+    and autoseg's plans. A folder is a dataset folder (its dataset.json) or a model folder (its
+    plans.json).
 
     Raises:
         DatasetError: the file is missing, unreadable, or its labels are not valid.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        plans = path / "plans.json"
+        path = plans if plans.is_file() and not (path / "dataset.json").exists() else path
     problems = _Problems(path if path.is_dir() else path.parent)
     problems.json = str(path / "dataset.json" if path.is_dir() else path)
     meta = _read_meta(problems)

@@ -24,7 +24,7 @@ import statistics
 import time
 from pathlib import Path
 
-from autoseg.data import BatchLoader
+from autoseg.loader import BatchLoader
 from autoseg.paths import resolve_dataset, resolve_home
 from autoseg.plans import Plans
 from autoseg.train import preprocessed_cases

@@ -44,15 +44,15 @@ class _Captured(Exception):
 @pytest.fixture
 def captured_folds(monkeypatch, tmp_path: Path) -> tuple[list, Path]:
     """Replace the Predictor by a recorder: predict's parsed folds land in the list."""
-    import autoseg.predictor
+    from autoseg.predictor import Predictor
 
     seen: list = []
 
-    def fake_predictor(model, folds=None, **kwargs):
+    def fake_from_folder(model, folds=None, **kwargs):
         seen.append(folds)
         raise _Captured
 
-    monkeypatch.setattr(autoseg.predictor, "Predictor", fake_predictor)
+    monkeypatch.setattr(Predictor, "from_folder", staticmethod(fake_from_folder))
     (tmp_path / "in").mkdir()
     (tmp_path / "model").mkdir()
     return seen, tmp_path

@@ -115,9 +115,13 @@ def test_a_bad_dataset_json_is_a_clear_error_and_writes_nothing(tmp_path: Path) 
 
 
 def test_read_label_names_from_a_model_folder(tmp_path: Path) -> None:
-    (tmp_path / "dataset.json").write_text(
-        json.dumps({"labels": {"0": "background", "1": "liver"}, "channels": ["CT"]})
-    )
-    assert read_label_names(tmp_path) == {0: "background", 1: "liver"}
+    from autoseg.plans import Plans
+    from tests.test_preprocess import config
+
+    labels = {0: "background", 1: "liver"}
+    plans = Plans("Task99", "default", 8.0, 8, ("CT",), labels, {"3d_fullres": config()})
+    (tmp_path / "model").mkdir()
+    plans.to_json(tmp_path / "model" / "plans.json")
+    assert read_label_names(tmp_path / "model") == {0: "background", 1: "liver"}
     with pytest.raises(DatasetError, match="dataset.json not found"):
         read_label_names(tmp_path / "nowhere")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.data import BatchLoader
 from autoseg.errors import AutosegError
+from autoseg.loader import BatchLoader
 from autoseg.preprocess import load_case, preprocessed_folder, run_preprocessing
 from autoseg.storage import check_storage
 from tests.synthetic import write_dataset

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg.cli import app
-from autoseg.plan import plan_dataset
+from autoseg.planning import plan_dataset
 from tests.synthetic import write_dataset
 
 pytest.importorskip("tensorboard")
@@ -43,7 +43,7 @@ def test_tensorboard_gets_the_progress_figures_of_every_epoch(planned) -> None:
     fold = home / name / "models" / "default" / "3d_fullres" / "fold_0"
     progress = json.loads((fold / "progress.json").read_text())
     scalars = _scalars(fold / "tensorboard")
-    labels = json.loads((fold.parent / "dataset.json").read_text())["labels"]
+    labels = json.loads((fold.parent / "plans.json").read_text())["labels"]
     names = [labels[k] for k in sorted(labels, key=int) if k != "0"]
     expected = {
         "loss/train": progress["train_loss"],
