@@ -67,7 +67,8 @@ class Evaluation:
         mean_dice: mean over labels of ``label_means[label].dice`` (0.0 when no label).
         nsd_tolerance_mm: the NSD tolerance used.
         command: the command line that produced it ("" when called from Python).
-        metrics: where the metric definitions come from (MONAI's, see ``autoseg.metrics``).
+        metrics: whose metric definitions were used: ``"monai"`` (``autoseg.metrics``); ``""``
+            in a file written before autoseg recorded it (other surface definitions).
     """
 
     cases: tuple[CaseResult, ...]
@@ -76,7 +77,7 @@ class Evaluation:
     mean_dice: float
     nsd_tolerance_mm: float
     command: str = ""
-    metrics: str = METRIC_DEFINITIONS
+    metrics: str = ""
 
     def to_json(self, path: str | Path) -> None:
         """Write as deterministic JSON (atomically): per case, per-label means, the command."""
@@ -178,6 +179,7 @@ def _summarise(
         label_means=means,
         mean_dice=mean_dice,
         nsd_tolerance_mm=float(nsd_tolerance_mm),
+        metrics=METRIC_DEFINITIONS,
     )
 
 

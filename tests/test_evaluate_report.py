@@ -125,3 +125,17 @@ def test_read_label_names_from_a_model_folder(tmp_path: Path) -> None:
     assert read_label_names(tmp_path / "model") == {0: "background", 1: "liver"}
     with pytest.raises(DatasetError, match="dataset.json not found"):
         read_label_names(tmp_path / "nowhere")
+
+
+def test_an_evaluation_written_before_the_monai_definitions_says_so(tmp_path: Path) -> None:
+    from autoseg.evaluate import Evaluation
+
+    preds, refs = _folders(tmp_path)
+    result = runner.invoke(app, ["evaluate", str(preds), str(refs), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "o" / "evaluation.json").read_text())
+    del record["metrics"], record["command"]  # as an older autoseg wrote it
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    old = Evaluation.from_json(tmp_path / "old.json")
+    assert old.metrics == "" and old.command == ""
+    assert Evaluation.from_json(tmp_path / "o" / "evaluation.json").metrics == "monai"
