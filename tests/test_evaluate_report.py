@@ -53,8 +53,10 @@ def test_report_names_labels_and_holds_cases_summary_and_command(tmp_path: Path,
     out = tmp_path / "report"
     args = [
         "evaluate",
-        str(preds),
+        "-r",
         str(refs),
+        "-p",
+        str(preds),
         "-o",
         str(out),
         "--dataset-json",
@@ -97,7 +99,9 @@ def test_report_names_labels_and_holds_cases_summary_and_command(tmp_path: Path,
 
 def test_without_dataset_json_labels_are_named_by_value(tmp_path: Path) -> None:
     preds, refs = _folders(tmp_path)
-    result = runner.invoke(app, ["evaluate", str(preds), str(refs), "-o", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["evaluate", "-r", str(refs), "-p", str(preds), "-o", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "o" / "evaluation.json").read_text())
     assert report["labels"] == {"1": "1", "2": "2"}
@@ -108,7 +112,9 @@ def test_a_bad_dataset_json_is_a_clear_error_and_writes_nothing(tmp_path: Path) 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"labels": {"background": 0, "x": [1, 2]}}))
     out = tmp_path / "o"
-    result = runner.invoke(app, ["evaluate", preds, refs, "-o", out, "--dataset-json", bad])
+    result = runner.invoke(
+        app, ["evaluate", "-r", refs, "-p", preds, "-o", out, "--dataset-json", bad]
+    )
     assert result.exit_code == 2
     assert str(bad) in result.output and "region-based" in result.output
     assert not out.exists()
@@ -131,7 +137,9 @@ def test_an_evaluation_written_before_the_monai_definitions_says_so(tmp_path: Pa
     from autoseg.evaluate import Evaluation
 
     preds, refs = _folders(tmp_path)
-    result = runner.invoke(app, ["evaluate", str(preds), str(refs), "-o", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["evaluate", "-r", str(refs), "-p", str(preds), "-o", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "o" / "evaluation.json").read_text())
     del record["metrics"], record["command"]  # as an older autoseg wrote it

@@ -25,7 +25,7 @@ def _preprocess(tmp_path: Path, storage: str, name: str = "home") -> Path:
     if not root.exists():
         write_dataset(root, n_cases=3)
     home = tmp_path / name / "Task99"
-    run_preprocessing(spec_of(root), plans_of(config()), ["3d_fullres"], home, 1, storage)
+    run_preprocessing(spec_of(root), plans_of(config()), ["3d_fullres"], home, 1, storage=storage)
     return preprocessed_folder(home, config())
 
 
