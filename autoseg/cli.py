@@ -17,12 +17,17 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from autoseg import __version__
+from autoseg.cli_habits import HabitGroup
+
 app = typer.Typer(
     name="autoseg",
+    cls=HabitGroup,
     help="Self-configuring medical image segmentation: plan, train, predict, evaluate.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,21 +88,39 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoseg {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug messages (any position).")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only warnings and the final summary; no bars."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, console=_console(stderr=True))],
-        force=True,
-    )
-    logging.getLogger("autoseg").setLevel(logging.DEBUG if debug else logging.INFO)
+    from autoseg.terminal import set_progress  # rich.progress: only once a command runs
+
+    level = logging.DEBUG if debug or verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(show_path=False, show_time=False, console=_console(stderr=True))
+    handler.setLevel(level)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    # the package logger stays at INFO at least: training.log records INFO whatever the console
+    logging.getLogger("autoseg").setLevel(min(level, logging.INFO))
+    set_progress(not quiet)
 
 
 def _console(stderr: bool = False):
@@ -148,6 +171,12 @@ def plan(
             "--border-weights", help="Also compute the border weight maps of --loss border_ce."
         ),
     ] = False,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage", help="Preprocessed arrays: npy (fastest) or blosc2 (compressed, extra)."
+        ),
+    ] = "npy",
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -161,6 +190,7 @@ def plan(
         preprocess=preprocess,
         replan=replan,
         border_weights=border_weights,
+        storage=storage,
     )
     summary.print(_console())
 
@@ -206,6 +236,12 @@ def train(
             "deformation). Repeatable.",
         ),
     ] = None,
+    tracking: Annotated[
+        str,
+        typer.Option(
+            "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
+        ),
+    ] = "none",
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -229,6 +265,7 @@ def train(
         cpu_bf16=cpu_bf16,
         loss=loss,
         augment=tuple(augment or ()),
+        tracking=tracking,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -250,7 +287,7 @@ def predict(
         typer.Option(
             "-f",
             "--folds",
-            help="Comma-separated folds (default: 0-4 when all are trained, else all).",
+            help="Folds: -f 0 1 or -f 0,1 (default: 0-4 when all are trained, else all).",
         ),
     ] = None,
     model: Annotated[
@@ -337,7 +374,19 @@ def evaluate(
         list[Path] | None, typer.Argument(hidden=True, help="Refused: use -r and -p.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write evaluation.json/.csv here.")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write evaluation.json, evaluation_cases.csv and evaluation_summary.csv here.",
+        ),
+    ] = None,
+    dataset_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset-json",
+            help="dataset.json or plans.json (or a dataset or model folder) naming the labels.",
+        ),
     ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
@@ -348,6 +397,10 @@ def evaluate(
 ) -> None:
     """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
     HD95 and NSD per case and label, with means per label."""
+    import dataclasses
+
+    from autoseg.cli_habits import command_line
+    from autoseg.dataset import read_label_names
     from autoseg.errors import AutosegError
     from autoseg.evaluate import evaluate_folders
 
@@ -365,19 +418,20 @@ def evaluate(
             "perfect by construction",
             reference,
         )
+    labels = read_label_names(dataset_json) if dataset_json is not None else None
     evaluation = evaluate_folders(
         predictions,
         reference,
+        labels=labels,
         nsd_tolerance_mm=nsd_tolerance,
         workers=_workers(workers),
         chill=chill,
     )
+    evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        evaluation.to_json(output / "evaluation.json")
-        evaluation.to_csv(output / "evaluation.csv")
-        _console().print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.csv'}")
+        paths = evaluation.write_report(output)
+        _console().print("written: " + ", ".join(map(str, paths)))
 
 
 @app.command()

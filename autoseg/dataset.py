@@ -163,6 +163,35 @@ def load_dataset(path: str | Path) -> DatasetSpec:
 # --- dataset.json ------------------------------------------------------------------------------
 
 
+def read_label_names(path: str | Path) -> dict[int, str]:
+    """Label value -> name from a dataset.json or plans.json, or a folder holding one.
+
+    The ``labels`` of any such file autoseg reads work: MSD
+    (``{"0": "background", "1": "Anterior"}``), nnU-Net v2 (``{"background": 0, "Anterior": 1}``)
+    and autoseg's plans. A folder is a dataset folder (its dataset.json) or a model folder (its
+    plans.json).
+
+    Raises:
+        DatasetError: the file is missing, unreadable, or its labels are not valid.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        plans = path / "plans.json"
+        path = plans if plans.is_file() and not (path / "dataset.json").exists() else path
+    problems = _Problems(path if path.is_dir() else path.parent)
+    problems.json = str(path / "dataset.json" if path.is_dir() else path)
+    meta = _read_meta(problems)
+    labels = None
+    if meta is not None:
+        value = meta.get("labels")
+        keys = value.keys() if isinstance(value, dict) else ()
+        layout = "msd" if keys and all(str(k).strip().isdigit() for k in keys) else "nnunet"
+        labels = _labels(meta, layout, problems)
+    if problems or labels is None:
+        raise DatasetError(problems, what="dataset.json")
+    return labels
+
+
 def _read_meta(problems: _Problems) -> dict[str, Any] | None:
     if not problems.root.is_dir():
         what = "is not a folder" if problems.root.exists() else "does not exist"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,3 +109,25 @@ def autocast(device: torch.device, cpu_bf16: bool = False) -> contextlib.Abstrac
     if device.type == "cpu" and cpu_bf16 and cpu_has_bf16():
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def inference_settings(device: torch.device) -> Iterator[None]:
+    """Process-wide torch settings for a prediction, restored afterwards.
+
+    On the CPU torch uses ``cpu_count()`` threads (the cgroup quota, not every core of the
+    host); on CUDA cuDNN benchmarks its kernels (one patch size: the fastest ones pay off).
+    Nothing outlives the ``with``: building or holding a predictor changes no global state.
+    """
+    import torch  # heavy: not at module import (see the module docstring)
+
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cpu":
+            torch.set_num_threads(cpu_count())
+        else:
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = benchmark

@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.dataset import Case, DatasetSpec
@@ -33,6 +32,7 @@ from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.io import Geometry, file_ending, read_array
 from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
 from autoseg.serial import dump_json, load_json
+from autoseg.terminal import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +336,8 @@ def compute_fingerprint(spec: DatasetSpec, workers: int = 1) -> Fingerprint:
 
 
 def _with_progress(results: Iterator[CaseInspection], spec: DatasetSpec) -> list[CaseInspection]:
-    console = Console(stderr=True)
     columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=console, transient=True, disable=not console.is_terminal
-    ) as progress:
+    with progress_bar(*columns, transient=True) as progress:
         task = progress.add_task(f"fingerprint {spec.name}", total=len(spec.cases))
         out = []
         for result in results:

@@ -138,9 +138,26 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     dtype = np.dtype(np.float64) if scaled and header_dtype.kind in "buif" else header_dtype
     spatial = tuple(float(z) for z in img.header.get_zooms()[: min(3, len(img.shape))])
     check_header(path, tuple(img.shape), dtype, spatial, dtype.itemsize + 4)
+    return nifti_array(img, str(path))
+
+
+def nifti_array(img: Any, where: str = "image") -> tuple[np.ndarray, Geometry]:
+    """The array of a nibabel image in autoseg's order, with its geometry (header kept).
+
+    Args:
+        img: a ``nibabel.Nifti1Image`` (or Nifti2), 2D, 3D or 4D (channels last).
+        where: names the image in errors.
+
+    Returns:
+        ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (a transposed view of the stored data) and its
+        ``Geometry``.
+
+    Raises:
+        AutosegError: not 2D to 4D.
+    """
     data = np.asanyarray(img.dataobj)
     if data.ndim < 2 or data.ndim > 4:
-        raise AutosegError(f"{path}: expected a 2D, 3D or 4D volume, found {data.ndim} dimensions")
+        raise AutosegError(f"{where}: expected a 2D, 3D or 4D volume, found {data.ndim} dimensions")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if data.ndim == 2:
         data = data[:, :, None]
@@ -300,13 +317,16 @@ def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
             _write_itk(data, geometry, Path(tmp), ending=file_ending(path) or ".mha")
 
 
-def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
+def nifti_image(data: np.ndarray, geometry: Geometry) -> Any:
+    """A ``nibabel.Nifti1Image`` of ``data`` (``(Z, Y, X)``, or ``(C, Z, Y, X)`` stored as 4D
+    with channels last) on ``geometry``'s grid: its header's affine and qform/sform codes."""
     import nibabel as nib
 
     header = geometry.header.copy() if isinstance(geometry.header, nib.Nifti1Header) else None
     affine = np.array(geometry.affine, dtype=np.float64)
-    out = np.transpose(data, (2, 1, 0))  # (Z, Y, X) -> (i, j, k)
-    if header is not None and len(header.get_data_shape()) == 2 and out.shape[2] == 1:
+    out = np.transpose(data, tuple(reversed(range(data.ndim))))  # (C,) Z, Y, X -> i, j, k (, C)
+    flat = header is not None and len(header.get_data_shape()) == 2
+    if flat and data.ndim == 3 and out.shape[2] == 1:
         out = out[:, :, 0]  # a 2D input (i, j) is read as (1, j, i): write it back as (i, j)
     img = nib.Nifti1Image(out, affine, header=header)
     img.set_data_dtype(data.dtype)
@@ -314,6 +334,12 @@ def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -
         img.header.set_slope_inter(1, 0)
         img.set_qform(header.get_qform(), code=int(header["qform_code"]))
         img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    return img
+
+
+def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
+
+    img = nifti_image(data, geometry)
     # nibabel picks the compression from the file name; the temp name hides it
     with open(tmp, "wb") as fh:
         if ending == ".nii.gz":

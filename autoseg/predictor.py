@@ -29,7 +29,7 @@ import torch
 from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.checkpoint import load_checkpoint
-from autoseg.device import autocast, cpu_count, resolve_device
+from autoseg.device import autocast, inference_settings, resolve_device
 from autoseg.errors import AutosegError, Problem
 from autoseg.inputs import group_input_files, list_input_files, refuse_outputs_that_are_inputs
 from autoseg.io import Geometry, Image, file_ending, read_image, write_label
@@ -40,6 +40,7 @@ from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.preprocess import preprocess_image, restore_probabilities
 from autoseg.serial import atomic_output
 from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,6 @@ class Predictor:
         self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
         self.label_values = np.array(sorted(plans.labels), dtype=np.int64)  # class i -> value
         self.num_classes, self.in_channels = len(self.label_values), len(plans.channels)
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_count())
-        else:
-            torch.backends.cudnn.benchmark = True  # one patch size: pick the fastest kernels
         self.networks = [self._network(w, src) for w, src in zip(weights, sources, strict=True)]
         self.postprocessing = postprocessing
 
@@ -245,7 +242,8 @@ class Predictor:
         window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
         mirror_axes = tuple(range(config.ndim)) if self.tta else ()
         total = torch.zeros(0)
-        with torch.inference_mode(), autocast(self.device):
+        # threads / cuDNN benchmarking only for this call: the process keeps its own settings
+        with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
             for i, net in enumerate(self.networks):
                 logits = window(  # (K, Z, Y, X) float32
                     net,
@@ -464,7 +462,7 @@ def predict_folder(
 
     written: list[Path] = []
     failed = list(problems)
-    bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress)
+    bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
     with (
         bar,
         ThreadPoolExecutor(1, thread_name_prefix="autoseg-read") as reader,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
 from autoseg.cache import complete_cases
@@ -55,6 +55,8 @@ from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
+from autoseg.terminal import progress_bar
+from autoseg.tracking import check_tracking, open_tracker
 from autoseg.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class TrainSettings:
             ``dice_focal``, ``border_ce``), with deep supervision.
         augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
             ``augmentations`` (a planner setting) are added.
+        tracking: ``none`` or ``tensorboard`` (``autoseg.tracking``): per-epoch figures.
     """
 
     epochs: int = 1000
@@ -101,6 +104,7 @@ class TrainSettings:
     cpu_bf16: bool = True
     loss: str = DEFAULT_LOSS
     augment: tuple[str, ...] = ()
+    tracking: str = "none"
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -183,6 +187,7 @@ class _Trainer:
         self, dirs: DatasetDirs, plans: Plans, config_name: str, fold: str, settings: TrainSettings
     ):
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
+        check_tracking(settings.tracking)  # before any work
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = select_split(dirs, fold, case_ids)
@@ -211,6 +216,7 @@ class _Trainer:
                     f"--loss {settings.loss} needs the CPU augmentation (--augmentation cpu)"
                 )
             self.augmentation = "cpu"
+        self.tracker = None
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -326,6 +332,10 @@ class _Trainer:
         handler = add_file_log(self.model.training_log(self.fold)) if self.dist.main else None
         ok = False
         try:
+            if self.dist.main:
+                self.tracker = open_tracker(
+                    self.settings.tracking, self.fold_dir, self.label_names, self.start_epoch
+                )
             self._epochs()
             if self.dist.main:
                 self._save("final", self.settings.epochs - 1)
@@ -334,6 +344,8 @@ class _Trainer:
                     self._validate_cases()
             ok = True
         finally:
+            if self.tracker is not None:
+                self.tracker.close()
             if handler is not None:
                 logging.getLogger("autoseg").removeHandler(handler)
                 handler.close()
@@ -357,13 +369,13 @@ class _Trainer:
     def _epochs(self) -> None:
         s = self.settings
         last_save = time.monotonic()
-        with Progress(
+        with progress_bar(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
-            disable=not self.dist.main,
+            enabled=self.dist.main,
             transient=False,
         ) as bar:
             task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
@@ -427,6 +439,8 @@ class _Trainer:
         if saved:
             self._save("latest", epoch)
         write_progress(self.history, self.fold_dir, self.label_names)
+        if self.tracker is not None:
+            self.tracker.write(self.history)
         return saved
 
     def _validate_cases(self) -> None:

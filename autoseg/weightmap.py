@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from autoseg.errors import AutosegError
 from autoseg.serial import atomic_output, atomic_write_text
+from autoseg.storage import ENDINGS, STORAGES, load_array
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def ensure_weight_maps(
     """Compute the weight maps of the cases in ``folder`` that lack a current one.
 
     Args:
-        folder: a preprocessed-data folder (``<case>.seg.npy`` per case).
+        folder: a preprocessed-data folder (``<case>.seg.npy``, or ``.seg.b2nd``, per case).
         case_ids: the cases.
         w0, sigma: the border term's settings.
 
@@ -117,10 +118,11 @@ def ensure_weight_maps(
     """
     made = 0
     for case_id in case_ids:
-        seg_path = folder / f"{case_id}.seg.npy"
-        if not seg_path.is_file():
-            raise AutosegError(f"{seg_path}: no preprocessed label map to weight")
-        seg = np.load(seg_path, mmap_mode="r")  # (1, Z, Y, X)
+        stored = [(s, folder / f"{case_id}.seg{ENDINGS[s]}") for s in STORAGES]
+        found = [(s, path) for s, path in stored if path.is_file()]
+        if not found:
+            raise AutosegError(f"{stored[0][1]}: no preprocessed label map to weight")
+        seg = load_array(found[0][1], found[0][0], mmap=False)  # (1, Z, Y, X)
         key = weight_key(seg, w0, sigma)
         npy, marker = weight_paths(folder, case_id)
         try:
