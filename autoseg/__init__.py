@@ -1,8 +1,22 @@
 """autoseg: self-configuring medical image segmentation.
 
 The pipeline, one module per stage, in the order data flows:
-io -> dataset -> fingerprint -> planners/ -> preprocess -> data -> network -> train
--> predict -> postprocess -> evaluate -> cli.
+io -> dataset -> fingerprint -> planners/ -> preprocess -> loader -> network -> train
+-> predictor -> postprocess -> evaluate -> cli.
+
+For Python use: ``autoseg.load_model(model_folder)`` (see :mod:`autoseg.api`, docs/api.md).
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["Segmenter", "__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    """``autoseg.load_model`` and ``autoseg.Segmenter``, imported on first use."""
+    if name in ("load_model", "Segmenter"):
+        from autoseg import api  # torch is heavy: not imported by a bare `import autoseg`
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'autoseg' has no attribute {name!r}")

@@ -29,6 +29,8 @@ from batchgenerators.transforms.noise_transforms import (
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
+from autoseg.elastic import ElasticTransform
+
 ROTATION_3D = math.radians(30.0)  # about each axis
 ROTATION_2D = math.pi  # in-plane
 SCALE_RANGE = (0.7, 1.4)
@@ -77,7 +79,7 @@ def sample_size(patch_size: tuple[int, ...], augment: bool) -> tuple[int, ...]:
     return tuple(int(max(n, p)) for n, p in zip(needed, patch_size, strict=True))
 
 
-def training_transforms(patch_size: tuple[int, ...]) -> AbstractTransform:
+def training_transforms(patch_size: tuple[int, ...], elastic: bool = False) -> AbstractTransform:
     """nnU-Net's augmentation pipeline for batches sampled at ``sample_size(patch, True)``.
 
     The spatial transform rotates and scales about the region's centre and crops the patch
@@ -86,6 +88,8 @@ def training_transforms(patch_size: tuple[int, ...]) -> AbstractTransform:
 
     Args:
         patch_size: output patch, 2 values (2D) or 3 (3D).
+        elastic: add the U-Net paper's elastic deformation (``autoseg.elastic``) after the
+            rotation/scaling step (off by default, as in nnU-Net).
 
     Returns:
         A batchgenerators transform taking and returning ``dict(data=..., seg=...)``.
@@ -93,31 +97,36 @@ def training_transforms(patch_size: tuple[int, ...]) -> AbstractTransform:
     ndim = len(patch_size)
     limit = _max_rotation(ndim)
     angle = (-limit, limit)
+    spatial = [
+        SpatialTransform(
+            list(patch_size),
+            patch_center_dist_from_border=None,
+            do_elastic_deform=False,
+            do_rotation=True,
+            angle_x=angle,
+            angle_y=angle,
+            angle_z=angle,
+            p_rot_per_axis=1,
+            do_scale=True,
+            scale=SCALE_RANGE,
+            border_mode_data="constant",
+            border_cval_data=0,
+            order_data=3,
+            border_mode_seg="constant",
+            border_cval_seg=0,
+            order_seg=0,
+            random_crop=False,
+            p_el_per_sample=0,
+            p_scale_per_sample=P_SCALE,
+            p_rot_per_sample=P_ROTATION,
+            independent_scale_for_each_axis=False,
+        ),
+    ]
+    if elastic:
+        spatial.append(ElasticTransform())
     return Compose(
         [
-            SpatialTransform(
-                list(patch_size),
-                patch_center_dist_from_border=None,
-                do_elastic_deform=False,
-                do_rotation=True,
-                angle_x=angle,
-                angle_y=angle,
-                angle_z=angle,
-                p_rot_per_axis=1,
-                do_scale=True,
-                scale=SCALE_RANGE,
-                border_mode_data="constant",
-                border_cval_data=0,
-                order_data=3,
-                border_mode_seg="constant",
-                border_cval_seg=0,
-                order_seg=0,
-                random_crop=False,
-                p_el_per_sample=0,
-                p_scale_per_sample=P_SCALE,
-                p_rot_per_sample=P_ROTATION,
-                independent_scale_for_each_axis=False,
-            ),
+            *spatial,
             GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
             GaussianBlurTransform(
                 blur_sigma=(0.5, 1.0),

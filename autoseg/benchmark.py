@@ -313,6 +313,7 @@ def run_benchmark(
     predict_cases: int = 5,
     tta: bool = True,
     augmentation: str = "auto",
+    cpu_bf16: bool = True,
 ) -> BenchmarkResult:
     """Time training (with and without data loading) and prediction; see the module docstring.
 
@@ -327,6 +328,7 @@ def run_benchmark(
         predict_cases: preprocessed cases to predict (0 skips prediction).
         tta: mirroring test-time augmentation in prediction.
         augmentation: ``cpu``, ``device`` or ``auto``, as ``autoseg train --augmentation``.
+        cpu_bf16: bf16 autocast of the training step on a bf16-capable CPU (as ``autoseg train``).
 
     Returns:
         The figures.
@@ -344,7 +346,12 @@ def run_benchmark(
     n_workers = default_workers(torch_device) if workers is None else workers
     device_name = _device_name(torch_device)  # before prediction changes the CPU thread count
     step = TrainingStep(
-        config, len(plans.channels), plans.num_classes, torch_device, augmentation=augmentation
+        config,
+        len(plans.channels),
+        plans.num_classes,
+        torch_device,
+        augmentation=augmentation,
+        cpu_bf16=cpu_bf16,
     )
     _reset_gpu_peak(torch_device)
     log.info("timing %d training iterations (%d workers)", iterations, n_workers)

@@ -40,6 +40,8 @@ class CheckpointMeta:
         settings: the ``TrainSettings``, as plain JSON.
         history: the training curves (``autoseg.progress.History.to_dict``).
         augmentation: where training batches were augmented (``cpu`` or ``device``).
+        loss: the registered loss trained with (``autoseg.loss_options``); empty in checkpoints
+            written before losses had names (they trained ``dice_ce``).
         autoseg_version: the version that wrote it.
     """
 
@@ -52,6 +54,7 @@ class CheckpointMeta:
     settings: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     augmentation: str = ""
+    loss: str = ""
     autoseg_version: str = ""
 
 

@@ -7,6 +7,7 @@ traceback (``--debug`` shows it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -16,14 +17,18 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from autoseg import __version__
+from autoseg.cli_habits import HabitGroup
 from autoseg.cli_models import register_model_commands
 
 app = typer.Typer(
     name="autoseg",
+    cls=HabitGroup,
     help="Self-configuring medical image segmentation: plan, train, predict, evaluate.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +46,10 @@ AugmentationOpt = Annotated[
         help="Where training augmentation runs: cpu (batchgenerators), device (torch on the "
         "training device) or auto (device on CUDA and on the CPU).",
     ),
+]
+CpuBf16Opt = Annotated[
+    bool,
+    typer.Option("--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on a bf16-capable CPU."),
 ]
 
 
@@ -80,21 +89,39 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"autoseg {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug messages (any position).")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Only warnings and the final summary; no bars."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False, console=_console(stderr=True))],
-        force=True,
-    )
-    logging.getLogger("autoseg").setLevel(logging.DEBUG if debug else logging.INFO)
+    from autoseg.terminal import set_progress  # rich.progress: only once a command runs
+
+    level = logging.DEBUG if debug or verbose else logging.WARNING if quiet else logging.INFO
+    handler = RichHandler(show_path=False, show_time=False, console=_console(stderr=True))
+    handler.setLevel(level)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    # the package logger stays at INFO at least: training.log records INFO whatever the console
+    logging.getLogger("autoseg").setLevel(min(level, logging.INFO))
+    set_progress(not quiet)
 
 
 def _console(stderr: bool = False):
@@ -143,6 +170,18 @@ def plan(
         str | None,
         typer.Option("--plans-from", help="Reuse this planned dataset's network topology."),
     ] = None,
+    border_weights: Annotated[
+        bool,
+        typer.Option(
+            "--border-weights", help="Also compute the border weight maps of --loss border_ce."
+        ),
+    ] = False,
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage", help="Preprocessed arrays: npy (fastest) or blosc2 (compressed, extra)."
+        ),
+    ] = "npy",
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning import plan_dataset
@@ -156,6 +195,8 @@ def plan(
         preprocess=preprocess,
         replan=replan,
         plans_from=plans_from,
+        border_weights=border_weights,
+        storage=storage,
     )
     summary.print(_console())
 
@@ -190,6 +231,29 @@ def train(
             "--pretrained", help="Start from this model folder's or checkpoint's weights."
         ),
     ] = None,
+    cpu_bf16: CpuBf16Opt = True,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="dice_ce (default), focal, dice_focal or border_ce (U-Net border weights, for "
+            "touching objects); recorded in the model folder.",
+        ),
+    ] = "dice_ce",
+    augment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--augment",
+            help="Extra augmentation on top of nnU-Net's: elastic (the U-Net paper's elastic "
+            "deformation). Repeatable.",
+        ),
+    ] = None,
+    tracking: Annotated[
+        str,
+        typer.Option(
+            "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
+        ),
+    ] = "none",
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -211,6 +275,10 @@ def train(
         validate=validate,
         checkpoint_every=checkpoint_every,
         pretrained=str(pretrained.resolve()) if pretrained is not None else None,
+        cpu_bf16=cpu_bf16,
+        loss=loss,
+        augment=tuple(augment or ()),
+        tracking=tracking,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -232,7 +300,7 @@ def predict(
         typer.Option(
             "-f",
             "--folds",
-            help="Comma-separated folds (default: 0-4 when all are trained, else all).",
+            help="Folds: -f 0 1 or -f 0,1 (default: 0-4 when all are trained, else all).",
         ),
     ] = None,
     model: Annotated[
@@ -264,7 +332,7 @@ def predict(
         int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
     ] = 1,
 ) -> None:
-    """Predict NIfTI images with a trained model; outputs keep each input's exact geometry."""
+    """Predict images with a trained model; outputs keep each input's format and exact geometry."""
     from autoseg.errors import AutosegError
     from autoseg.model_folder import find_model_folders
     from autoseg.paths import resolve_dataset, resolve_home
@@ -339,7 +407,19 @@ def evaluate(
         list[Path] | None, typer.Argument(hidden=True, help="Refused: use -r and -p.")
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write evaluation.json/.csv here.")
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write evaluation.json, evaluation_cases.csv and evaluation_summary.csv here.",
+        ),
+    ] = None,
+    dataset_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset-json",
+            help="dataset.json or plans.json (or a dataset or model folder) naming the labels.",
+        ),
     ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
@@ -350,6 +430,10 @@ def evaluate(
 ) -> None:
     """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
     HD95 and NSD per case and label, with means per label."""
+    import dataclasses
+
+    from autoseg.cli_habits import command_line
+    from autoseg.dataset import read_label_names
     from autoseg.errors import AutosegError
     from autoseg.evaluate import evaluate_folders
 
@@ -367,19 +451,45 @@ def evaluate(
             "perfect by construction",
             reference,
         )
+    labels = read_label_names(dataset_json) if dataset_json is not None else None
     evaluation = evaluate_folders(
         predictions,
         reference,
+        labels=labels,
         nsd_tolerance_mm=nsd_tolerance,
         workers=_workers(workers),
         chill=chill,
     )
+    evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        evaluation.to_json(output / "evaluation.json")
-        evaluation.to_csv(output / "evaluation.csv")
-        _console().print(f"written: {output / 'evaluation.json'}, {output / 'evaluation.csv'}")
+        paths = evaluation.write_report(output)
+        _console().print("written: " + ", ".join(map(str, paths)))
+
+
+@app.command()
+@user_errors
+def instances(
+    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
+    output: Annotated[Path, typer.Argument(help="Folder for the instance label maps.")],
+    border_label: Annotated[
+        int | None,
+        typer.Option("--border-label", help="Class that separates touching objects, if trained."),
+    ] = None,
+    min_size: Annotated[
+        int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")
+    ] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+) -> None:
+    """Split semantic predictions into objects: an instance label map per file (same format)."""
+    from autoseg.instances import instances_folder
+
+    report = instances_folder(predictions, output, border_label, min_size, overwrite)
+    total = sum(report.objects.values())
+    _console().print(
+        f"{len(report.written)} written to {output} ({total} objects)"
+        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
+    )
 
 
 @app.command()
@@ -397,6 +507,7 @@ def benchmark(
     tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring TTA.")] = True,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write JSON here.")] = None,
     augmentation: AugmentationOpt = "auto",
+    cpu_bf16: CpuBf16Opt = True,
 ) -> None:
     """Epoch time with and without data loading, it/s, peak memory and prediction speed."""
     from autoseg.benchmark import run_benchmark
@@ -416,6 +527,7 @@ def benchmark(
         predict_cases=predict_cases,
         tta=tta,
         augmentation=augmentation,
+        cpu_bf16=cpu_bf16,
     )
     console = _console()
     console.print(result.table())
@@ -442,20 +554,29 @@ def find_best(
 @user_errors
 def demo(
     home: HomeOpt = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
-    iterations: Annotated[int, typer.Option(min=1, help="Iterations per epoch.")] = 15,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Training epochs (default: the demo's).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(min=1, help="Iterations per epoch (default: the demo's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: DeviceOpt = "auto",
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
 ) -> None:
     """Plan, train, predict and evaluate on real hippocampus MRI shipped in the package."""
-    from autoseg.demo import run_demo
+    from autoseg.demo import DemoSettings, run_demo
     from autoseg.paths import resolve_home
 
     console = _console()
+    settings = DemoSettings(seed=seed)
+    if epochs is not None:
+        settings = dataclasses.replace(settings, epochs=epochs)
+    if iterations is not None:
+        settings = dataclasses.replace(settings, iterations=iterations)
     result = run_demo(
         resolve_home(home),
-        epochs=epochs,
-        iterations=iterations,
+        settings,
         device=device,
         workers=_workers(workers),
         console=console,

@@ -25,6 +25,8 @@ from typing import Any
 from autoseg.errors import DatasetError, Problem
 from autoseg.ignore import ignore_label_problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
+from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.io_formats import is_sidecar
 from autoseg.regions import Region, is_region_based, parse_regions
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,35 @@ def load_dataset(path: str | Path) -> DatasetSpec:
 
 
 # --- dataset.json ------------------------------------------------------------------------------
+
+
+def read_label_names(path: str | Path) -> dict[int, str]:
+    """Label value -> name from a dataset.json or plans.json, or a folder holding one.
+
+    The ``labels`` of any such file autoseg reads work: MSD
+    (``{"0": "background", "1": "Anterior"}``), nnU-Net v2 (``{"background": 0, "Anterior": 1}``)
+    and autoseg's plans. A folder is a dataset folder (its dataset.json) or a model folder (its
+    plans.json).
+
+    Raises:
+        DatasetError: the file is missing, unreadable, or its labels are not valid.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        plans = path / "plans.json"
+        path = plans if plans.is_file() and not (path / "dataset.json").exists() else path
+    problems = _Problems(path if path.is_dir() else path.parent)
+    problems.json = str(path / "dataset.json" if path.is_dir() else path)
+    meta = _read_meta(problems)
+    labels = None
+    if meta is not None:
+        value = meta.get("labels")
+        keys = value.keys() if isinstance(value, dict) else ()
+        layout = "msd" if keys and all(str(k).strip().isdigit() for k in keys) else "nnunet"
+        labels = _labels(meta, layout, problems)
+    if problems or labels is None:
+        raise DatasetError(problems, what="dataset.json")
+    return labels
 
 
 def _read_meta(problems: _Problems) -> dict[str, Any] | None:
@@ -381,6 +412,11 @@ def _nnunet_cases(ending: str, n_channels: int, problems: _Problems) -> tuple[Ca
             expected = images_dir / f"{case_id}_0000{ending}"
             problems.add(labels[case_id], f"label without image (expected {expected})")
             continue
+        if ending in MICROSCOPY_ENDINGS and set(channels) == {0} and n_channels > 1:
+            # one RGB file holds every channel (nnU-Net's natural images); the fingerprint
+            # checks that it has as many as dataset.json declares
+            cases.append(Case(case_id=case_id, images=(channels[0],), label=labels[case_id]))
+            continue
         missing = [c for c in range(n_channels) if c not in channels]
         for c in missing:
             expected = images_dir / f"{case_id}_{c:04d}{ending}"
@@ -415,7 +451,8 @@ def _image_files(folder: Path) -> list[Path]:
     stray: list[str] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file() or file_ending(entry.name) is None:
-            stray.append(entry.name)
+            if not is_sidecar(entry):
+                stray.append(entry.name)
         else:
             files.append(entry)
     if stray:

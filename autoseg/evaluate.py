@@ -1,33 +1,15 @@
-"""Scoring label maps against references: Dice, IoU, precision, recall, HD95 and NSD.
+"""Scoring folders (or in-memory lists) of label maps against references, and the report.
 
-Per case and label, with ``P`` the predicted and ``R`` the reference voxels of the label:
+The metrics of one case (Dice, IoU, precision, recall, HD95, NSD) and their definitions, which
+are MONAI's, live in :mod:`autoseg.metrics`. Here: reading and checking the files, scoring every
+case (in worker processes), the means per label, and the report (JSON, CSV, a table).
 
-- ``dice = 2TP / (2TP + FP + FN)``, ``iou = TP / (TP + FP + FN)``,
-  ``precision = TP / |P|``, ``recall = TP / |R|``.
-- Surfaces: a mask minus its erosion (3x3x3 full-connectivity structure; voxels on the image
-  border count as surface). Distances between surfaces are Euclidean in mm
-  (``distance_transform_edt`` with ``sampling=spacing``), measured between voxel centres.
-- ``hd95``: the 95th percentile (linear interpolation) of the *pooled* symmetric surface
-  distances, i.e. of the distances of every predicted surface voxel to the reference surface
-  together with those of every reference surface voxel to the predicted surface. (MedPy and
-  MONAI instead take the larger of the two directed 95th percentiles; the values agree when the
-  two directions are alike, and the pooled one is at most that larger value, up to
-  interpolation.)
-- ``nsd`` (normalised surface Dice, Nikolov et al. 2021) at tolerance ``tau`` mm:
-  ``(|S_P within tau of S_R| + |S_R within tau of S_P|) / (|S_P| + |S_R|)``, counting surface
-  voxels (not surface areas).
-
-Empty masks never give NaN:
-
-- both empty: dice, iou, precision, recall and nsd are 1, hd95 is 0 (nothing to find, nothing
-  found).
-- exactly one empty: dice, iou, nsd, precision and recall are 0 (the one of precision / recall
-  that is 0/0 is set to 0 too: either the whole object was missed or everything predicted is
-  wrong), and hd95 is the diagonal of the whole image in mm,
-  ``sqrt(sum((shape * spacing)^2))``, which bounds every distance inside the image.
-
-Means over cases therefore always exist. Background (0) is never scored by
+Means over cases always exist (no metric is ever NaN). Background (0) is never scored by
 :func:`evaluate_folders` or :func:`evaluate_arrays`.
+
+For 2D label maps (a single slice) each case also gets the object metrics of
+``autoseg.metrics_micro`` per label (pixel error, Rand error, detection F1 at IoU 0.5), in
+``CaseResult.objects`` and ``Evaluation.object_means``, and as extra CSV columns.
 """
 
 from __future__ import annotations
@@ -35,19 +17,26 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from scipy import ndimage
 
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.ignore import IGNORE_NAME, ignore_label, mask_ignored
 from autoseg.io import Geometry, file_ending, read_array, strip_ending
+from autoseg.metrics import COUNT_NAMES, METRIC_NAMES, LabelMetrics, case_metrics
+from autoseg.metrics_micro import (
+    OBJECT_METRIC_NAMES,
+    ObjectMeans,
+    ObjectMetrics,
+    case_objects,
+    mean_object_metrics,
+    object_table,
+)
 from autoseg.regions import Region
 from autoseg.serial import atomic_write_text, dump_json, load_json
 
@@ -57,25 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-METRIC_NAMES = ("dice", "iou", "precision", "recall", "hd95", "nsd")
-COUNT_NAMES = ("tp", "fp", "fn", "n_pred", "n_ref")
-
-
-@dataclass(frozen=True)
-class LabelMetrics:
-    """The scores of one label in one case (hd95 in mm; counts in voxels)."""
-
-    dice: float
-    iou: float
-    precision: float
-    recall: float
-    hd95: float
-    nsd: float
-    tp: int
-    fp: int
-    fn: int
-    n_pred: int
-    n_ref: int
+REPORT_FILES = ("evaluation.json", "evaluation_cases.csv", "evaluation_summary.csv")
+METRIC_DEFINITIONS = "monai"
 
 
 @dataclass(frozen=True)
@@ -92,10 +64,11 @@ class MeanMetrics:
 
 @dataclass(frozen=True)
 class CaseResult:
-    """The scores of every evaluated label in one case."""
+    """The scores of every evaluated label in one case (``objects``: 2D label maps only)."""
 
     case_id: str
     metrics: dict[int, LabelMetrics]
+    objects: dict[int, ObjectMetrics] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -108,6 +81,10 @@ class Evaluation:
         label_means: label value -> means over cases of every metric.
         mean_dice: mean over labels of ``label_means[label].dice`` (0.0 when no label).
         nsd_tolerance_mm: the NSD tolerance used.
+        object_means: label value -> means of the object metrics (2D label maps; else empty).
+        command: the command line that produced it ("" when called from Python).
+        metrics: whose metric definitions were used: ``"monai"`` (``autoseg.metrics``); ``""``
+            in a file written before autoseg recorded it (other surface definitions).
     """
 
     cases: tuple[CaseResult, ...]
@@ -115,9 +92,12 @@ class Evaluation:
     label_means: dict[int, MeanMetrics]
     mean_dice: float
     nsd_tolerance_mm: float
+    object_means: dict[int, ObjectMeans] = field(default_factory=dict)
+    command: str = ""
+    metrics: str = ""
 
     def to_json(self, path: str | Path) -> None:
-        """Write as deterministic JSON (atomically)."""
+        """Write as deterministic JSON (atomically): per case, per-label means, the command."""
         dump_json(self, path)
 
     @classmethod
@@ -126,18 +106,51 @@ class Evaluation:
         return load_json(cls, path)
 
     def to_csv(self, path: str | Path) -> None:
-        """Write one row per case and label, then one ``mean`` row per label (atomically)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES])
-        for case in self.cases:
-            for label, m in case.metrics.items():
-                values = [getattr(m, n) for n in METRIC_NAMES + COUNT_NAMES]
-                writer.writerow([case.case_id, label, self.labels.get(label, str(label)), *values])
-        for label, mean in self.label_means.items():
-            values = [getattr(mean, n) for n in METRIC_NAMES]
-            writer.writerow(["mean", label, self.labels[label], *values, *[""] * len(COUNT_NAMES)])
-        atomic_write_text(path, buffer.getvalue())
+        """Write one row per case and label (atomically): ``case, label, name``, metrics, counts
+        (and the object metrics of 2D label maps)."""
+        extra = OBJECT_METRIC_NAMES if self.object_means else ()
+        rows = [
+            [case.case_id, label, self.labels.get(label, str(label))]
+            + [getattr(m, n) for n in METRIC_NAMES + COUNT_NAMES]
+            + [getattr(case.objects[label], n) for n in extra]
+            for case in self.cases
+            for label, m in case.metrics.items()
+        ]
+        _write_csv(path, ["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES, *extra], rows)
+
+    def summary_to_csv(self, path: str | Path) -> None:
+        """Write one row of means per label, then a ``mean`` row of the means over labels."""
+        extra = OBJECT_METRIC_NAMES if self.object_means else ()
+        rows = [
+            [label, self.labels[label], len(self.cases)]
+            + [getattr(mean, n) for n in METRIC_NAMES]
+            + [getattr(self.object_means[label], n) for n in extra]
+            for label, mean in self.label_means.items()
+        ]
+        if self.label_means:
+            overall = [
+                float(np.mean([getattr(m, n) for m in self.label_means.values()]))
+                for n in METRIC_NAMES
+            ]
+            overall += [
+                float(np.mean([getattr(m, n) for m in self.object_means.values()])) for n in extra
+            ]
+            rows.append(["mean", "all labels", len(self.cases), *overall])
+        _write_csv(path, ["label", "name", "cases", *METRIC_NAMES, *extra], rows)
+
+    def write_report(self, folder: str | Path) -> tuple[Path, ...]:
+        """Write ``evaluation.json``, ``evaluation_cases.csv`` and ``evaluation_summary.csv``.
+
+        Returns:
+            The three paths, in that order (each written atomically).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = tuple(folder / n for n in REPORT_FILES)
+        self.to_json(paths[0])
+        self.to_csv(paths[1])
+        self.summary_to_csv(paths[2])
+        return paths
 
     def print_table(self, console: Console) -> None:
         """Print the per-label means as a rich table."""
@@ -161,154 +174,16 @@ class Evaluation:
         table.add_section()
         table.add_row("mean", f"{self.mean_dice:.4f}", *[""] * 5)
         console.print(table)
+        if self.object_means:
+            console.print(object_table(self.object_means, self.labels))
 
 
-def _full_structure(ndim: int) -> np.ndarray:
-    return ndimage.generate_binary_structure(ndim, ndim)
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` that have a background neighbour (the image border counts as one)."""
-    return mask & ~ndimage.binary_erosion(mask, structure=_full_structure(mask.ndim))
-
-
-#: Above this label value, boxes are found per label: ``find_objects`` keeps a list entry for
-#: every value up to the largest, so one voxel of value 2e9 would cost gigabytes.
-_DENSE_BOXES = 4096
-
-
-def _label_boxes(array: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
-    """Bounding box of each positive label value in ``labels`` (None where absent)."""
-    array = array.view(np.uint8) if array.dtype == bool else array
-    wanted = [int(v) for v in labels if int(v) > 0]
-    if not wanted:
-        return {}
-    top = max(wanted)
-    if top <= _DENSE_BOXES:
-        boxes = ndimage.find_objects(array, max_label=top)
-        return {v: boxes[v - 1] for v in wanted}
-    found: dict[int, tuple[slice, ...] | None] = {}
-    for v in wanted:
-        mask = array == v
-        found[v] = tuple(slice(a, b) for a, b in _mask_box(mask)) if mask.any() else None
-    return found
-
-
-def _mask_box(mask: np.ndarray) -> list[tuple[int, int]]:
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        box.append((int(hits[0]), int(hits[-1]) + 1))
-    return box
-
-
-def _union_box(*boxes: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
-    """Smallest box holding every given box (None when none is given)."""
-    present = [box for box in boxes if box is not None]
-    if not present:
-        return None
-    return tuple(
-        slice(min(s.start for s in axis), max(s.stop for s in axis))
-        for axis in zip(*present, strict=True)
-    )
-
-
-def _metrics_of_masks(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tol: float, worst: float
-) -> LabelMetrics:
-    """Scores of two boolean masks (cropped to their bounding box)."""
-    n_pred, n_ref = int(pred.sum()), int(ref.sum())
-    tp = int(np.count_nonzero(pred & ref))
-    fp, fn = n_pred - tp, n_ref - tp
-    if n_pred == 0 and n_ref == 0:
-        return LabelMetrics(1.0, 1.0, 1.0, 1.0, 0.0, 1.0, tp, fp, fn, n_pred, n_ref)
-    if n_pred == 0 or n_ref == 0:
-        return LabelMetrics(0.0, 0.0, 0.0, 0.0, worst, 0.0, tp, fp, fn, n_pred, n_ref)
-    surf_pred, surf_ref = _surface(pred), _surface(ref)
-    pred_to_ref = ndimage.distance_transform_edt(~surf_ref, sampling=spacing)[surf_pred]
-    ref_to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=spacing)[surf_ref]
-    pooled = np.concatenate([pred_to_ref, ref_to_pred])
-    within = np.count_nonzero(pred_to_ref <= tol) + np.count_nonzero(ref_to_pred <= tol)
-    dice, iou = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
-    hd95, nsd = float(np.percentile(pooled, 95)), float(within / pooled.size)
-    return LabelMetrics(dice, iou, tp / n_pred, tp / n_ref, hd95, nsd, tp, fp, fn, n_pred, n_ref)
-
-
-def case_metrics(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    labels: Sequence[int],
-    spacing: tuple[float, ...],
-    nsd_tolerance_mm: float = 1.0,
-    ignore_label: int | None = None,
-    regions: Sequence[Region] = (),
-) -> dict[int, LabelMetrics]:
-    """Score each label of one case (rules in the module docstring).
-
-    Everything is computed on the bounding box of both masks: the same values as on the whole
-    image (outside the box is background, which is also what the erosion assumes beyond the
-    array's edge), at a fraction of the cost.
-
-    Args:
-        pred: predicted label map ``(Z, Y, X)``, integers.
-        ref: reference label map of the same shape.
-        labels: label values to score.
-        spacing: voxel size in mm per axis, ``(Z, Y, X)``.
-        nsd_tolerance_mm: tolerance of the normalised surface Dice.
-        ignore_label: voxels the reference labels so are background in both maps (they count
-            as neither TP, FP nor FN); the value itself is not scored.
-        regions: score these regions (``autoseg.regions``) instead of ``labels``: region i
-            (1-based) is the set of voxels holding any of its values.
-
-    Returns:
-        label value -> its metrics, in the order of ``labels``; with ``regions``, region
-        number (1, 2, ...) -> its metrics.
-
-    Raises:
-        ValueError: shapes differ, the arrays are not integers or spacing has the wrong length.
-    """
-    pred, ref = np.asarray(pred), np.asarray(ref)
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
-    if len(spacing) != pred.ndim:
-        raise ValueError(f"spacing {spacing} does not match {pred.ndim} dimensions")
-    for name, array in (("prediction", pred), ("reference", ref)):
-        if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-            raise ValueError(f"{name} must hold integers, found {array.dtype}")
-    pred, ref = mask_ignored(pred, ref, ignore_label)
-    labels = [v for v in labels if ignore_label is None or int(v) != ignore_label]
-    spacing = tuple(float(s) for s in spacing)
-    worst = math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing, strict=True)))
-    if regions:
-        labels = sorted({v for r in regions for v in r.values})
-    pred_boxes, ref_boxes = _label_boxes(pred, labels), _label_boxes(ref, labels)
-    whole = tuple(slice(0, n) for n in pred.shape)
-    result: dict[int, LabelMetrics] = {}
-    for number, region in enumerate(regions, start=1):
-        boxes = [b.get(v) for b in (pred_boxes, ref_boxes) for v in region.values]
-        box = _union_box(*boxes)
-        if box is None:
-            result[number] = LabelMetrics(1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 0, 0, 0, 0)
-            continue
-        result[number] = _metrics_of_masks(
-            np.isin(pred[box], region.values),
-            np.isin(ref[box], region.values),
-            spacing,
-            nsd_tolerance_mm,
-            worst,
-        )
-    if regions:
-        return result
-    for label in (int(v) for v in labels):
-        # find_objects has no boxes for background (0) or negative values: use the whole image
-        box = _union_box(pred_boxes[label], ref_boxes[label]) if label > 0 else whole
-        if box is None:  # absent from both
-            result[label] = LabelMetrics(1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0, 0, 0, 0, 0)
-            continue
-        result[label] = _metrics_of_masks(
-            pred[box] == label, ref[box] == label, spacing, nsd_tolerance_mm, worst
-        )
-    return result
+def _write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _summarise(
@@ -332,6 +207,8 @@ def _summarise(
         label_means=means,
         mean_dice=mean_dice,
         nsd_tolerance_mm=float(nsd_tolerance_mm),
+        object_means=mean_object_metrics([c.objects for c in cases]),
+        metrics=METRIC_DEFINITIONS,
     )
 
 
@@ -381,6 +258,7 @@ def evaluate_arrays(
         CaseResult(
             str(case_id),
             case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm, ignore, regions),
+            _objects(pred, ref, list(names), ignore, regions),
         )
         for case_id, pred, ref, spacing in pairs
     ]
@@ -439,7 +317,22 @@ def _score_files(
     ref, geometry = read_array(ref_path)
     pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
     metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore, regions)
-    return CaseResult(case_id, metrics)
+    return CaseResult(case_id, metrics, _objects(pred, ref, labels, ignore, regions))
+
+
+def _objects(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    labels: Sequence[int],
+    ignore: int | None,
+    regions: Sequence[Region],
+) -> dict[int, ObjectMetrics]:
+    """The object metrics of a 2D case, ignored voxels background in both maps; none for
+    region-based labels (the object metrics score label values, not regions)."""
+    if regions:
+        return {}
+    pred, ref = mask_ignored(pred, ref, ignore)
+    return case_objects(pred, ref, [v for v in labels if v != ignore])
 
 
 def _image_files(folder: Path, role: str, problems: list[Problem]) -> dict[str, Path]:
@@ -486,9 +379,10 @@ def evaluate_folders(
     Args:
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps (file names ``<case_id><ending>``).
-        labels: value -> name of the labels to score; default: every non-zero value found in
-            the references or the predictions, named by its value. Reference voxels of a label
-            named ``ignore`` are left out of every score.
+        labels: value -> name of the labels to score (``autoseg.dataset.read_label_names``);
+            other values in the files are not scored (with a warning). Default: every non-zero
+            value found in the references or the predictions, named by its value. Reference
+            voxels of a label named ``ignore`` are left out of every score.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         workers: processes reading and scoring cases.
         chill: score only the references that have a prediction (nnU-Net's ``--chill``);
@@ -536,6 +430,9 @@ def evaluate_folders(
         names = {v: str(v) for v in sorted(found) if v != 0}
     else:
         names = _label_names(labels)
+        unscored = sorted({v for i in infos.values() for v in i.values} - set(names) - {0})
+        if unscored:
+            logger.warning("label value(s) %s are in the files but not scored", unscored)
     logger.info("evaluating %d case(s), labels %s", len(common), list(names))
     ignore = _ignore_of(labels)
     if regions:

@@ -25,15 +25,16 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.ignore import ignore_label
-from autoseg.io import Geometry, read_array
+from autoseg.io import Geometry, file_ending, read_array
+from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
 from autoseg.regions import Region
 from autoseg.serial import dump_json, load_json
+from autoseg.terminal import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -227,9 +228,23 @@ def _read_channels(
         channels.extend(data if data.ndim == 4 else (data,))
     if len(problems) == first and len(channels) != n_channels:
         kind = "4D" if four_d else "3D"
+        hint = ""
+        if file_ending(case.images[0]) in MICROSCOPY_ENDINGS:
+            kind = "RGB" if four_d else "grayscale"
+            hint = " (an RGB file holds 3 channels, e.g. R, G, B; a grayscale file 1)"
         message = f"{kind} image with {len(channels)} channel(s), but dataset.json declares"
-        problems.append(Problem(str(case.images[0]), f"{message} {n_channels}"))
+        problems.append(Problem(str(case.images[0]), f"{message} {n_channels}{hint}"))
     return channels, geometry
+
+
+def _multichannel_label_message(path: Path, label: np.ndarray) -> str:
+    """Why a label file with several channels is refused (RGB label images are common)."""
+    if file_ending(path) in MICROSCOPY_ENDINGS:
+        return (
+            f"label image with {label.shape[0]} colour channels (RGB); a label map must hold one "
+            "integer value per pixel: save it as 8/16-bit grayscale or as a palette PNG"
+        )
+    return f"4D label ({label.shape[0]} volumes); expected a 3D label map"
 
 
 def _read_label(
@@ -245,9 +260,7 @@ def _read_label(
     label, geo = read
     where = str(case.label)
     if label.ndim == 4:
-        problems.append(
-            Problem(where, f"4D label ({label.shape[0]} volumes); expected a 3D label map")
-        )
+        problems.append(Problem(where, _multichannel_label_message(case.label, label)))
         return None
     if image is not None:
         if geo.shape != image.shape:
@@ -331,11 +344,8 @@ def compute_fingerprint(spec: DatasetSpec, workers: int = 1) -> Fingerprint:
 
 
 def _with_progress(results: Iterator[CaseInspection], spec: DatasetSpec) -> list[CaseInspection]:
-    console = Console(stderr=True)
     columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-    with Progress(
-        *columns, console=console, transient=True, disable=not console.is_terminal
-    ) as progress:
+    with progress_bar(*columns, transient=True) as progress:
         task = progress.add_task(f"fingerprint {spec.name}", total=len(spec.cases))
         out = []
         for result in results:

@@ -18,6 +18,8 @@ from pathlib import Path
 from autoseg.dataset import split_channel_suffix
 from autoseg.errors import AutosegError, Problem
 from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
+from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.io_formats import is_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ def group_input_files(
         if path.name.startswith("."):
             continue
         if file_ending(path) is None:
+            if is_sidecar(path):  # a TIFF's spacing, read with it
+                continue
             log.warning("ignoring %s: not an image file (%s)", path, ", ".join(IMAGE_ENDINGS))
             continue
         stem = strip_ending(path)
@@ -132,7 +136,7 @@ def group_input_files(
         if len(set(channels)) != len(channels) or (None in channels and len(channels) > 1):
             names = ", ".join(p.name for _, p in entries)
             problems.append(Problem(first, f"case '{case}' is given more than once ({names})"))
-        elif channels == [None]:
+        elif channels == [None] or _one_colour_file(channels, entries[0][1], num_channels):
             cases[case] = [entries[0][1]]
         elif channels != list(range(num_channels)):
             ending = file_ending(entries[0][1])
@@ -146,3 +150,9 @@ def group_input_files(
         else:
             cases[case] = [p for _, p in entries]
     return cases, problems
+
+
+def _one_colour_file(channels: list[int | None], path: Path, num_channels: int) -> bool:
+    """One ``CASE_0000`` RGB file (PNG/BMP/TIFF) holds all of a multi-channel model's channels,
+    as in nnU-Net's natural-image datasets; reading it checks the channel count."""
+    return num_channels > 1 and channels == [0] and file_ending(path) in MICROSCOPY_ENDINGS

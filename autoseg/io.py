@@ -6,8 +6,9 @@ through-plane axis of most scans comes first, as in nnU-Net. ``Geometry.spacing`
 same order. The original header travels with the array so that a prediction is written with
 exactly the input's geometry (shape, affine, qform/sform codes).
 
-NIfTI goes through nibabel; other formats (.nrrd, .nhdr, .mha, .mhd) through SimpleITK, which is
-imported only when such a file is met.
+NIfTI goes through nibabel; .nrrd, .nhdr, .mha, .mhd through SimpleITK, imported only when
+such a file is met; 2D microscopy images (.png, .bmp, .tif, .tiff) and 3D TIFF stacks through
+``autoseg.io_formats`` (Pillow, tifffile), whose rules map them to ``(C, Z=1, Y, X)``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from autoseg import io_formats
 from autoseg.errors import AutosegError
 from autoseg.memory import require_memory
 from autoseg.serial import atomic_output
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
-IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS
+IMAGE_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS + io_formats.ENDINGS
 #: Voxel spacings (mm) outside this range are refused: no scan has them, and a header that
 #: claims them would make resampling allocate absurd amounts of memory.
 SPACING_RANGE_MM = (1e-5, 1e4)
@@ -136,9 +138,26 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     dtype = np.dtype(np.float64) if scaled and header_dtype.kind in "buif" else header_dtype
     spatial = tuple(float(z) for z in img.header.get_zooms()[: min(3, len(img.shape))])
     check_header(path, tuple(img.shape), dtype, spatial, dtype.itemsize + 4)
+    return nifti_array(img, str(path))
+
+
+def nifti_array(img: Any, where: str = "image") -> tuple[np.ndarray, Geometry]:
+    """The array of a nibabel image in autoseg's order, with its geometry (header kept).
+
+    Args:
+        img: a ``nibabel.Nifti1Image`` (or Nifti2), 2D, 3D or 4D (channels last).
+        where: names the image in errors.
+
+    Returns:
+        ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (a transposed view of the stored data) and its
+        ``Geometry``.
+
+    Raises:
+        AutosegError: not 2D to 4D.
+    """
     data = np.asanyarray(img.dataobj)
     if data.ndim < 2 or data.ndim > 4:
-        raise AutosegError(f"{path}: expected a 2D, 3D or 4D volume, found {data.ndim} dimensions")
+        raise AutosegError(f"{where}: expected a 2D, 3D or 4D volume, found {data.ndim} dimensions")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if data.ndim == 2:
         data = data[:, :, None]
@@ -203,6 +222,21 @@ def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
     return data, geometry
 
 
+def _read_microscopy(path: Path, ending: str) -> tuple[np.ndarray, Geometry]:
+    def check(shape: tuple[int, ...], dtype: np.dtype, spacing: tuple[float, ...]) -> None:
+        check_header(path, shape, dtype, spacing, dtype.itemsize + 4)
+
+    data, spacing, header = io_formats.read_file(path, ending, check)
+    affine = np.diag([*reversed(spacing), 1.0])  # voxel (i=x, j=y, k=z) -> world
+    geometry = Geometry(
+        shape=tuple(int(s) for s in data.shape[-3:]),
+        spacing=spacing,
+        affine=_affine_tuple(affine),
+        header=header,
+    )
+    return data, geometry
+
+
 def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
     """Read one file as stored: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` for a 4D file.
 
@@ -220,6 +254,8 @@ def read_array(path: str | Path) -> tuple[np.ndarray, Geometry]:
     try:
         if ending in NIFTI_ENDINGS:
             return _read_nifti(path)
+        if ending in io_formats.ENDINGS:
+            return _read_microscopy(path, ending)
         return _read_itk(path)
     except AutosegError:
         raise
@@ -266,24 +302,31 @@ def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
     path = Path(path)
     if tuple(array.shape) != tuple(geometry.shape):
         raise ValueError(f"label shape {array.shape} does not match geometry {geometry.shape}")
-    dtype = np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0 else np.int16
+    low, high = array.min(initial=0), array.max(initial=0)
+    dtype = np.uint8 if high < 256 and low >= 0 else np.int16 if high < 2**15 else np.int32
     data = np.ascontiguousarray(array.astype(dtype, copy=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as (fd, tmp):
         os.close(fd)  # the writers open the temp file by name
-        if file_ending(path) in NIFTI_ENDINGS:
-            _write_nifti(data, geometry, Path(tmp), ending=file_ending(path) or ".nii.gz")
+        ending = file_ending(path)
+        if ending in NIFTI_ENDINGS:
+            _write_nifti(data, geometry, Path(tmp), ending=ending or ".nii.gz")
+        elif ending in io_formats.ENDINGS:
+            io_formats.write_label_file(data, geometry.spacing, Path(tmp), ending, path)
         else:
             _write_itk(data, geometry, Path(tmp), ending=file_ending(path) or ".mha")
 
 
-def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
+def nifti_image(data: np.ndarray, geometry: Geometry) -> Any:
+    """A ``nibabel.Nifti1Image`` of ``data`` (``(Z, Y, X)``, or ``(C, Z, Y, X)`` stored as 4D
+    with channels last) on ``geometry``'s grid: its header's affine and qform/sform codes."""
     import nibabel as nib
 
     header = geometry.header.copy() if isinstance(geometry.header, nib.Nifti1Header) else None
     affine = np.array(geometry.affine, dtype=np.float64)
-    out = np.transpose(data, (2, 1, 0))  # (Z, Y, X) -> (i, j, k)
-    if header is not None and len(header.get_data_shape()) == 2 and out.shape[2] == 1:
+    out = np.transpose(data, tuple(reversed(range(data.ndim))))  # (C,) Z, Y, X -> i, j, k (, C)
+    flat = header is not None and len(header.get_data_shape()) == 2
+    if flat and data.ndim == 3 and out.shape[2] == 1:
         out = out[:, :, 0]  # a 2D input (i, j) is read as (1, j, i): write it back as (i, j)
     img = nib.Nifti1Image(out, affine, header=header)
     img.set_data_dtype(data.dtype)
@@ -291,6 +334,12 @@ def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -
         img.header.set_slope_inter(1, 0)
         img.set_qform(header.get_qform(), code=int(header["qform_code"]))
         img.set_sform(header.get_sform(), code=int(header["sform_code"]))
+    return img
+
+
+def _write_nifti(data: np.ndarray, geometry: Geometry, tmp: Path, ending: str) -> None:
+
+    img = nifti_image(data, geometry)
     # nibabel picks the compression from the file name; the temp name hides it
     with open(tmp, "wb") as fh:
         if ending == ".nii.gz":

@@ -51,6 +51,7 @@ from autoseg.cascade import one_hot_channels
 from autoseg.errors import AutosegError
 from autoseg.plans import Configuration
 from autoseg.preprocess import PreprocessedCase, load_case
+from autoseg.weightmap import load_weight_map
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,13 @@ class _Sampler:
         augment: bool,
         oversample_foreground: float,
         on_device: bool = False,
+        elastic: bool = False,
+        weights: bool = False,
         ignore_label: int | None = None,
         previous_stage: tuple[Path, tuple[int, ...]] | None = None,
     ) -> None:
         self.folder = folder
+        self.weights = weights
         self.ignore_label = ignore_label
         self.previous_stage = previous_stage
         self.case_ids = case_ids
@@ -117,9 +121,12 @@ class _Sampler:
         self.batch_size = config.batch_size
         self.region = np.asarray(sample_size(config.patch_size, augment), dtype=int)
         cpu_transforms = augment and not on_device
-        self.transforms = training_transforms(config.patch_size) if cpu_transforms else None
+        self.transforms = (
+            training_transforms(config.patch_size, elastic) if cpu_transforms else None
+        )
         self.oversample = oversample_foreground
         self._cases: OrderedDict[str, PreprocessedCase] = OrderedDict()
+        self._weight_maps: dict[str, np.ndarray] = {}
         self.reseed(0, 0)
 
     def reseed(self, seed: int, worker: int) -> None:
@@ -182,50 +189,75 @@ class _Sampler:
             return self.rng.integers(lo, hi + 1)
         return np.clip(centre - self.patch // 2, lo, hi)
 
-    def _sample(self, case_id: str, forced: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The case's image and label (a Z slice of them in 2D) and where the region starts."""
+    def _weight_map(self, case_id: str) -> np.ndarray:
+        if case_id not in self._weight_maps:
+            if len(self._weight_maps) > _CACHED_CASES:
+                self._weight_maps.clear()
+            self._weight_maps[case_id] = load_weight_map(self.folder, case_id)
+        return self._weight_maps[case_id]
+
+    def _sample(
+        self, case_id: str, forced: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The case's image, label and (``weights``) border weight map, a Z slice of them in
+        2D, and where the region starts."""
         case = self._case(case_id)
         image, seg = case.image, case.seg  # (C, Z, Y, X), (1, Z, Y, X)
         if seg is None:
             raise AutosegError(f"{self.folder}: case '{case_id}' has no label map to train on")
+        weight = self._weight_map(case_id) if self.weights else None  # (1, Z, Y, X)
         voxel = self._foreground_voxel(case) if forced else None
         if len(self.patch) == 2:
             z = int(voxel[0]) if voxel is not None else int(self.rng.integers(image.shape[1]))
             image, seg = image[:, z], seg[:, z]
+            weight = weight[:, z] if weight is not None else None
             voxel = voxel[1:] if voxel is not None else None
         start = self._patch_start(np.asarray(image.shape[1:]), voxel)
-        return image, seg, start - (self.region - self.patch) // 2
+        return image, seg, start - (self.region - self.patch) // 2, weight
 
     def next_batch(self) -> dict[str, np.ndarray]:
-        """One batch: ``image`` (B, C, *patch) float32 and ``target`` (B, 1, *patch) int16."""
+        """One batch: ``image`` (B, C, *patch) float32 and ``target`` (B, 1, *patch) int16;
+        with ``weights`` also ``weight`` (B, 1, *patch) float32, the border weight map,
+        transformed with the labels."""
         n_forced = forced_foreground_count(self.batch_size, self.oversample, self.rng)
         data = target = None
         for i in range(self.batch_size):
             case_id = self.case_ids[self.rng.integers(len(self.case_ids))]
-            image, seg, start = self._sample(case_id, forced=i >= self.batch_size - n_forced)
+            image, seg, start, weight = self._sample(case_id, self._forced(i, n_forced))
             if data is None:
                 channels = image.shape[0]
                 data = np.zeros((self.batch_size, channels, *self.region), np.float32)
-                seg_channels = 1 if self.previous_stage is None else 2
-                target = np.zeros((self.batch_size, seg_channels, *self.region), np.uint8)
+                # label channels: the labels, then the weight map (float, resampled nearest)
+                # with ``weights``, then the previous stage's labels with a cascade
+                seg_channels = 1 + self.weights + (self.previous_stage is not None)
+                seg_dtype = np.float32 if self.weights else np.uint8
+                target = np.zeros((self.batch_size, seg_channels, *self.region), seg_dtype)
             if image.shape[0] != data.shape[1]:
                 raise AutosegError(f"{self.folder}: case '{case_id}' has another channel count")
             read_region(image, start, data[i])  # (C, *region)
             read_region(seg, start, target[i, :1])  # (1, *region)
+            if weight is not None:
+                read_region(weight, start, target[i, 1:2])
             if self.previous_stage is not None:  # a cascade: the previous stage's labels
-                read_region(self._previous(case_id, seg.shape), start, target[i, 1:])
+                read_region(self._previous(case_id, seg.shape), start, target[i, -1:])
         if self.transforms is not None:
             with self._global_random_states():
                 out = self.transforms(data=data, seg=target)
             data, target = out["data"], out["seg"]
         if self.previous_stage is not None:  # moved, one-hot, into the image channels
             labels = self.previous_stage[1]
-            onehot = np.stack([one_hot_channels(t, labels) for t in target[:, 1]])
-            data, target = np.concatenate([data, onehot], axis=1), target[:, :1]
-        return {
+            onehot = np.stack([one_hot_channels(t, labels) for t in target[:, -1]])
+            data, target = np.concatenate([data, onehot], axis=1), target[:, :-1]
+        batch = {
             "image": np.ascontiguousarray(data, dtype=np.float32),
-            "target": np.ascontiguousarray(target).astype(np.int16),
+            "target": np.ascontiguousarray(target[:, :1]).astype(np.int16),
         }
+        if self.weights:
+            batch["weight"] = np.ascontiguousarray(target[:, 1:], dtype=np.float32)
+        return batch
+
+    def _forced(self, i: int, n_forced: int) -> bool:
+        return i >= self.batch_size - n_forced
 
 
 def _put(q: Any, item: Any, stop: Any) -> bool:
@@ -295,6 +327,9 @@ class BatchLoader:
         num_workers: 0 samples in the calling process; more starts that many worker processes
             (``fork`` where available), each buffering up to two batches.
         oversample_foreground: fraction of each batch forced to contain foreground.
+        elastic: add elastic deformation to the CPU augmentation (``autoseg.elastic``).
+        weights: also yield each patch's border weight map (``weight``, from
+            ``autoseg.weightmap``; CPU augmentation only).
         ignore_label: a label value that is not foreground (``Plans.ignore_label``): forced
             samples never centre on it.
         previous_stage: for a cascade, ``(folder of CASE.npy, foreground labels)``: the
@@ -320,6 +355,8 @@ class BatchLoader:
         num_workers: int = 0,
         oversample_foreground: float = 1 / 3,
         augmentation: str = "cpu",
+        elastic: bool = False,
+        weights: bool = False,
         ignore_label: int | None = None,
         previous_stage: tuple[Path, tuple[int, ...]] | None = None,
     ) -> None:
@@ -346,6 +383,10 @@ class BatchLoader:
         on_device = augmentation == "device"
         if on_device and augment and previous_stage is not None:
             raise ValueError("a cascade stage is augmented on the CPU (augmentation='cpu')")
+        if weights and on_device and augment:
+            raise AutosegError(
+                "border weight maps are augmented on the CPU only: --augmentation cpu"
+            )
         self._sampler = _Sampler(
             folder,
             case_ids,
@@ -353,6 +394,8 @@ class BatchLoader:
             augment,
             oversample_foreground,
             on_device,
+            elastic,
+            weights,
             ignore_label,
             previous_stage,
         )

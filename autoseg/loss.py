@@ -141,16 +141,21 @@ class DeepSupervisionLoss(nn.Module):
         self.weights = [float(w) for w in weights]
 
     def forward(
-        self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
+        self,
+        outputs: Sequence[torch.Tensor],
+        targets: Sequence[torch.Tensor],
+        voxel_weights: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Args: outputs and targets, highest resolution first, as many as weights."""
+        """Args: outputs and targets, highest resolution first, as many as weights; and, for a
+        base loss that takes them (``border_ce``), per-voxel weights at the same resolutions."""
         if not len(outputs) == len(targets) == len(self.weights):
             raise ValueError(
                 f"{len(outputs)} outputs, {len(targets)} targets, {len(self.weights)} weights"
             )
+        extra = [(m,) for m in voxel_weights] if voxel_weights is not None else [()] * len(outputs)
         terms = [
-            w * self.base(o, t)
-            for w, o, t in zip(self.weights, outputs, targets, strict=True)
+            w * self.base(o, t, *m)
+            for w, o, t, m in zip(self.weights, outputs, targets, extra, strict=True)
             if w != 0
         ]
         # A zero-weighted output is not scored, but it stays in the graph with a zero gradient:

@@ -8,6 +8,7 @@ decorator and chosen by ``config.network``:
   stage's stride), a transposed-convolution decoder with skip concatenation and a 1x1
   segmentation head per decoder level (deep supervision).
 - ``"resenc"``: the same decoder on a residual encoder (stem conv, then basic residual blocks).
+- ``"attention"`` (``autoseg.network_attention``): the U-Net with an attention gate per skip.
 
 Every network exposes ``deep_supervision`` (bool, settable): True returns a list of logits
 ``[full, 1/2, 1/4, ...]`` (``num_stages - 1`` entries), False only the full-resolution logits
@@ -37,8 +38,11 @@ __all__ = [
 ]
 
 NetworkBuilder = Callable[[Configuration, int, int], nn.Module]
-# built-ins register below; plug-ins come from entry points of group "autoseg.networks"
-NETWORKS: Registry[NetworkBuilder] = Registry("network", "autoseg.networks")
+# built-ins register below and in autoseg.network_attention; plug-ins come from entry points
+# of group "autoseg.networks"
+NETWORKS: Registry[NetworkBuilder] = Registry(
+    "network", "autoseg.networks", ("autoseg.network_attention",)
+)
 
 # Residual blocks per stage of the residual encoder when the plans do not say (nnU-Net ResEnc).
 DEFAULT_RESENC_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6)

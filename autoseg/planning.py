@@ -23,7 +23,9 @@ from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_h
 from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
 from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.storage import check_storage
 from autoseg.transfer import plans_from as transfer_plans
+from autoseg.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,11 @@ def plan_dataset(
     preprocess: bool = True,
     replan: bool = False,
     plans_from: str | None = None,
+    border_weights: bool = False,
+    storage: str = "npy",
 ) -> PlanSummary:
-    """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases.
+    """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases
+    (with ``border_weights``, also their border weight maps for ``--loss border_ce``).
 
     Args:
         replan: start the dataset's work folder afresh (its plans, fingerprint, splits and
@@ -93,6 +98,7 @@ def plan_dataset(
             planner is unknown, or another dataset of this name is planned in the home (without
             ``replan``); nothing is written then.
     """
+    check_storage(storage)  # before anything is written
     t0 = time.perf_counter()
     home_dir = resolve_home(home)
     dirs = resolve_dataset(dataset, home_dir, same_source=not replan)
@@ -120,7 +126,13 @@ def plan_dataset(
     fingerprint.to_json(dirs.fingerprint)
     plans.to_json(dirs.plans(planner))
     if preprocess:
-        run_preprocessing(spec, plans, list(plans.configurations), dirs.work, workers, sources)
+        run_preprocessing(
+            spec, plans, list(plans.configurations), dirs.work, workers, sources, storage
+        )
+        if border_weights:
+            folders = {preprocessed_folder(dirs.work, c) for c in plans.configurations.values()}
+            for folder in sorted(folders):
+                ensure_weight_maps(folder, [case.case_id for case in spec.cases])
     return PlanSummary(
         dataset=dirs.name,
         work=dirs.work,

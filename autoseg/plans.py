@@ -63,6 +63,8 @@ class Configuration:
         batch_dice: compute the Dice loss over the whole batch instead of per sample.
         previous_stage: for a cascade's second stage, the configuration it builds on.
         estimated_memory_gb: the planner's activation-memory estimate for this batch and patch.
+        augmentations: optional training augmentations on top of nnU-Net's (``elastic``), a
+            planner setting; ``autoseg train --augment`` adds to them.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Configuration:
     batch_dice: bool = False
     previous_stage: str | None = None
     estimated_memory_gb: float = 0.0
+    augmentations: tuple[str, ...] = ()
 
     @property
     def ndim(self) -> int:

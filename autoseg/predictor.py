@@ -28,7 +28,7 @@ from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.cascade import PreviousStage, input_channels, previous_stage_input
 from autoseg.checkpoint import load_checkpoint
-from autoseg.device import autocast, cpu_count, resolve_device
+from autoseg.device import autocast, inference_settings, resolve_device
 from autoseg.errors import AutosegError, Problem
 from autoseg.inputs import group_input_files, list_input_files, refuse_outputs_that_are_inputs
 from autoseg.io import Geometry, Image, file_ending, read_image, write_label
@@ -41,6 +41,7 @@ from autoseg.probability_files import save_probabilities as write_probabilities
 from autoseg.regions import regions_to_labels
 from autoseg.shards import select_part
 from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.terminal import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,6 @@ class Predictor:
         self.label_values = np.array(values, dtype=np.int64)
         self.num_classes, self.in_channels = plans.num_classes, len(plans.channels)
         self.network_channels = input_channels(plans, configuration)  # + cascade inputs
-        if self.device.type == "cpu":
-            torch.set_num_threads(cpu_count())
-        else:
-            torch.backends.cudnn.benchmark = True  # one patch size: pick the fastest kernels
         self.networks = [self._network(w, src) for w, src in zip(weights, sources, strict=True)]
         self.postprocessing = postprocessing
 
@@ -267,7 +264,8 @@ class Predictor:
         window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
         mirror_axes = tuple(range(config.ndim)) if self.tta else ()
         total = torch.zeros(0)
-        with torch.inference_mode(), autocast(self.device):
+        # threads / cuDNN benchmarking only for this call: the process keeps its own settings
+        with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
             for i, net in enumerate(self.networks):
                 logits = window(  # (K, Z, Y, X) float32
                     net,
@@ -497,7 +495,7 @@ def predict_folder(
 
     written: list[Path] = []
     failed = list(problems)
-    bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress)
+    bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
     with (
         bar,
         ThreadPoolExecutor(workers, thread_name_prefix="autoseg-read") as reader,

@@ -5,6 +5,7 @@ whole dataset and stores, per case, in ``<home>/<dataset>/preprocessed/<data_ide
 
 - ``<case>.img.npy``  float32 ``(C, Z, Y, X)``: cropped, resampled, normalised image;
 - ``<case>.seg.npy``  uint8 ``(1, Z, Y, X)``: its labels on the same grid (values 0..255);
+  (``.img.b2nd`` / ``.seg.b2nd`` with ``storage="blosc2"``: ``autoseg.storage``);
 - ``<case>.fg.npz``   label -> int32 ``(N, 3)`` coordinates of up to 10,000 voxels of it;
 - ``<case>.json``     ``CaseProperties``, written last: its presence means the case is complete;
 - ``preprocessing.complete``: written after the last case (``autoseg.cache``).
@@ -21,10 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
-import os
 import time
 import zipfile
 from collections.abc import Iterable
@@ -42,7 +41,17 @@ from autoseg.memory import require_memory
 from autoseg.normalize import normalize_channel
 from autoseg.plans import Configuration, Plans
 from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
-from autoseg.serial import atomic_output, dump_json, load_json, to_dict
+from autoseg.serial import dump_json, load_json, to_dict
+from autoseg.storage import (
+    ENDINGS,
+    STORAGES,
+    check_storage,
+    load_array,
+    load_locations,
+    save_array,
+    save_locations,
+)
+from autoseg.terminal import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +77,7 @@ class CaseProperties:
         plans_key: ``plans_key(config)`` of the settings it was made with.
         anisotropic_axis: axis resampled with order 0 (thick slices), or None.
         source_key: ``cache.case_key`` of the files it was made from ("" when not from files).
+        storage: how its arrays are stored (``autoseg.storage.STORAGES``).
     """
 
     case_id: str
@@ -80,6 +90,7 @@ class CaseProperties:
     plans_key: str
     anisotropic_axis: int | None = None
     source_key: str = ""
+    storage: str = "npy"
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,72 +264,52 @@ def class_locations(
     return locations
 
 
-class _Stream:
-    """A file seen only through ``write``: numpy then writes in chunks through Python's file
-    object (a full disk is an ``OSError`` ENOSPC) instead of ``ndarray.tofile``, whose short
-    write raises an ``OSError`` without errno or reason."""
-
-    def __init__(self, fh) -> None:
-        self.write = fh.write
-
-
-def _write_atomic(path: Path, write) -> None:
-    with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh:
-        write(fh)
-        fh.flush()
-
-
-def _write_npz(fh, arrays: dict[int, np.ndarray]) -> None:
-    """An ``np.load``-able .npz with fixed timestamps, so equal data gives equal bytes."""
-    with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[key]))
-            zf.writestr(
-                zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue()
-            )
-
-
-def _paths(folder: Path, case_id: str) -> dict[str, Path]:
-    names = {"img": ".img.npy", "seg": ".seg.npy", "fg": ".fg.npz", "json": ".json"}
+def _paths(folder: Path, case_id: str, storage: str = "npy") -> dict[str, Path]:
+    end = ENDINGS[storage]
+    names = {"img": f".img{end}", "seg": f".seg{end}", "fg": ".fg.npz", "json": ".json"}
     return {k: folder / f"{case_id}{v}" for k, v in names.items()}
 
 
-def save_case(folder: Path, case: PreprocessedCase) -> None:
-    """Store a case (each file through a temp name; the properties last)."""
+def _array_paths(folder: Path, case_id: str) -> list[Path]:
+    """The image and label paths of a case in every storage format."""
+    return [_paths(folder, case_id, s)[k] for s in STORAGES for k in ("img", "seg")]
+
+
+def save_case(folder: Path, case: PreprocessedCase, storage: str = "npy") -> None:
+    """Store a case in ``storage`` (each file through a temp name; the properties last)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = _paths(folder, case.properties.case_id)
+    case_id = case.properties.case_id
+    paths = _paths(folder, case_id, storage)
     paths["json"].unlink(missing_ok=True)  # an incomplete case must not look complete
-    _write_atomic(
-        paths["img"], lambda fh: np.save(_Stream(fh), case.image.astype(np.float32, copy=False))
-    )
+    for stale in set(_array_paths(folder, case_id)) - {paths["img"], paths["seg"]}:
+        stale.unlink(missing_ok=True)  # arrays of the other format
+    save_array(paths["img"], case.image.astype(np.float32, copy=False), storage)
     if case.seg is not None:
-        _write_atomic(
-            paths["seg"], lambda fh: np.save(_Stream(fh), case.seg.astype(np.uint8, copy=False))
-        )
+        save_array(paths["seg"], case.seg.astype(np.uint8, copy=False), storage)
     else:
         paths["seg"].unlink(missing_ok=True)
-    _write_atomic(paths["fg"], lambda fh: _write_npz(fh, case.class_locations))
-    dump_json(case.properties, paths["json"])
+    save_locations(paths["fg"], case.class_locations)
+    dump_json(dataclasses.replace(case.properties, storage=storage), paths["json"])
 
 
 def load_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase:
-    """Read a stored case; arrays are memory-mapped (read-only) when ``mmap``.
+    """Read a stored case in the format its properties name; arrays are read lazily when
+    ``mmap`` (a read-only memory map for npy, a lazily decompressed array for blosc2).
 
     Raises:
-        AutosegError: the case is not (completely) preprocessed in ``folder``.
+        AutosegError: the case is not (completely) preprocessed in ``folder``, or its format
+            cannot be read here.
     """
-    paths = _paths(Path(folder), case_id)
-    if not paths["json"].is_file():
-        raise AutosegError(f"{paths['json']}: case '{case_id}' is not preprocessed")
-    mode = "r" if mmap else None
+    json_path = _paths(Path(folder), case_id)["json"]
+    if not json_path.is_file():
+        raise AutosegError(f"{json_path}: case '{case_id}' is not preprocessed")
     try:
-        props = load_json(CaseProperties, paths["json"])
-        image = np.load(paths["img"], mmap_mode=mode)
-        seg = np.load(paths["seg"], mmap_mode=mode) if paths["seg"].is_file() else None
-        with np.load(paths["fg"]) as fg:
-            locations = {int(k): fg[k] for k in fg.files}
+        props = load_json(CaseProperties, json_path)
+        paths = _paths(Path(folder), case_id, check_storage(props.storage))
+        image = load_array(paths["img"], props.storage, mmap)
+        seg = load_array(paths["seg"], props.storage, mmap) if paths["seg"].is_file() else None
+        locations = load_locations(paths["fg"])
     except (OSError, EOFError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
         raise AutosegError(
             f"{folder}: preprocessed case '{case_id}' is damaged ({exc}); "
@@ -327,16 +318,17 @@ def load_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase
     return PreprocessedCase(image=image, seg=seg, class_locations=locations, properties=props)
 
 
-def _is_done(folder: Path, case: Case, key: str, source_key: str) -> bool:
+def _is_done(folder: Path, case: Case, key: str, source_key: str, storage: str) -> bool:
     """Whether the case is stored completely, from the same files (content) with the settings
-    ``key``, and its files are readable."""
+    ``key``, in ``storage``, and its files are readable."""
     try:
         stored = load_case(folder, case.case_id, mmap=True)  # mmap checks the sizes, reads little
     except AutosegError:
         return False
     has_seg = stored.seg is not None or case.label is None
     props = stored.properties
-    return props.plans_key == key and props.source_key == source_key and has_seg
+    same = props.plans_key == key and props.source_key == source_key
+    return same and props.storage == storage and has_seg
 
 
 def _read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -353,8 +345,10 @@ def _read_label(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return data.astype(np.uint8)
 
 
-def preprocess_case(case: Case, config: Configuration, folder: Path, source_key: str = "") -> str:
-    """Read, preprocess and store one case; returns its id (the worker task).
+def preprocess_case(
+    case: Case, config: Configuration, folder: Path, source_key: str = "", storage: str = "npy"
+) -> str:
+    """Read, preprocess and store one case in ``storage``; returns its id (the worker task).
 
     ``source_key`` (``cache.case_key``) is stored in its properties.
 
@@ -370,7 +364,7 @@ def preprocess_case(case: Case, config: Configuration, folder: Path, source_key:
     del image, label
     props = dataclasses.replace(props, source_key=source_key)
     locations = class_locations(seg[0], case.case_id) if seg is not None else {}
-    save_case(folder, PreprocessedCase(data, seg, locations, props))
+    save_case(folder, PreprocessedCase(data, seg, locations, props), storage)
     return case.case_id
 
 
@@ -388,6 +382,7 @@ def run_preprocessing(
     home_dataset_dir: Path,
     workers: int,
     sources: dict[str, str] | None = None,
+    storage: str = "npy",
 ) -> None:
     """Preprocess every case of ``spec`` for each distinct data identifier of ``config_names``.
 
@@ -400,12 +395,14 @@ def run_preprocessing(
 
     Args:
         sources: ``cache.dataset_sources(spec)`` when the caller has it (else computed here).
+        storage: ``npy`` or ``blosc2`` (``autoseg.storage``); a case stored in the other
+            format is redone.
 
     Raises:
-        AutosegError: unknown configuration, or cases that cannot be read (all of them listed).
+        AutosegError: unknown configuration or storage, or cases that cannot be read (all of
+            them listed).
     """
-    from rich.progress import Progress
-
+    check_storage(storage)
     groups: dict[Path, Configuration] = {}
     for name in config_names:
         config = plans.configuration(name)
@@ -431,16 +428,16 @@ def run_preprocessing(
             cache.remove_marker(folder)
         key = plans_key(config)
         keys = {c.case_id: cache.case_key(sources[c.case_id], key) for c in spec.cases}
-        todo = [c for c in spec.cases if not _is_done(folder, c, key, keys[c.case_id])]
+        todo = [c for c in spec.cases if not _is_done(folder, c, key, keys[c.case_id], storage)]
         todo.sort(key=_case_size, reverse=True)  # big cases first balances the workers
         reused = len(spec.cases) - len(todo)
         if todo:
             cache.remove_marker(folder)
-        with Progress(transient=False) as progress:
+        with progress_bar(transient=False) as progress:
             task = progress.add_task(f"preprocess {folder.name}", total=len(spec.cases))
             progress.advance(task, reused)
             failed = len(problems)
-            for case, error in _run_tasks(todo, config, folder, workers, keys):
+            for case, error in _run_tasks(todo, config, folder, workers, keys, storage):
                 if error is not None:
                     problems.append(Problem(f"case {case.case_id}", str(error)))
                 progress.advance(task)
@@ -460,20 +457,25 @@ def _remove_other_cases(folder: Path, keep: set[str]) -> bool:
         case_id = props.name[: -len(".json")]
         if case_id not in keep:
             props.unlink(missing_ok=True)  # first: the case no longer looks complete
-            for path in _paths(folder, case_id).values():
+            for path in [*_paths(folder, case_id).values(), *_array_paths(folder, case_id)]:
                 path.unlink(missing_ok=True)
             removed = True
     return removed
 
 
 def _run_tasks(
-    todo: list[Case], config: Configuration, folder: Path, workers: int, keys: dict[str, str]
+    todo: list[Case],
+    config: Configuration,
+    folder: Path,
+    workers: int,
+    keys: dict[str, str],
+    storage: str,
 ):
     """Yield ``(case, error or None)`` as cases finish, in-process or in a process pool."""
     if workers <= 1 or len(todo) <= 1:
         for case in todo:
             try:
-                preprocess_case(case, config, folder, keys[case.case_id])
+                preprocess_case(case, config, folder, keys[case.case_id], storage)
                 yield case, None
             except AutosegError as exc:
                 yield case, exc
@@ -485,7 +487,7 @@ def _run_tasks(
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context)
     try:
         futures = {
-            pool.submit(preprocess_case, case, config, folder, keys[case.case_id]): case
+            pool.submit(preprocess_case, case, config, folder, keys[case.case_id], storage): case
             for case in todo
         }
         for future in as_completed(futures):

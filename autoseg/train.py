@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
 from autoseg.cache import complete_cases
@@ -40,10 +40,13 @@ from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.crossval import decide_cv_postprocessing
 from autoseg.dataset import load_dataset
 from autoseg.device import cpu_count, resolve_device
+from autoseg.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
 from autoseg.io import file_ending, read_array
+from autoseg.io_formats import companion_files
 from autoseg.loader import BatchLoader
+from autoseg.loss_options import DEFAULT_LOSS, build_loss, loss_needs_weights
 from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
@@ -53,7 +56,10 @@ from autoseg.progress import History, add_file_log, write_progress
 from autoseg.serial import atomic_write_text, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
+from autoseg.terminal import progress_bar
+from autoseg.tracking import check_tracking, open_tracker
 from autoseg.transfer import load_pretrained, pretrained_checkpoint
+from autoseg.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,13 @@ class TrainSettings:
         optimizer: the optimiser's settings.
         pretrained: a checkpoint or model folder whose compatible weights start the training
             (``autoseg.transfer``); not used when resuming.
+        cpu_bf16: on a CPU with native bf16 instructions, run the network under bf16 autocast
+            (about 2x faster, loss curve unchanged within noise); False keeps fp32.
+        loss: registered loss name (``autoseg.loss_options``: ``dice_ce``, ``focal``,
+            ``dice_focal``, ``border_ce``), with deep supervision.
+        augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
+            ``augmentations`` (a planner setting) are added.
+        tracking: ``none`` or ``tensorboard`` (``autoseg.tracking``): per-epoch figures.
     """
 
     epochs: int = 1000
@@ -93,6 +106,10 @@ class TrainSettings:
     validate: bool = True
     optimizer: OptimizerSettings = OptimizerSettings()  # noqa: RUF009 - frozen, immutable
     pretrained: str | None = None
+    cpu_bf16: bool = True
+    loss: str = DEFAULT_LOSS
+    augment: tuple[str, ...] = ()
+    tracking: str = "none"
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -177,6 +194,7 @@ class _Trainer:
         self.dirs, self.plans, self.fold, self.settings = dirs, plans, fold, settings
         if settings.pretrained:  # a wrong path fails now, before anything is written
             pretrained_checkpoint(settings.pretrained, config_name)
+        check_tracking(settings.tracking)  # before any work
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = select_split(dirs, fold, case_ids)
@@ -193,10 +211,29 @@ class _Trainer:
             folder = prepare_previous_stage(dirs, plans, self.config)
             self.previous_stage = (folder, plans.foreground_labels)
         self.label_names = list(plans.output_names)  # foreground labels, or regions
+        # unknown names, and losses the ignore label or regions do not support, fail here
+        self.loss = build_loss(settings.loss, self.config, plans.ignore_label, plans.regions)
+        self.needs_weights = loss_needs_weights(self.loss)
+        extra = set(settings.augment) | set(self.config.augmentations)
+        unknown = sorted(extra - set(AUGMENTATIONS))
+        if unknown:
+            raise AutosegError(
+                f"unknown augmentation(s) {', '.join(unknown)}; "
+                f"available: {', '.join(AUGMENTATIONS)}"
+            )
+        self.elastic = ELASTIC in extra
+        self.augmentation = settings.augmentation
+        if self.needs_weights:  # the weight maps follow the labels through the CPU transforms
+            if settings.augmentation == "device":
+                raise AutosegError(
+                    f"--loss {settings.loss} needs the CPU augmentation (--augmentation cpu)"
+                )
+            self.augmentation = "cpu"
+        self.tracker = None
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
-        augmentation = self.settings.augmentation
+        augmentation = self.augmentation
         if self.previous_stage is not None and augmentation != "cpu":
             log.info("cascade stage: augmentation on the CPU (the previous stage is a label map)")
             augmentation = "cpu"
@@ -211,7 +248,14 @@ class _Trainer:
             augmentation=augmentation,
             ignore_label=self.plans.ignore_label,
             regions=self.plans.regions,
+            loss=self.loss,
+            elastic=self.elastic,
+            cpu_bf16=self.settings.cpu_bf16,
         )
+        if self.needs_weights and self.dist.main:
+            ensure_weight_maps(self.data_folder, sorted({*self.split.train, *self.split.val}))
+        if self.needs_weights and self.dist.world > 1:
+            dist.barrier()  # the other ranks read the weight maps rank 0 wrote
         self.history = History()
         self.start_epoch = 0
         self._published = False
@@ -227,6 +271,7 @@ class _Trainer:
             settings=to_dict(self.settings),
             history=self.history.to_dict(),
             augmentation=self.step.augmentation,
+            loss=self.settings.loss,
             autoseg_version=__version__,
         )
 
@@ -295,6 +340,8 @@ class _Trainer:
             augmentation=self.step.augmentation,
             ignore_label=self.plans.ignore_label,
             previous_stage=self.previous_stage,
+            elastic=self.elastic,
+            weights=self.needs_weights,
         )
 
     def _reduce(self, counts: torch.Tensor) -> torch.Tensor:
@@ -314,6 +361,10 @@ class _Trainer:
         try:
             if self.settings.pretrained and self.start_epoch == 0:
                 self._load_pretrained(self.settings.pretrained)
+            if self.dist.main:
+                self.tracker = open_tracker(
+                    self.settings.tracking, self.fold_dir, self.label_names, self.start_epoch
+                )
             self._epochs()
             if self.dist.main:
                 self._save("final", self.settings.epochs - 1)
@@ -322,6 +373,8 @@ class _Trainer:
                     self._validate_cases()
             ok = True
         finally:
+            if self.tracker is not None:
+                self.tracker.close()
             if handler is not None:
                 logging.getLogger("autoseg").removeHandler(handler)
                 handler.close()
@@ -345,13 +398,13 @@ class _Trainer:
     def _epochs(self) -> None:
         s = self.settings
         last_save = time.monotonic()
-        with Progress(
+        with progress_bar(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
-            disable=not self.dist.main,
+            enabled=self.dist.main,
             transient=False,
         ) as bar:
             task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
@@ -381,6 +434,8 @@ class _Trainer:
         seed = s.seed * 100_003 + epoch * 7919 + self.dist.rank
         if self.step.augmenter is not None:
             self.step.augmenter.reseed(seed)
+        if self.step.elastic is not None:
+            self.step.elastic.reseed(seed)
         with self._loader(self.split.train, seed, augment=True) as loader:
             for _ in range(s.iterations):
                 losses.append(self.step.train_batch(next(loader)))
@@ -413,6 +468,8 @@ class _Trainer:
         if saved:
             self._save("latest", epoch)
         write_progress(self.history, self.fold_dir, self.label_names)
+        if self.tracker is not None:
+            self.tracker.write(self.history)
         return saved
 
     def _validate_cases(self) -> None:
@@ -444,6 +501,8 @@ class _Trainer:
             if case.label is not None:
                 ending = file_ending(case.label) or spec.file_ending
                 (refs / f"{case.case_id}{ending}").symlink_to(case.label.resolve())
+                for side in companion_files(case.label):  # a TIFF's spacing sidecar
+                    (refs / f"{case.case_id}.json").symlink_to(side.resolve())
         evaluation = evaluate_folders(
             out, refs, labels=self.plans.labels, regions=self.plans.regions
         )

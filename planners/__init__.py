@@ -28,7 +28,12 @@ if TYPE_CHECKING:
     from autoseg.plans import Plans
 
 ENTRY_POINT_GROUP = "autoseg.planners"
-BUILTIN_MODULES = ("autoseg.planners.default", "autoseg.planners.resenc")
+BUILTIN_MODULES = (
+    "autoseg.planners.default",
+    "autoseg.planners.resenc",
+    "autoseg.planners.attention",
+    "autoseg.planners.microscopy",
+)
 
 
 @dataclass(frozen=True)

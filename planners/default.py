@@ -213,6 +213,7 @@ def plan_with_settings(
             anisotropic_axis=aniso,
             batch_dice=batch_dice,
             estimated_memory_gb=round(planned.memory_bytes / GIB, 3),
+            augmentations=settings.augmentations,
         )
 
     spacing = target_spacing(spacings, shapes)

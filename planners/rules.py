@@ -84,6 +84,8 @@ class PlannerSettings:
         lowres_threshold: plan 3d_lowres when the 3d_fullres patch covers less than this
             fraction of the median image.
         lowres_step: spacing factor per step while searching the 3d_lowres spacing.
+        augmentations: optional training augmentations written to every configuration
+            (``elastic``).
     """
 
     name: str
@@ -101,6 +103,7 @@ class PlannerSettings:
     max_dataset_fraction: float = 0.05
     lowres_threshold: float = 0.25
     lowres_step: float = 1.03
+    augmentations: tuple[str, ...] = ()
 
     def blocks_per_stage(self, num_stages: int) -> tuple[int, ...]:
         """Encoder blocks for each of ``num_stages`` stages."""

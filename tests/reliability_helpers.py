@@ -191,10 +191,11 @@ def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
     no slowdown from two threads fighting over a loaded 2-core machine."""
     import torch
 
-    import autoseg.predictor
+    import autoseg.device
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(autoseg.predictor, "cpu_count", lambda: 1)
+    # the predictor sets cpu_count() threads while it predicts (autoseg.device)
+    monkeypatch.setattr(autoseg.device, "cpu_count", lambda: 1)
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)

@@ -121,7 +121,7 @@ def test_plan_train_predict_evaluate_find_best(tmp_path: Path, layout: str) -> N
     result = invoke("evaluate", "-p", out, "-r", new / "labelsTr", "-o", report)
     assert result.exit_code == 0, result.output
     assert "Dice" in result.output and "HD95" in result.output
-    assert (report / "evaluation.json").is_file() and (report / "evaluation.csv").is_file()
+    assert (report / "evaluation.json").is_file() and (report / "evaluation_cases.csv").is_file()
 
     result = invoke("find-best", dataset.name, "--home", home)
     assert result.exit_code == 0, result.output

@@ -316,7 +316,7 @@ def test_worker_error_is_raised_in_the_main_process(tmp_path: Path) -> None:
     before = set(mp.active_children())
     with deadline(30):
         loader = BatchLoader(tmp_path, ids, config, seed=0, num_workers=2)
-        with pytest.raises(Exception) as info:
+        with pytest.raises(AutosegError, match="damaged") as info:
             next(loader)
     assert isinstance(info.value.__cause__, WorkerError)
     assert "Traceback" in str(info.value.__cause__)

@@ -158,7 +158,7 @@ def test_layout_unknown(msd_dataset: Path) -> None:
         ("msd", "modality", {"1": "MRI"}, "'modality' indices must be 0..0"),
         ("msd", "numTraining", "three", "'numTraining' must be an integer"),
         ("nnunet", "file_ending", None, "missing key 'file_ending'"),
-        ("nnunet", "file_ending", ".png", "'file_ending' '.png'"),
+        ("nnunet", "file_ending", ".jpg", "'file_ending' '.jpg'"),
         ("nnunet", "labels", {"background": "0", "a": 1}, "entries ['background'] must map"),
         ("nnunet", "channel_names", [], "'channel_names' must be a non-empty object"),
     ],

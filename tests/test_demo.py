@@ -54,6 +54,7 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
 def test_demo_with_default_budget_learns_the_hippocampus(tmp_path: Path) -> None:
     _run(tmp_path)
     evaluation = _check_outputs(tmp_path)
-    # 150 CPU iterations: far from converged (nnU-Net reaches ~0.89 after 12,500), but well above
-    # chance; a broken pipeline (wrong geometry, labels, normalisation) stays near 0.
-    assert evaluation["mean_dice"] > 0.35, evaluation["mean_dice"]
+    # The demo's budget (2d, 1500 iterations) is meant to reach a mean Dice of 0.8 on these 6
+    # cases (docs/benchmarks.md); a broken pipeline (wrong geometry, labels, normalisation,
+    # augmentation or learning-rate schedule) stays far below 0.7.
+    assert evaluation["mean_dice"] > 0.7, evaluation["mean_dice"]

@@ -16,7 +16,6 @@ from autoseg.dataset import Case, DatasetSpec, load_dataset
 from autoseg.errors import DatasetError
 from autoseg.fingerprint import Fingerprint, compute_fingerprint, inspect_case
 from autoseg.serial import dumps
-from tests.conftest import SHARED
 from tests.synthetic import write_dataset
 
 
@@ -304,9 +303,8 @@ def test_deterministic_across_runs_and_workers(
     assert dumps(Fingerprint.from_json(path)) == first
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="shared Hippocampus data not available")
-def test_real_hippocampus_smoke() -> None:
-    spec = load_dataset(SHARED)
+def test_real_hippocampus_smoke(real_dataset: Path) -> None:
+    spec = load_dataset(real_dataset)
     assert spec.layout == "msd" and len(spec.cases) == 200
     small = dataclasses.replace(spec, cases=spec.cases[:5])
     fp = compute_fingerprint(small, workers=2)

@@ -326,29 +326,61 @@ def test_prediction_is_deterministic_and_uses_every_fold(
     np.testing.assert_array_equal(via_array, labels)
 
 
+class ThresholdNet(torch.nn.Module):
+    """Label 1 wherever the (normalised) input is bright: a known, multi-component prediction."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bright = 10.0 * (x[:, :1] - 1.0)
+        return torch.cat([torch.zeros_like(bright), bright, torch.full_like(bright, -50.0)], 1)
+
+
 def test_postprocessing_is_applied(tmp_path: Path) -> None:
     folder = make_model(tmp_path, folds=("0",))
     PostprocessingDecision(largest_component_foreground=True).to_json(
         folder / "postprocessing.json"
     )
-    rng = np.random.default_rng(3)
-    array = rng.normal(100, 30, (1, 18, 20, 16)).astype(np.float32)
-    raw = Predictor.from_folder(folder, device="cpu", tta=False, postprocess=False).predict_array(
-        array, (1,) * 3
-    )
-    post = Predictor.from_folder(folder, device="cpu", tta=False).predict_array(
-        array, (1.0, 1.0, 1.0)
-    )
-    assert ndimage.label(post > 0, np.ones((3, 3, 3)))[1] <= 1
-    assert set(np.unique(post)) <= set(LABELS)
-    assert ((post > 0) <= (raw > 0)).all()  # only removes voxels
+    array = np.zeros((1, 18, 20, 16), dtype=np.float32) + 100
+    array[0, 2:8, 2:8, 2:8] = 300  # the larger bright blob (216 voxels)
+    array[0, 12:15, 12:15, 10:13] = 300  # a smaller one, far away (27 voxels)
+    raw_predictor = Predictor.from_folder(folder, device="cpu", tta=False, postprocess=False)
+    post_predictor = Predictor.from_folder(folder, device="cpu", tta=False)
+    raw_predictor.networks = post_predictor.networks = [ThresholdNet()]
+    raw = raw_predictor.predict_array(array, (1.0, 1.0, 1.0))
+    post = post_predictor.predict_array(array, (1.0, 1.0, 1.0))
+    structure = np.ones((3, 3, 3))
+    assert ndimage.label(raw > 0, structure)[1] == 2  # the raw prediction has two components
+    expected = np.zeros_like(raw)
+    expected[2:8, 2:8, 2:8] = 1
+    np.testing.assert_array_equal(post, expected)  # only the larger one is left
 
 
 def test_2d_model_predicts_slices(tmp_path: Path) -> None:
     folder = make_model(tmp_path, name="2d", folds=("all",))
     predictor = Predictor.from_folder(folder, device="cpu")
-    labels = predictor.predict_array(np.random.default_rng(0).normal(size=(7, 20, 9)), (2, 1, 1))
+    array = np.random.default_rng(0).normal(size=(7, 20, 9))
+    labels = predictor.predict_array(array, (2, 1, 1))
     assert labels.shape == (7, 20, 9) and set(np.unique(labels)) <= set(LABELS)
+    # the network grid, slice by slice by hand: 2D tiles of each Z slice, mirrored in-plane
+    grid, _ = predictor.preprocess(predictor_image(array, (2.0, 1.0, 1.0)))
+    probs = predictor.predict_preprocessed(grid)
+    net = predictor.networks[0]
+    image = torch.from_numpy(grid)
+    for z in range(grid.shape[1]):
+        logits = sliding_window_logits(net, image[:, z], (16, 16), 3, mirror_axes=(0, 1))
+        np.testing.assert_allclose(
+            probs[:, z], torch.softmax(logits, 0).numpy(), rtol=1e-4, atol=1e-5
+        )
+
+
+def predictor_image(array: np.ndarray, spacing: tuple[float, float, float]):
+    """An ``Image`` of a (Z, Y, X) array with an axis-aligned geometry."""
+    from autoseg.io import Geometry, Image
+
+    affine = np.diag([*reversed(spacing), 1.0])
+    geometry = Geometry(
+        shape=array.shape, spacing=spacing, affine=tuple(map(tuple, affine.tolist()))
+    )
+    return Image(array[None].astype(np.float32), geometry)
 
 
 def test_not_a_model_folder_is_refused(tmp_path: Path, model: Path) -> None:

@@ -182,19 +182,48 @@ def test_checkpoint_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint_latest.pt"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_real_read_only_folders(tmp_path: Path, model: Path) -> None:
+@contextmanager
+def read_only_folder(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Make ``folder`` really read-only; yields the error text a write into it gives.
+
+    Not root: chmod. Root (CI) ignores permissions, so a read-only tmpfs is mounted on the
+    folder (unmounted afterwards); where mounting is not permitted, the write calls are made to
+    fail with EROFS instead (``failing_folder``), so the code path is still run, never skipped.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            yield "Permission denied"
+        finally:
+            folder.chmod(stat.S_IRWXU)
+        return
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        with failing_folder(monkeypatch, folder, "readonly"):
+            yield "Read-only"
+        return
+    try:
+        yield "Read-only file system"
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_real_read_only_folders(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inputs = _inputs(tmp_path / "in")
     out = tmp_path / "out"
     out.mkdir()
-    out.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
+    with read_only_folder(out, monkeypatch) as problem:
         args = ("predict", "-i", inputs, "-o", out, "-m", model, "--device", "cpu", "--no-tta")
-        assert_clean_failure(cli(*args), str(out), "Permission denied")
+        assert_clean_failure(cli(*args), str(out), problem)
         root = tiny_dataset(tmp_path / "Task94_Disk")
-        assert_clean_failure(cli("plan", root, "--home", out), "Permission denied")
-    finally:
-        out.chmod(stat.S_IRWXU)
+        assert_clean_failure(cli("plan", root, "--home", out), problem)
+        assert list(out.iterdir()) == []
 
 
 def test_outputs_get_ordinary_permissions(tmp_path: Path, model: Path) -> None:

@@ -1,0 +1,6 @@
+"""``python -m autoseg``: the same as the ``autoseg`` command."""
+
+from autoseg.cli import main
+
+if __name__ == "__main__":
+    main()

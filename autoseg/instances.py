@@ -1,0 +1,114 @@
+"""Instances from semantic output: touching objects split into an instance label map.
+
+A semantic prediction says *which class* a pixel is; microscopy users often need *which
+object* (which cell). ``semantic_to_instances`` numbers the connected components (face
+connectivity, 2D or 3D) of the foreground classes 1, 2, ... in raster order. When the network
+was trained with a border class (the thin separating layer between touching cells, as in the
+U-Net paper's data), that class separates the objects: it is left out of the components and
+then handed to the nearest object, so objects get their full extent back. Components smaller
+than ``min_size`` voxels are dropped (set to 0).
+
+``instances_folder`` (``autoseg instances PREDICTIONS OUTPUT``) does it for a folder of
+predicted label maps and writes each instance map in its input's format and geometry; it never
+writes over its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.errors import AutosegError
+from autoseg.inputs import refuse_outputs_that_are_inputs
+from autoseg.io import file_ending, read_array, write_label
+
+log = logging.getLogger(__name__)
+
+
+def semantic_to_instances(
+    labels: np.ndarray,
+    foreground: Sequence[int] | None = None,
+    border_label: int | None = None,
+    min_size: int = 0,
+) -> np.ndarray:
+    """Instance label map of a semantic label map.
+
+    Args:
+        labels: ``(Y, X)`` or ``(Z, Y, X)`` integer labels, 0 = background.
+        foreground: the object classes (default: every value > 0 except ``border_label``).
+        border_label: the class separating touching objects, or None.
+        min_size: components with fewer voxels are removed.
+
+    Returns:
+        int32 array of ``labels``' shape: 0 background, 1..N the objects.
+    """
+    labels = np.asarray(labels)
+    values = [int(v) for v in np.unique(labels) if v > 0 and v != border_label]
+    wanted = [int(v) for v in foreground] if foreground is not None else values
+    objects, count = ndimage.label(np.isin(labels, wanted))
+    if min_size > 1 and count:
+        sizes = np.bincount(objects.ravel())
+        keep = sizes >= min_size
+        keep[0] = False
+        renumber = np.zeros(len(sizes), np.int32)
+        renumber[keep] = np.arange(1, int(keep.sum()) + 1)
+        objects, count = renumber[objects], int(keep.sum())
+    objects = objects.astype(np.int32)
+    if border_label is not None and count:
+        border = labels == border_label
+        # every border voxel joins the object of its nearest object voxel
+        _, nearest = ndimage.distance_transform_edt(objects == 0, return_indices=True)
+        objects[border] = objects[tuple(index[border] for index in nearest)]
+    return objects
+
+
+@dataclass(frozen=True)
+class InstancesReport:
+    """What ``instances_folder`` did: files written, existing ones skipped, objects per file."""
+
+    written: tuple[Path, ...]
+    skipped: tuple[Path, ...]
+    objects: dict[str, int]
+
+
+def instances_folder(
+    input_dir: Path,
+    output_dir: Path,
+    border_label: int | None = None,
+    min_size: int = 0,
+    overwrite: bool = False,
+) -> InstancesReport:
+    """Write the instance map of every label map in ``input_dir`` to ``output_dir``.
+
+    Raises:
+        AutosegError: the input folder is missing or empty, an output would replace an input,
+            or a file cannot be read or written (the message names it).
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise AutosegError(f"{input_dir}: folder not found")
+    files = sorted(p for p in input_dir.iterdir() if p.is_file() and file_ending(p) is not None)
+    if not files:
+        raise AutosegError(f"{input_dir}: no label maps found")
+    targets = [output_dir / f.name for f in files]
+    refuse_outputs_that_are_inputs(files, targets)
+    written, skipped, objects = [], [], {}
+    for source, target in zip(files, targets, strict=True):
+        if target.exists() and not overwrite:
+            skipped.append(target)
+            continue
+        data, geometry = read_array(source)
+        if data.ndim != 3 or data.dtype.kind not in "uib":
+            raise AutosegError(f"{source}: expected an integer label map, found {data.dtype}")
+        instances = semantic_to_instances(data, border_label=border_label, min_size=min_size)
+        write_label(instances, geometry, target)
+        written.append(target)
+        objects[source.name] = int(instances.max(initial=0))
+    if skipped:
+        log.warning("%d existing output(s) kept (overwrite to replace them)", len(skipped))
+    return InstancesReport(tuple(written), tuple(skipped), objects)

@@ -1,0 +1,173 @@
+"""Mutation testing of autoseg's numeric core with mutmut, one module at a time.
+
+Usage (from the repository root, with the test extra and ``pip install mutmut`` in the venv)::
+
+    python benchmarks/mutation.py rules            # one module
+    python benchmarks/mutation.py all --children 2 # every module in turn
+    python benchmarks/mutation.py loss --budget 600  # stop after 10 minutes: partial score
+
+Each module is mutated against its fast, targeted test files only (see ``MODULES``). The run
+happens in a throw-away copy of the working tree (mutmut rewrites the sources it mutates and
+keeps its state in ``mutants/``), so the checkout is never touched; the copy is kept and its
+path printed, for ``mutmut results`` / ``mutmut show NAME`` inside it. The score is
+``killed / (killed + survived)``; timeouts count as killed, and mutants no test reaches are
+reported on their own. Not part of CI: a module takes minutes to an hour on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: module -> (source file, targeted test files)
+MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "rules": (
+        "autoseg/planners/rules.py",
+        ("tests/test_planners.py", "tests/test_pinned_rules.py"),
+    ),
+    "loss": ("autoseg/loss.py", ("tests/test_loss.py", "tests/test_pinned_training.py")),
+    "sliding_window": (
+        "autoseg/sliding_window.py",
+        ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
+    ),
+    "predictor": (
+        "autoseg/predictor.py",
+        ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
+    ),
+    "postprocess": (
+        "autoseg/postprocess.py",
+        ("tests/test_postprocess.py", "tests/test_pinned_postprocess.py"),
+    ),
+    "evaluate": ("autoseg/evaluate.py", ("tests/test_evaluate.py",)),
+    "resample": (
+        "autoseg/resample.py",
+        ("tests/test_preprocess.py", "tests/test_pinned_resampling.py"),
+    ),
+}
+
+
+def _copy_tree(dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files of the checkout, as they are now."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+LOG_CALLS = {"debug", "info", "warning", "error", "exception"}
+
+
+def _skip_logging(path: Path) -> int:
+    """Mark each logging statement ``# pragma: no mutate block`` (a comment: same behaviour).
+
+    What a log line says is not a result, and no test should pin its wording; without this,
+    every argument of every ``log.info(...)`` is a surviving mutant.
+    """
+    lines = path.read_text().splitlines(keepends=True)
+    starts = [
+        node.lineno - 1
+        for node in ast.walk(ast.parse("".join(lines)))
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Attribute)
+        and node.value.func.attr in LOG_CALLS
+        and isinstance(node.value.func.value, ast.Name)
+        and node.value.func.value.id in {"log", "logger", "logging"}
+    ]
+    for i in starts:
+        lines[i] = lines[i].rstrip("\n") + "  # pragma: no mutate block\n"
+    path.write_text("".join(lines))
+    return len(starts)
+
+
+def _config(source: str, tests: tuple[str, ...]) -> str:
+    top = source.split("/")[0]
+    others = [d for d in ("autoseg", "planners", "tests") if d != top]
+    quoted = ", ".join(f'"{t}"' for t in tests)
+    return (
+        "\n[tool.mutmut]\n"
+        f'source_paths = ["{top}"]\n'
+        f'only_mutate = ["{source}"]\n'
+        f"also_copy = [{', '.join(repr(o) for o in others)}, 'pyproject.toml']\n"
+        f"pytest_add_cli_args_test_selection = [{quoted}]\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
+    ).replace("'", '"')
+
+
+def run_module(name: str, children: int, budget: float | None = None) -> dict[str, int]:
+    source, tests = MODULES[name]
+    work = Path(tempfile.mkdtemp(prefix=f"autoseg-mutmut-{name}-"))
+    _copy_tree(work)
+    # planners/ is installed as autoseg.planners: give the copy the same layout, so the tests
+    # import the mutated file and not the checkout's (editable install)
+    shutil.copytree(work / "planners", work / "autoseg" / "planners")
+    skipped = _skip_logging(work / source)
+    with open(work / "pyproject.toml", "a") as fh:
+        fh.write(_config(source, tests))
+    print(
+        f"[{name}] mutating {source} ({skipped} logging statements left alone) against "
+        f"{', '.join(tests)} in {work}",
+        flush=True,
+    )
+    run = subprocess.Popen(
+        ["mutmut", "run", "--max-children", str(children)], cwd=work, start_new_session=True
+    )
+    try:
+        run.wait(timeout=budget)
+    except subprocess.TimeoutExpired:  # a partial score: mutants not reached are not counted
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait()
+        print(f"[{name}] stopped after the {budget} s budget: partial figures", flush=True)
+    subprocess.run(["mutmut", "export-cicd-stats"], cwd=work, check=False)
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    killed = stats.get("killed", 0) + stats.get("timeout", 0)
+    survived = stats.get("survived", 0)
+    score = killed / max(1, killed + survived)
+    print(f"[{name}] {json.dumps(stats)}  score {score:.1%}  (kept in {work})", flush=True)
+    survivors = work / "mutants" / "survivors.diff"
+    with open(survivors, "w") as fh:
+        listing = subprocess.run(
+            ["mutmut", "results"], cwd=work, capture_output=True, text=True
+        ).stdout
+        for line in listing.splitlines():
+            if line.strip().endswith("survived"):
+                mutant = line.strip().split(":")[0]
+                shown = subprocess.run(
+                    ["mutmut", "show", mutant], cwd=work, capture_output=True, text=True
+                )
+                fh.write(shown.stdout + "\n")
+    print(f"[{name}] survivors' diffs: {survivors}", flush=True)
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", choices=[*MODULES, "all"])
+    parser.add_argument("--children", type=int, default=1, help="parallel test processes")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per module")
+    args = parser.parse_args()
+    if shutil.which("mutmut") is None:
+        sys.exit("mutmut is not installed: pip install mutmut")
+    for name in MODULES if args.module == "all" else [args.module]:
+        run_module(name, args.children, args.budget)
+
+
+if __name__ == "__main__":
+    main()
