@@ -38,6 +38,14 @@ HomeOpt = Annotated[
 ]
 PlannerOpt = Annotated[str, typer.Option("--planner", help="Planner whose plans to use.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the network, eager if that fails (default: on CUDA only).",
+        show_default=False,
+    ),
+]
 AugmentationOpt = Annotated[
     str,
     typer.Option(
@@ -242,6 +250,7 @@ def train(
             "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
         ),
     ] = "none",
+    compile: CompileOpt = None,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -266,6 +275,7 @@ def train(
         loss=loss,
         augment=tuple(augment or ()),
         tracking=tracking,
+        compile=compile,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -308,6 +318,7 @@ def predict(
         bool, typer.Option("--save-probabilities", help="Also write CASE.npz.")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+    compile: CompileOpt = None,
 ) -> None:
     """Predict images with a trained model; outputs keep each input's format and exact geometry."""
     from autoseg.errors import AutosegError
@@ -344,6 +355,7 @@ def predict(
         device=device,
         tta=tta,
         postprocess=postprocess,
+        compile=compile,
     )
     report = predict_folder(
         inputs, output, predictor, overwrite=overwrite, save_probabilities=save_probabilities

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,20 @@ def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None
             io_formats.write_label_file(data, geometry.spacing, Path(tmp), ending, path)
         else:
             _write_itk(data, geometry, Path(tmp), ending=file_ending(path) or ".mha")
+
+
+def write_probabilities(probs: np.ndarray, label_values: np.ndarray, path: str | Path) -> None:
+    """Write ``probabilities`` (K, Z, Y, X) float16 and ``labels`` (K,) as an .npz, atomically.
+
+    Like ``np.savez_compressed``, but with fixed timestamps: the same result, the same bytes.
+    """
+    arrays = {"probabilities": probs.astype(np.float16), "labels": label_values}
+    with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as member:  # streamed, no copy
+                np.lib.format.write_array(member, np.asanyarray(array))
 
 
 def nifti_image(data: np.ndarray, geometry: Geometry) -> Any:
