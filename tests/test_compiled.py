@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from autoseg import compiled
+from autoseg.checkpoint import load_checkpoint
 from autoseg.compiled import CompiledModule, compile_with_fallback, use_compile
+from autoseg.paths import resolve_dataset
+from autoseg.plans import Plans
+from autoseg.train import TrainSettings, train_fold
 from tests.test_predict_speed import _image, _predictor
+from tests.test_train import planned  # noqa: F401 F811 - the fixture
 
 FAILED = "torch.compile failed"
 
@@ -85,3 +92,29 @@ def test_predictor_with_a_failing_compile_predicts_as_eager(
     np.testing.assert_array_equal(
         forced.predict_preprocessed(image), eager.predict_preprocessed(image)
     )
+
+
+def test_training_with_a_failing_compile_trains_as_eager(
+    planned,  # noqa: F811 - the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    home, name = planned
+    dirs = resolve_dataset(name, home)
+    plans = Plans.from_json(dirs.plans())
+    settings = TrainSettings(
+        epochs=1, iterations=2, val_iterations=1, device="cpu", seed=1, validate=False
+    )
+    eager = train_fold(dirs, plans, "3d_fullres", "4", settings)
+    expected = load_checkpoint(eager / "checkpoint_final.pt").model_state
+    shutil.rmtree(eager)
+    monkeypatch.setattr(compiled.torch, "compile", _broken_compiler)
+    with caplog.at_level(logging.INFO, logger="autoseg"):
+        forced = train_fold(
+            dirs, plans, "3d_fullres", "4", dataclasses.replace(settings, compile=True)
+        )
+    assert len(_failures(caplog)) == 1
+    got = load_checkpoint(forced / "checkpoint_final.pt").model_state
+    assert got.keys() == expected.keys()  # no wrapper prefix in the checkpoint
+    for key, value in got.items():
+        assert torch.equal(value, expected[key]), key
