@@ -51,7 +51,7 @@ def main() -> None:
         row = {
             "case": case,
             "shape": list(spatial),
-            "widened": new.tile_size(spatial) != ref.tile_size(spatial),
+            "tile_widened": new.tile_size(spatial) != ref.tile_size(spatial),
         }
         labels = {}
         for name, predictor in (("patch", ref), ("widened", new)):
@@ -62,7 +62,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     summary = {
         "cases": len(rows),
-        "cases_widened": sum(r["widened"] for r in rows),
+        "cases_widened": sum(r["tile_widened"] for r in rows),
         "tta": tta,
         **{
             f"mean_dice_{name}": [
