@@ -58,7 +58,10 @@ class Predictor:
         postprocessing: the cross-validation's post-processing decision, or None.
         tile_batch: network inputs per forward pass; None = ``default_tile_batch``.
         max_tile_scale: largest inference tile edge as a multiple of the patch edge (see
-            ``tile_size``); 1.0 predicts with the training patch everywhere.
+            ``tile_size``). 1.0 (default) predicts with the training patch everywhere; 1.25
+            widens a tile to cover an image just over the patch (about 2x fewer network voxels
+            on Hippocampus; opt-in until a trained 3D model confirms its Dice, see
+            docs/benchmarks.md).
         compile: ``torch.compile`` the networks (falling back to eager with one log line if
             that fails); None = on CUDA only.
         folds: the fold names of ``weights`` (for messages; default 0, 1, ...).
@@ -79,7 +82,7 @@ class Predictor:
         step: float = 0.5,
         postprocessing: PostprocessingDecision | None = None,
         tile_batch: int | None = None,
-        max_tile_scale: float = 1.25,
+        max_tile_scale: float = 1.0,
         compile: bool | None = None,
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
@@ -121,7 +124,7 @@ class Predictor:
         step: float = 0.5,
         postprocess: bool = True,
         tile_batch: int | None = None,
-        max_tile_scale: float = 1.25,
+        max_tile_scale: float = 1.0,
         compile: bool | None = None,
     ) -> Predictor:
         """Load the trained folds of a model folder.

@@ -15,7 +15,9 @@ The network is fully convolutional, so at inference a tile may be larger than th
 patch: ``inference_tile_size`` widens an axis that the image overruns by a little (at most
 ``max_scale`` of the patch) so that one tile covers it, rounded up to a multiple of the
 network's total stride. A Hippocampus image just over the patch then takes one window instead
-of two or four (docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases).
+of two or four (docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases). The
+predictor uses it only when asked (``max_tile_scale``): it changes the prediction, and its Dice
+check (docs/benchmarks.md) has so far only a weak 2D model behind it.
 
 Model loading, folds and folders of cases live in ``autoseg.predictor``; input files in
 ``autoseg.inputs``; devices in ``autoseg.device``.

@@ -1,8 +1,8 @@
 """Does the widened inference tile change accuracy? One model, tiles of the patch vs widened.
 
 For each case: preprocess once, predict with ``max_tile_scale=1.0`` (the training patch
-everywhere, the reference) and with the default (widened tiles), TTA as given, and score both
-label maps against the reference labels (Dice per foreground label, 2TP/(2TP+FP+FN)).
+everywhere, the default) and with ``max_tile_scale=1.25`` (widened tiles), TTA as given, and
+score both label maps against the reference labels (Dice per foreground label).
 
 Usage::
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     tta = not args.no_tta
     ref = Predictor.from_folder(args.model, device="cpu", tta=tta, max_tile_scale=1.0)
-    new = Predictor.from_folder(args.model, device="cpu", tta=tta)
+    new = Predictor.from_folder(args.model, device="cpu", tta=tta, max_tile_scale=1.25)
     fg = [int(v) for v in ref.label_values if v != 0]
     rows = []
     for case in args.cases:

@@ -104,7 +104,7 @@ def _count_forwards(predictor: Predictor) -> list[int]:
 
 def test_a_widened_tile_takes_one_window_with_all_mirrorings_in_one_pass() -> None:
     shape = (9, 10, 9)  # just over the 8^3 patch on every axis
-    wide, patch = _predictor(), _predictor(max_tile_scale=1.0)
+    wide, patch = _predictor(max_tile_scale=1.25), _predictor()  # the default: the patch
     assert wide.tile_size(shape) == (10, 10, 10) and patch.tile_size(shape) == (8, 8, 8)
     wide_calls, patch_calls = _count_forwards(wide), _count_forwards(patch)
     image = _image(shape, seed=3)
