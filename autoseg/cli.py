@@ -39,6 +39,14 @@ HomeOpt = Annotated[
 ]
 PlannerOpt = Annotated[str, typer.Option("--planner", help="Planner whose plans to use.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the network, eager if that fails (default: on CUDA only).",
+        show_default=False,
+    ),
+]
 AugmentationOpt = Annotated[
     str,
     typer.Option(
@@ -254,6 +262,7 @@ def train(
             "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
         ),
     ] = "none",
+    compile: CompileOpt = None,
 ) -> None:
     """Train one fold of a planned configuration."""
     from autoseg.paths import resolve_dataset, resolve_home
@@ -279,6 +288,7 @@ def train(
         loss=loss,
         augment=tuple(augment or ()),
         tracking=tracking,
+        compile=compile,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -331,6 +341,7 @@ def predict(
     io_workers: Annotated[
         int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
     ] = 1,
+    compile: CompileOpt = None,
 ) -> None:
     """Predict images with a trained model; outputs keep each input's format and exact geometry."""
     from autoseg.errors import AutosegError
@@ -370,6 +381,7 @@ def predict(
         tta=tta,
         step=step_size,
         postprocess=postprocess,
+        compile=compile,
     )
     report = predict_folder(
         inputs,

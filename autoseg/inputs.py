@@ -23,7 +23,12 @@ from autoseg.io_formats import is_sidecar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["group_input_files", "list_input_files", "refuse_outputs_that_are_inputs"]
+__all__ = [
+    "group_input_files",
+    "list_input_files",
+    "output_path",
+    "refuse_outputs_that_are_inputs",
+]
 
 
 def list_input_files(paths: Sequence[Path]) -> list[Path]:
@@ -156,3 +161,14 @@ def _one_colour_file(channels: list[int | None], path: Path, num_channels: int) 
     """One ``CASE_0000`` RGB file (PNG/BMP/TIFF) holds all of a multi-channel model's channels,
     as in nnU-Net's natural-image datasets; reading it checks the channel count."""
     return num_channels > 1 and channels == [0] and file_ending(path) in MICROSCOPY_ENDINGS
+
+
+# endings whose writer would leave a second (data) file behind: write the one-file variant
+_OUTPUT_ENDING = {".nhdr": ".nrrd", ".mhd": ".mha"}
+
+
+def output_path(output_dir: Path, case: str, files: Sequence[Path]) -> Path:
+    """Where a case's label map goes: ``output_dir/CASE`` + its first input's ending
+    (``.nhdr``/``.mhd`` give ``.nrrd``/``.mha``; no known ending gives ``.nii.gz``)."""
+    ending = file_ending(files[0]) or ".nii.gz"
+    return output_dir / f"{case}{_OUTPUT_ENDING.get(ending, ending)}"

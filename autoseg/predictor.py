@@ -6,42 +6,39 @@ A model folder is ``<home>/<dataset>/models/<planner>/<config>/`` (see docs/arch
 fold (mirroring TTA), averaged over the folds -> softmax -> ``restore_probabilities`` (original
 spacing and uncropped shape) -> argmax -> label values -> post-processing.
 
-``predict_folder`` runs a folder of cases through a ``Predictor``: reading and preprocessing the
-next case and exporting the previous one run in background threads while the network works.
+``predict_folder`` (``autoseg.predict_cases``, re-exported here) runs a folder of cases through
+a ``Predictor``.
 """
 
 from __future__ import annotations
 
-import glob
-import itertools
 import logging
-from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.cascade import PreviousStage, input_channels, previous_stage_input
 from autoseg.checkpoint import load_checkpoint
+from autoseg.compiled import compile_with_fallback, use_compile
 from autoseg.device import autocast, inference_settings, resolve_device
-from autoseg.errors import AutosegError, Problem
-from autoseg.inputs import group_input_files, list_input_files, refuse_outputs_that_are_inputs
-from autoseg.io import Geometry, Image, file_ending, read_image, write_label
+from autoseg.errors import AutosegError
+from autoseg.io import Geometry, Image
 from autoseg.model_folder import ModelFolder, checkpoint_file
 from autoseg.network import build_network
 from autoseg.plans import Configuration, Plans
 from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
+from autoseg.predict_cases import PredictionReport, predict_folder
 from autoseg.preprocess import preprocess_image, restore_probabilities
-from autoseg.probability_files import save_probabilities as write_probabilities
 from autoseg.regions import regions_to_labels
-from autoseg.shards import select_part
-from autoseg.sliding_window import sliding_window_logits, sliding_window_logits_slices
-from autoseg.terminal import progress_bar
+from autoseg.sliding_window import (
+    default_tile_batch,
+    inference_tile_size,
+    sliding_window_logits,
+    sliding_window_logits_slices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,14 @@ class Predictor:
         tta: mirroring test-time augmentation over all spatial axes (8 passes in 3D, 4 in 2D).
         step: sliding-window step as a fraction of the patch.
         postprocessing: the cross-validation's post-processing decision, or None.
-        tile_batch: network inputs per forward pass; None = 8 on CUDA, 2 on CPU.
+        tile_batch: network inputs per forward pass; None = ``default_tile_batch``.
+        max_tile_scale: largest inference tile edge as a multiple of the patch edge (see
+            ``tile_size``). 1.0 (default) predicts with the training patch everywhere; 1.25
+            widens a tile to cover an image just over the patch (about 2x fewer network voxels
+            on Hippocampus; opt-in until a trained 3D model confirms its Dice, see
+            docs/benchmarks.md).
+        compile: ``torch.compile`` the networks (falling back to eager with one log line if
+            that fails); None = on CUDA only.
         folds: the fold names of ``weights`` (for messages; default 0, 1, ...).
         sources: where each state dict came from, named in errors (default ``fold <k>``).
         previous_stage: for a cascade stage, gives a case's previous-stage label map on its
@@ -82,6 +86,8 @@ class Predictor:
         step: float = 0.5,
         postprocessing: PostprocessingDecision | None = None,
         tile_batch: int | None = None,
+        max_tile_scale: float = 1.0,
+        compile: bool | None = None,
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
         previous_stage: PreviousStage | None = None,
@@ -98,8 +104,8 @@ class Predictor:
         self.device = resolve_device(device)
         if not 0.0 < step <= 1.0:
             raise AutosegError(f"step size {step}: must lie in (0, 1] (a fraction of the patch)")
-        self.tta, self.step = tta, step
-        self.tile_batch = tile_batch or (8 if self.device.type == "cuda" else 2)
+        self.tta, self.step, self.max_tile_scale = tta, step, max_tile_scale
+        self._tile_batch = tile_batch
         # class i -> label value (the ignore label has no class: it is never predicted); with
         # regions, output i is region i, written as its regions_class_order value
         self.regions = plans.regions
@@ -108,6 +114,14 @@ class Predictor:
         self.num_classes, self.in_channels = plans.num_classes, len(plans.channels)
         self.network_channels = input_channels(plans, configuration)  # + cascade inputs
         self.networks = [self._network(w, src) for w, src in zip(weights, sources, strict=True)]
+        self.compile = use_compile(compile, self.device)
+        if self.compile:
+            batch = self.tile_batch(configuration.patch_size)
+            example = torch.zeros(
+                (batch, self.network_channels, *configuration.patch_size), device=self.device
+            )
+            with autocast(self.device):
+                self.networks = [compile_with_fallback(net, example) for net in self.networks]
         self.postprocessing = postprocessing
 
     @classmethod
@@ -121,6 +135,8 @@ class Predictor:
         step: float = 0.5,
         postprocess: bool = True,
         tile_batch: int | None = None,
+        max_tile_scale: float = 1.0,
+        compile: bool | None = None,
     ) -> Predictor:
         """Load the trained folds of a model folder.
 
@@ -129,7 +145,7 @@ class Predictor:
             folds: fold names or numbers; None: ``ModelFolder.default_folds`` (the 5
                 cross-validation folds when all are trained, else ``all``; the log says which).
             checkpoint: ``final``, ``best``, ``latest`` or a checkpoint file name.
-            device, tta, step, tile_batch: as for the constructor.
+            device, tta, step, tile_batch, max_tile_scale, compile: as for the constructor.
             postprocess: apply ``postprocessing.json`` when the model folder has one.
 
         Raises:
@@ -184,6 +200,8 @@ class Predictor:
                 step=step,
                 postprocess=False,
                 tile_batch=tile_batch,
+                max_tile_scale=max_tile_scale,
+                compile=compile,
             )
             previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
@@ -195,6 +213,8 @@ class Predictor:
             step=step,
             postprocessing=decision,
             tile_batch=tile_batch,
+            max_tile_scale=max_tile_scale,
+            compile=compile,
             folds=chosen,
             sources=[str(p) for p in paths],
             previous_stage=previous,
@@ -250,6 +270,22 @@ class Predictor:
         array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
         return array, props
 
+    def tile_batch(self, tile: Sequence[int]) -> int:
+        """Network inputs per forward pass for tiles of shape ``tile`` (see the constructor)."""
+        return self._tile_batch or default_tile_batch(tile, self.device)
+
+    def tile_size(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The sliding-window tile for a preprocessed image of spatial ``shape`` (Z, Y, X).
+
+        The patch, widened (within ``max_tile_scale``, to a multiple of the network's total
+        stride) on axes where one tile then covers the image; see ``inference_tile_size``.
+        """
+        config = self.configuration
+        spatial = tuple(shape)[-config.ndim :]  # 2D: the in-plane (Y, X) of each slice
+        return inference_tile_size(
+            spatial, config.patch_size, config.total_stride(), self.max_tile_scale
+        )
+
     def predict_preprocessed(self, array: np.ndarray) -> np.ndarray:
         """Softmax probabilities on the network grid, logits averaged over folds and mirrors.
 
@@ -263,6 +299,7 @@ class Predictor:
         image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
         window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
         mirror_axes = tuple(range(config.ndim)) if self.tta else ()
+        tile = self.tile_size(array.shape[1:])
         total = torch.zeros(0)
         # threads / cuDNN benchmarking only for this call: the process keeps its own settings
         with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
@@ -270,11 +307,11 @@ class Predictor:
                 logits = window(  # (K, Z, Y, X) float32
                     net,
                     image,
-                    config.patch_size,
+                    tile,
                     self.num_classes,
                     step=self.step,
                     mirror_axes=mirror_axes,
-                    tile_batch=self.tile_batch,
+                    tile_batch=self.tile_batch(tile),
                 )
                 total = logits if i == 0 else total.add_(logits)
                 del logits
@@ -364,176 +401,3 @@ class Predictor:
     ) -> PredictionReport:
         """Shorthand for ``predict_folder(inputs, output_dir, self, **kwargs)``."""
         return predict_folder(inputs, output_dir, self, **kwargs)
-
-
-# ---------------------------------------------------------------------- folders of cases
-
-# endings whose writer would leave a second (data) file behind: write the one-file variant
-_OUTPUT_ENDING = {".nhdr": ".nrrd", ".mhd": ".mha"}
-
-
-@dataclass(frozen=True)
-class PredictionReport:
-    """What ``predict_folder`` did.
-
-    Attributes:
-        written: label maps written (one per case, in case order).
-        failed: cases that could not be read or grouped, with the reason; the others went on.
-        skipped: existing outputs left untouched (``overwrite=False``).
-    """
-
-    written: tuple[Path, ...]
-    failed: tuple[Problem, ...]
-    skipped: tuple[Path, ...] = ()
-
-
-def _output_path(output_dir: Path, case: str, files: Sequence[Path]) -> Path:
-    ending = file_ending(files[0]) or ".nii.gz"
-    return output_dir / f"{case}{_OUTPUT_ENDING.get(ending, ending)}"
-
-
-def predict_folder(
-    inputs: Sequence[Path],
-    output_dir: Path,
-    predictor: Predictor,
-    *,
-    overwrite: bool = False,
-    save_probabilities: bool = False,
-    progress: bool = True,
-    part: int = 0,
-    parts: int = 1,
-    workers: int = 1,
-) -> PredictionReport:
-    """Predict every case of ``inputs`` into ``output_dir``.
-
-    Each case is written as ``output_dir/CASE<ending of its input>`` (``.nhdr``/``.mhd`` inputs
-    give ``.nrrd``/``.mha``) with the input's exact geometry, and with ``save_probabilities``
-    also ``output_dir/CASE.npz`` (``probabilities`` float16 (K, Z, Y, X), ``labels`` (K,)).
-    Reading and preprocessing the next case and exporting the previous one run in background
-    threads while the network works. A case that cannot be read is recorded in ``failed`` and
-    the others go on. A case whose outputs all exist is skipped (with a warning) and listed in
-    ``skipped`` unless ``overwrite``, so an interrupted run can be resumed: every file goes
-    through a temp name, and the label map is written last.
-
-    Args:
-        inputs: folders and/or image files (see ``group_input_files``).
-        output_dir: destination folder (created); must not be a folder holding inputs.
-        predictor: the loaded model.
-        overwrite: replace existing outputs.
-        save_probabilities: also write the probabilities.
-        progress: show a progress bar.
-        part, parts: predict only share ``part`` of ``parts`` (``autoseg.shards``): n
-            processes with parts n and parts 0 .. n-1 predict every case once.
-        workers: threads reading (and, as many, writing) cases beside the network.
-
-    Returns:
-        The written, failed and skipped cases.
-
-    Raises:
-        AutosegError: ``output_dir`` holds inputs, an input is missing, or nothing to predict.
-    """
-    output_dir = Path(output_dir)
-    input_dirs = {(p if p.is_dir() else p.parent).resolve() for p in map(Path, inputs)}
-    if output_dir.resolve() in input_dirs:
-        raise AutosegError(f"{output_dir}: the output folder must not be an input folder")
-    cases, problems = group_input_files(inputs, predictor.in_channels)
-    if not cases and not problems:
-        raise AutosegError(f"no image files found in {', '.join(map(str, inputs))}")
-    total = len(cases)
-    cases = select_part(cases, part, parts)
-    if parts > 1:
-        log.info("part %d of %d: %d of %d case(s)", part, parts, len(cases), total)
-    workers = max(1, int(workers))
-    targets_of = {
-        case: [_output_path(output_dir, case, files)]
-        + ([output_dir / f"{case}.npz"] if save_probabilities else [])
-        for case, files in cases.items()
-    }
-    # never write over a file the user gave (symlinks, hard links, -o equal to -i, ...)
-    refuse_outputs_that_are_inputs(
-        list_input_files(inputs), [t for targets in targets_of.values() for t in targets]
-    )
-    todo: list[tuple[str, list[Path], Path]] = []
-    skipped: list[Path] = []
-    for case, files in cases.items():
-        targets = targets_of[case]
-        out = targets[0]
-        # the label map is written last: a case with all its outputs is complete
-        if not overwrite and all(t.exists() for t in targets):
-            skipped.append(out)
-        else:
-            todo.append((case, files, out))
-            for target in targets:  # temp files of a run that was killed
-                for stale in output_dir.glob(f".{glob.escape(target.name)}.*.part"):
-                    stale.unlink(missing_ok=True)
-    if skipped:
-        log.warning(
-            "%d case(s) already have outputs in %s: skipped (overwrite to replace them)",
-            len(skipped),
-            output_dir,
-        )
-    created = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any]:
-        image = read_image(files)
-        return (image.geometry, *predictor.preprocess(image, case))  # the image is let go
-
-    def export(probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path) -> Path:
-        labels, restored = predictor.finalize(probs, props)
-        del probs
-        if save_probabilities:
-            write_probabilities(
-                restored,
-                predictor.label_values,
-                output_dir / f"{case}.npz",
-                regions=bool(predictor.regions),
-            )
-        del restored
-        write_label(labels, geometry, out)  # last: its presence marks the case done
-        return out
-
-    written: list[Path] = []
-    failed = list(problems)
-    bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
-    with (
-        bar,
-        ThreadPoolExecutor(workers, thread_name_prefix="autoseg-read") as reader,
-        ThreadPoolExecutor(workers, thread_name_prefix="autoseg-write") as writer,
-    ):
-        task = bar.add_task("predicting", total=len(todo))
-        reads: deque[tuple[str, list[Path], Path, Future]] = deque()
-        writes: deque[Future] = deque()
-        queue = iter(todo)
-
-        def prefetch() -> None:
-            for case, files, out in itertools.islice(queue, 1):
-                reads.append((case, files, out, reader.submit(load, files, case)))
-
-        for _ in range(workers + 1):  # cases in flight: being read, and one ready
-            prefetch()
-        while reads:
-            case, files, out, pending = reads.popleft()
-            prefetch()
-            try:
-                geometry, array, props = pending.result()
-                del pending  # the future would keep the arrays alive
-            except AutosegError as exc:
-                log.warning("case %s not predicted: %s", case, exc)
-                message = str(exc).removeprefix(f"{files[0]}: ")  # the path is the Problem's
-                failed.append(Problem(str(files[0]), message))
-                bar.advance(task)
-                continue
-            probs = predictor.predict_preprocessed(array)
-            del array
-            writes.append(writer.submit(export, probs, props, geometry, case, out))
-            del probs  # the export holds it, until it is written
-            writes[-1].add_done_callback(lambda _: bar.advance(task))
-            while len(writes) > workers:  # bound the memory held by finished cases
-                written.append(writes.popleft().result())
-        while writes:
-            written.append(writes.popleft().result())
-    if created and not written and not any(output_dir.iterdir()):
-        output_dir.rmdir()  # every case failed: leave no empty folder behind
-    log.info("%d case(s) written to %s, %d failed", len(written), output_dir, len(failed))
-    return PredictionReport(tuple(written), tuple(failed), tuple(skipped))

@@ -11,12 +11,21 @@ image, the accumulators and the importance map stay on the image's device, so on
 goes back to the host between tiles. Autocast (bf16) is the caller's choice: the network output
 is cast to float32 before it is accumulated.
 
+The network is fully convolutional, so at inference a tile may be larger than the training
+patch: ``inference_tile_size`` widens an axis that the image overruns by a little (at most
+``max_scale`` of the patch) so that one tile covers it, rounded up to a multiple of the
+network's total stride. A Hippocampus image just over the patch then takes one window instead
+of two or four (docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases). The
+predictor uses it only when asked (``max_tile_scale``): it changes the prediction, and its Dice
+check (docs/benchmarks.md) has so far only a weak 2D model behind it.
+
 Model loading, folds and folders of cases live in ``autoseg.predictor``; input files in
 ``autoseg.inputs``; devices in ``autoseg.device``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -26,7 +35,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 __all__ = [
+    "CPU_VOXELS_PER_FORWARD",
+    "default_tile_batch",
     "gaussian_importance_map",
+    "inference_tile_size",
     "mirror_combinations",
     "sliding_window_logits",
     "sliding_window_logits_slices",
@@ -34,6 +46,19 @@ __all__ = [
 ]
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+
+# On the CPU one forward pass of several inputs costs less than several passes of fewer (the
+# 3d_fullres Hippocampus network: the 8 mirrorings of a 36x52x36 tile in one pass took 0.84x the
+# CPU time of four passes of 2, same logits; docs/benchmarks.md); this bounds the activations.
+CPU_VOXELS_PER_FORWARD = 2**20
+
+
+def default_tile_batch(tile: Sequence[int], device: torch.device) -> int:
+    """Network inputs per forward pass: 8 on CUDA; on the CPU as many tiles as keep a pass
+    within ``CPU_VOXELS_PER_FORWARD`` input voxels, between 1 and 8 (a 3D tile's mirrorings)."""
+    if device.type == "cuda":
+        return 8
+    return max(1, min(8, CPU_VOXELS_PER_FORWARD // math.prod(tile)))
 
 
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
@@ -57,6 +82,37 @@ def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1.0 
     positive = weights[weights > 0]
     weights[weights <= 0] = positive.min()
     return weights
+
+
+def inference_tile_size(
+    image_shape: Sequence[int],
+    patch_size: Sequence[int],
+    divisor: Sequence[int],
+    max_scale: float = 1.25,
+) -> tuple[int, ...]:
+    """The tile to predict ``image_shape`` with: the patch, widened where one tile can cover.
+
+    Per axis: an image no larger than the patch keeps the patch (the network sees what it was
+    trained on); an image larger than the patch but within ``max_scale`` of it gets a tile of
+    the image's size rounded up to a multiple of ``divisor`` (one window instead of two);
+    a larger image keeps the patch and is tiled.
+
+    Args:
+        image_shape: spatial shape of the (preprocessed) image.
+        patch_size: the training patch, a multiple of ``divisor`` on every axis.
+        divisor: the network's total stride per axis.
+        max_scale: largest tile edge as a multiple of the patch edge; 1 = always the patch.
+
+    Returns:
+        The tile's shape, ``>= patch_size`` and a multiple of ``divisor`` where widened.
+    """
+    if not len(image_shape) == len(patch_size) == len(divisor):
+        raise ValueError(f"shapes {image_shape}, {patch_size}, {divisor} differ in length")
+    tile = []
+    for size, patch, div in zip(image_shape, patch_size, divisor, strict=True):
+        widened = math.ceil(size / div) * div
+        tile.append(widened if patch < size and widened <= patch * max_scale else patch)
+    return tuple(tile)
 
 
 def _axis_starts(size: int, patch: int, step: float) -> list[int]:
@@ -289,6 +345,14 @@ def sliding_window_logits_slices(
 def _importance(
     patch_size: Sequence[int], use_gaussian: bool, device: torch.device
 ) -> torch.Tensor:
+    """The tile weights on ``device``, made once per (tile, device) and never written to."""
+    return _cached_importance(tuple(int(p) for p in patch_size), use_gaussian, str(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_importance(
+    patch_size: tuple[int, ...], use_gaussian: bool, device: str
+) -> torch.Tensor:
     if use_gaussian:
         return torch.from_numpy(gaussian_importance_map(patch_size)).to(device)
-    return torch.ones(tuple(patch_size), dtype=torch.float32, device=device)
+    return torch.ones(patch_size, dtype=torch.float32, device=device)

@@ -37,9 +37,10 @@ from autoseg import __version__
 from autoseg.cache import complete_cases
 from autoseg.cascade import cv_predictions, input_channels, prepare_previous_stage
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from autoseg.compiled import compile_with_fallback, use_compile
 from autoseg.crossval import decide_cv_postprocessing
 from autoseg.dataset import load_dataset
-from autoseg.device import cpu_count, resolve_device
+from autoseg.device import autocast, cpu_count, resolve_device
 from autoseg.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.errors import AutosegError
 from autoseg.evaluate import evaluate_folders
@@ -92,6 +93,8 @@ class TrainSettings:
         augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
             ``augmentations`` (a planner setting) are added.
         tracking: ``none`` or ``tensorboard`` (``autoseg.tracking``): per-epoch figures.
+        compile: ``torch.compile`` the network, falling back to eager with one log line if the
+            first step fails (``autoseg.compiled``); None = on CUDA only.
     """
 
     epochs: int = 1000
@@ -110,6 +113,7 @@ class TrainSettings:
     loss: str = DEFAULT_LOSS
     augment: tuple[str, ...] = ()
     tracking: str = "none"
+    compile: bool | None = None
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -256,6 +260,11 @@ class _Trainer:
             ensure_weight_maps(self.data_folder, sorted({*self.split.train, *self.split.val}))
         if self.needs_weights and self.dist.world > 1:
             dist.barrier()  # the other ranks read the weight maps rank 0 wrote
+        if use_compile(self.settings.compile, self.device):
+            shape = (self.config.batch_size, len(self.plans.channels), *self.config.patch_size)
+            example = torch.zeros(shape, device=self.device)
+            with autocast(self.device):  # as the steps run
+                self.step.model = compile_with_fallback(self.step.model, example, backward=True)
         self.history = History()
         self.start_epoch = 0
         self._published = False
@@ -483,7 +492,11 @@ class _Trainer:
         cases = [c for c in spec.cases if c.case_id in wanted]
         out = self.model.validation_dir(self.fold)
         predictor = Predictor.from_folder(
-            self.model.path, folds=[self.fold], device=str(self.device), postprocess=False
+            self.model.path,
+            folds=[self.fold],
+            device=str(self.device),
+            postprocess=False,
+            compile=self.settings.compile,
         )
         if self.previous_stage is not None:  # validate on the previous stage's CV predictions
             sources = cv_predictions(self.dirs, self.plans, self.config)
