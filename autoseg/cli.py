@@ -20,6 +20,11 @@ import typer
 from autoseg import __version__
 from autoseg.cli_habits import HabitGroup
 from autoseg.cli_models import register_model_commands
+from autoseg.cli_options import CompileOpt, DeviceOpt, HomeOpt, PlannerOpt
+from autoseg.cli_options import console as _console
+from autoseg.cli_options import cpu_workers as _workers
+from autoseg.cli_options import err as _err
+from autoseg.cli_predict import register_predict_commands
 
 app = typer.Typer(
     name="autoseg",
@@ -33,20 +38,6 @@ app = typer.Typer(
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="Working folder (default: $AUTOSEG_HOME, else ./autoseg_home)."),
-]
-PlannerOpt = Annotated[str, typer.Option("--planner", help="Planner whose plans to use.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
-CompileOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--compile/--no-compile",
-        help="torch.compile the network, eager if that fails (default: on CUDA only).",
-        show_default=False,
-    ),
-]
 AugmentationOpt = Annotated[
     str,
     typer.Option(
@@ -59,15 +50,6 @@ CpuBf16Opt = Annotated[
     bool,
     typer.Option("--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on a bf16-capable CPU."),
 ]
-
-
-def _err(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False).print(
-        f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True
-    )
 
 
 def user_errors(func: F) -> F:
@@ -130,18 +112,6 @@ def _main(
     # the package logger stays at INFO at least: training.log records INFO whatever the console
     logging.getLogger("autoseg").setLevel(min(level, logging.INFO))
     set_progress(not quiet)
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def _workers(workers: int | None) -> int:
-    from autoseg.device import cpu_count  # torch-free; kept lazy like every library import here
-
-    return workers if workers is not None and workers > 0 else cpu_count()
 
 
 def detect_gpu_memory_gb() -> float | None:
@@ -294,214 +264,8 @@ def train(
     _console().print(f"trained: {folder}")
 
 
-@app.command()
-@user_errors
-def predict(
-    inputs: Annotated[
-        list[Path], typer.Option("-i", "--input", help="Input folder or image file (repeatable).")
-    ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
-    dataset: Annotated[str | None, typer.Option("-d", "--dataset", help="Dataset name.")] = None,
-    configuration: Annotated[
-        str | None, typer.Option("-c", "--configuration", help="2d, 3d_fullres, ...")
-    ] = None,
-    folds: Annotated[
-        str | None,
-        typer.Option(
-            "-f",
-            "--folds",
-            help="Folds: -f 0 1 or -f 0,1 (default: 0-4 when all are trained, else all).",
-        ),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option("-m", "--model", help="A model folder (models/<planner>/<config>)."),
-    ] = None,
-    planner: Annotated[str | None, typer.Option("--planner", help="Planner of the model.")] = None,
-    checkpoint: Annotated[
-        str, typer.Option("--checkpoint", help="final, best or a file name.")
-    ] = "final",
-    home: HomeOpt = None,
-    device: DeviceOpt = "auto",
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirroring test-time aug.")] = True,
-    postprocess: Annotated[
-        bool, typer.Option("--postprocess/--no-postprocess", help="Apply the CV decision.")
-    ] = True,
-    save_probabilities: Annotated[
-        bool, typer.Option("--save-probabilities", help="Also write CASE.npz.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
-    step_size: Annotated[
-        float, typer.Option("--step-size", help="Sliding-window step, fraction of the patch.")
-    ] = 0.5,
-    part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
-    parts: Annotated[
-        int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
-    ] = 1,
-    io_workers: Annotated[
-        int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
-    ] = 1,
-    compile: CompileOpt = None,
-) -> None:
-    """Predict images with a trained model; outputs keep each input's format and exact geometry."""
-    from autoseg.errors import AutosegError
-    from autoseg.model_folder import find_model_folders
-    from autoseg.paths import resolve_dataset, resolve_home
-    from autoseg.predictor import Predictor, predict_folder
-    from autoseg.shards import check_part
-
-    check_part(part, parts)
-    for path in inputs:
-        if not path.exists():
-            raise AutosegError(f"{path}: input not found")
-    if model is None:
-        root = resolve_home(home)
-        name = "*" if dataset is None else resolve_dataset(dataset, root).name
-        found = find_model_folders(root, name, checkpoint, configuration, planner)
-        candidates = [m.path for m in found]
-        if not candidates:
-            raise AutosegError(
-                f"no trained model found in {root}"
-                + (f" for dataset {dataset}" if dataset else "")
-                + "; train one (autoseg train) or pass -m MODEL_FOLDER"
-            )
-        if len(candidates) > 1:
-            listing = "\n".join(
-                f"  {c.parent.parent.parent.name} -c {c.name} --planner {c.parent.name}"
-                for c in candidates
-            )
-            raise AutosegError(f"several trained models; choose with -d/-c/--planner:\n{listing}")
-        model = candidates[0]
-    fold_list = [f.strip() for f in folds.split(",")] if folds else None
-    predictor = Predictor.from_folder(
-        model,
-        folds=fold_list,
-        checkpoint=checkpoint,
-        device=device,
-        tta=tta,
-        step=step_size,
-        postprocess=postprocess,
-        compile=compile,
-    )
-    report = predict_folder(
-        inputs,
-        output,
-        predictor,
-        overwrite=overwrite,
-        save_probabilities=save_probabilities,
-        part=part,
-        parts=parts,
-        workers=io_workers,
-    )
-    console = _console()
-    console.print(
-        f"{len(report.written)} written to {output}"
-        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
-    )
-    if report.failed:
-        _err(
-            f"{len(report.failed)} case(s) failed:\n" + "\n".join(f"  - {p}" for p in report.failed)
-        )
-        raise typer.Exit(2)
-
-
-@app.command()
-@user_errors
-def evaluate(
-    reference: Annotated[
-        Path | None,
-        typer.Option("-r", "--reference", help="Folder of reference (ground-truth) label maps."),
-    ] = None,
-    predictions: Annotated[
-        Path | None, typer.Option("-p", "--predictions", help="Folder of predicted label maps.")
-    ] = None,
-    folders: Annotated[
-        list[Path] | None, typer.Argument(hidden=True, help="Refused: use -r and -p.")
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "-o",
-            "--output",
-            help="Write evaluation.json, evaluation_cases.csv and evaluation_summary.csv here.",
-        ),
-    ] = None,
-    dataset_json: Annotated[
-        Path | None,
-        typer.Option(
-            "--dataset-json",
-            help="dataset.json or plans.json (or a dataset or model folder) naming the labels.",
-        ),
-    ] = None,
-    nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
-    chill: Annotated[
-        bool,
-        typer.Option("--chill", help="Score only the cases that have a prediction (as nnU-Net)."),
-    ] = False,
-) -> None:
-    """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
-    HD95 and NSD per case and label, with means per label."""
-    import dataclasses
-
-    from autoseg.cli_habits import command_line
-    from autoseg.dataset import read_label_names
-    from autoseg.errors import AutosegError
-    from autoseg.evaluate import evaluate_folders
-
-    if folders:
-        raise AutosegError(
-            "evaluate takes its folders by name: `autoseg evaluate -r REFERENCE -p PREDICTIONS` "
-            "(folder order differs between tools: nnU-Net's evaluate_folder takes the reference "
-            "first, autoseg used to take it second; swapping them swaps precision and recall)"
-        )
-    if reference is None or predictions is None:
-        raise AutosegError("evaluate needs both -r/--reference and -p/--predictions folders")
-    if reference.resolve() == predictions.resolve():
-        logging.getLogger("autoseg").warning(
-            "%s: the reference and prediction folders are the same folder; every score is "
-            "perfect by construction",
-            reference,
-        )
-    labels = read_label_names(dataset_json) if dataset_json is not None else None
-    evaluation = evaluate_folders(
-        predictions,
-        reference,
-        labels=labels,
-        nsd_tolerance_mm=nsd_tolerance,
-        workers=_workers(workers),
-        chill=chill,
-    )
-    evaluation = dataclasses.replace(evaluation, command=command_line())
-    evaluation.print_table(_console())
-    if output is not None:
-        paths = evaluation.write_report(output)
-        _console().print("written: " + ", ".join(map(str, paths)))
-
-
-@app.command()
-@user_errors
-def instances(
-    predictions: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
-    output: Annotated[Path, typer.Argument(help="Folder for the instance label maps.")],
-    border_label: Annotated[
-        int | None,
-        typer.Option("--border-label", help="Class that separates touching objects, if trained."),
-    ] = None,
-    min_size: Annotated[
-        int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")
-    ] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
-) -> None:
-    """Split semantic predictions into objects: an instance label map per file (same format)."""
-    from autoseg.instances import instances_folder
-
-    report = instances_folder(predictions, output, border_label, min_size, overwrite)
-    total = sum(report.objects.values())
-    _console().print(
-        f"{len(report.written)} written to {output} ({total} objects)"
-        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
-    )
+# predict, evaluate, instances (autoseg.cli_predict), listed after train in --help
+register_predict_commands(app, user_errors)  # predict, evaluate, instances
 
 
 @app.command()

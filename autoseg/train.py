@@ -35,31 +35,26 @@ from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
 from autoseg.cache import complete_cases
-from autoseg.cascade import cv_predictions, input_channels, prepare_previous_stage
+from autoseg.cascade import input_channels, prepare_previous_stage
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.compiled import compile_with_fallback, use_compile
-from autoseg.crossval import decide_cv_postprocessing
-from autoseg.dataset import load_dataset
 from autoseg.device import autocast, cpu_count, resolve_device
 from autoseg.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.errors import AutosegError
-from autoseg.evaluate import evaluate_folders
-from autoseg.io import file_ending, read_array
-from autoseg.io_formats import companion_files
 from autoseg.loader import BatchLoader
 from autoseg.loss_options import DEFAULT_LOSS, build_loss, loss_needs_weights
 from autoseg.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
-from autoseg.predictor import Predictor, predict_folder
 from autoseg.preprocess import plans_key, preprocessed_folder
 from autoseg.progress import History, add_file_log, write_progress
-from autoseg.serial import atomic_write_text, to_dict
+from autoseg.serial import to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
 from autoseg.terminal import progress_bar
 from autoseg.tracking import check_tracking, open_tracker
 from autoseg.transfer import load_pretrained, pretrained_checkpoint
+from autoseg.validation import validate_fold
 from autoseg.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
@@ -378,8 +373,9 @@ class _Trainer:
             if self.dist.main:
                 self._save("final", self.settings.epochs - 1)
                 self.model.checkpoint(self.fold, "latest").unlink(missing_ok=True)
-                if self.settings.validate and self.split.val:
-                    self._validate_cases()
+                if self.settings.validate and self.split.val:  # autoseg.validation
+                    val = (self.fold, self.split.val, str(self.device), self.settings.compile)
+                    validate_fold(self.dirs, self.plans, self.config, self.model, *val)
             ok = True
         finally:
             if self.tracker is not None:
@@ -480,52 +476,6 @@ class _Trainer:
         if self.tracker is not None:
             self.tracker.write(self.history)
         return saved
-
-    def _validate_cases(self) -> None:
-        """Predict the validation cases from the raw images and score them (summary.json)."""
-        raw = self.dirs.raw
-        if raw is None or not raw.is_dir():
-            log.warning("raw data of %s not found: validation cases not predicted", self.dirs.name)
-            return
-        spec = load_dataset(raw)
-        wanted = set(self.split.val)
-        cases = [c for c in spec.cases if c.case_id in wanted]
-        out = self.model.validation_dir(self.fold)
-        predictor = Predictor.from_folder(
-            self.model.path,
-            folds=[self.fold],
-            device=str(self.device),
-            postprocess=False,
-            compile=self.settings.compile,
-        )
-        if self.previous_stage is not None:  # validate on the previous stage's CV predictions
-            sources = cv_predictions(self.dirs, self.plans, self.config)
-            predictor.previous_stage = lambda _, case: read_array(sources[case])[0]
-        inputs = [p for c in cases for p in c.images]
-        # probabilities too: find-best averages them to score ensembles of configurations
-        report = predict_folder(inputs, out, predictor, overwrite=True, save_probabilities=True)
-        for problem in report.failed:
-            log.warning("validation case failed: %s", problem)
-        refs = self.model.validation_refs(self.fold)
-        if refs.is_dir():  # links of an earlier run may carry another ending: made afresh
-            shutil.rmtree(refs)
-        refs.mkdir()
-        for case in cases:  # each link keeps its label's own ending (.nii and .nii.gz may mix)
-            if case.label is not None:
-                ending = file_ending(case.label) or spec.file_ending
-                (refs / f"{case.case_id}{ending}").symlink_to(case.label.resolve())
-                for side in companion_files(case.label):  # a TIFF's spacing sidecar
-                    (refs / f"{case.case_id}.json").symlink_to(side.resolve())
-        evaluation = evaluate_folders(
-            out, refs, labels=self.plans.labels, regions=self.plans.regions
-        )
-        evaluation.to_json(self.model.summary(self.fold))
-        means = {evaluation.labels[k]: m.dice for k, m in evaluation.label_means.items()}
-        log.info("fold %s validation Dice: %s", self.fold, means)
-        atomic_write_text(self.model.validation_done(self.fold), "ok\n")
-        decide_cv_postprocessing(
-            self.model, list(self.plans.foreground_labels), self.plans.ignore_label
-        )
 
 
 def train_fold(

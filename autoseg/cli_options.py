@@ -1,0 +1,50 @@
+"""Option types and console helpers shared by the command modules (``autoseg.cli``,
+``autoseg.cli_predict``); torch-free, like every module the CLI imports at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["CompileOpt", "DeviceOpt", "HomeOpt", "PlannerOpt", "console", "cpu_workers", "err"]
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Working folder (default: $AUTOSEG_HOME, else ./autoseg_home)."),
+]
+PlannerOpt = Annotated[str, typer.Option("--planner", help="Planner whose plans to use.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the network, eager if that fails (default: on CUDA only).",
+        show_default=False,
+    ),
+]
+
+
+def console(stderr: bool = False):
+    """A rich console without highlighting, soft-wrapped (paths stay whole)."""
+    from rich.console import Console  # lazily: rich is only needed once a command runs
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def err(message: str) -> None:
+    """Print ``error: message`` in red on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False).print(
+        f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True
+    )
+
+
+def cpu_workers(workers: int | None) -> int:
+    """``workers`` when positive, else the CPUs this process may use."""
+    from autoseg.device import cpu_count  # torch-free; kept lazy like every library import here
+
+    return workers if workers is not None and workers > 0 else cpu_count()
