@@ -18,6 +18,7 @@ from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
 from autoseg.preprocess import load_case, preprocessed_folder
 from autoseg.serial import to_dict
+from autoseg.weightmap import ensure_weight_maps
 from tests.reliability_helpers import assert_clean_failure, cli, tiny_dataset
 from tests.test_planners import huge_ct
 
@@ -95,6 +96,19 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path) ->
     image, target = batch["image"], batch["target"]
     assert image.shape[1] == 3 and target.shape[1] == 1
     for channel, label in enumerate(plans.foreground_labels, start=1):
+        np.testing.assert_array_equal(image[:, channel], (target[:, 0] == label).astype(np.float32))
+    # with border weight maps too: labels, weights and previous stage share the label channels
+    ensure_weight_maps(data, ["case_000"])
+    previous = (model.previous_stage_dir, plans.foreground_labels)
+    loader = BatchLoader(
+        data, ["case_000"], config, seed=1, augment=True, previous_stage=previous, weights=True
+    )
+    with loader:
+        batch = next(loader)
+    image, target, weight = batch["image"], batch["target"], batch["weight"]
+    assert image.shape[1] == 3 and target.shape[1] == 1 and weight.shape == target.shape
+    assert weight.dtype == np.float32 and weight.min() >= 0.0 and weight.max() > 0.0
+    for channel, label in enumerate(plans.foreground_labels, start=1):  # augmented together
         np.testing.assert_array_equal(image[:, channel], (target[:, 0] == label).astype(np.float32))
     assert (model.summary("0")).is_file()  # validated with the lowres CV predictions
 
