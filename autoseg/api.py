@@ -38,7 +38,8 @@ class Segmenter:
         predictor: the underlying :class:`~autoseg.predictor.Predictor`.
         labels: label value -> name, background included.
         channels: the input channels the model takes, in order.
-        label_values: the label value of each probability channel, in order.
+        label_values: the label value of each probability channel, in order (a region-based
+            model: one sigmoid channel per region, named by its ``regions_class_order`` value).
     """
 
     def __init__(self, predictor: Predictor) -> None:
