@@ -11,7 +11,6 @@ prediction, ``Predictor`` runs the 3d_lowres model first (``previous_stage_input
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from autoseg.model_folder import CV_FOLDS, ModelFolder
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
 from autoseg.preprocess import CaseProperties, preprocess_image
-from autoseg.serial import atomic_output, atomic_write_text
+from autoseg.serial import atomic_output, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +49,6 @@ def input_channels(plans: Plans, config: Configuration) -> int:
 def one_hot_channels(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """``(*S)`` label map -> float32 ``(len(labels), *S)``: 1 where the map holds that label."""
     return np.stack([seg == v for v in labels]).astype(np.float32)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cv_predictions(dirs: DatasetDirs, plans: Plans, config: Configuration) -> dict[str, Path]:
@@ -106,7 +97,7 @@ def prepare_previous_stage(dirs: DatasetDirs, plans: Plans, config: Configuratio
     out.mkdir(parents=True, exist_ok=True)
     done = 0
     for case in spec.cases:
-        key = _sha256(sources[case.case_id])
+        key = file_sha256(sources[case.case_id])
         target = out / f"{case.case_id}.npy"
         if index.get(case.case_id) == key and target.is_file():
             continue

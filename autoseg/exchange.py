@@ -36,7 +36,7 @@ from autoseg.errors import AutosegError
 from autoseg.model_folder import ModelFolder, checkpoint_file
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
-from autoseg.serial import atomic_output, dumps, from_dict
+from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,6 @@ class ExportManifest:
 
 def _limit(name: str) -> int:
     return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else MAX_JSON_BYTES
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- export
@@ -156,7 +148,7 @@ def export_model(
             configuration=folder.name,
             folds=chosen,
             checkpoint=checkpoint_file(checkpoint),
-            files={name: _sha256(path) for name, path in sorted(staged.items())},
+            files={name: file_sha256(path) for name, path in sorted(staged.items())},
             autoseg_version=__version__,
         )
         archive.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -190,3 +191,12 @@ def load_json(cls: type[T], path: str | Path) -> T:
     except (TypeError, ValueError, KeyError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise InvalidJsonFile(f"{path}: not a valid {cls.__name__} file ({reason})") from exc
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
