@@ -199,3 +199,13 @@ def one_torch_thread(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def shrink_network(plans_path: Path) -> dict:
+    """Edit plans.json (as a user may) to tiny networks (4, 8, 16, ... features per stage) so
+    that a training step takes a fraction of a second; returns the edited plans as a dict."""
+    raw = json.loads(plans_path.read_text())
+    for config in raw["configurations"].values():
+        config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
+    plans_path.write_text(json.dumps(raw))
+    return raw

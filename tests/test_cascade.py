@@ -19,7 +19,7 @@ from autoseg.plans import Plans
 from autoseg.preprocess import load_case, preprocessed_folder
 from autoseg.serial import to_dict
 from autoseg.weightmap import ensure_weight_maps
-from tests.reliability_helpers import assert_clean_failure, cli, tiny_dataset
+from tests.reliability_helpers import assert_clean_failure, cli, shrink_network, tiny_dataset
 from tests.test_planners import huge_ct
 
 CASCADE = "3d_cascade_fullres"
@@ -34,10 +34,7 @@ def test_planner_adds_the_cascade_with_every_lowres() -> None:
 
 
 def _shrink(plans_path: Path) -> Plans:
-    raw = json.loads(plans_path.read_text())
-    for config in raw["configurations"].values():
-        config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
-    plans_path.write_text(json.dumps(raw))
+    shrink_network(plans_path)
     return Plans.from_json(plans_path)
 
 

@@ -20,7 +20,7 @@ from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
 from autoseg.postprocess import PostprocessingDecision
 from autoseg.serial import to_dict
-from tests.reliability_helpers import assert_clean_failure, cli, tiny_dataset
+from tests.reliability_helpers import assert_clean_failure, cli, shrink_network, tiny_dataset
 
 
 def make_model(
@@ -36,10 +36,7 @@ def make_model(
     result = cli("plan", root, "--home", home, "--workers", 1)
     assert result.exit_code == 0, result.output
     plans_path = home / name / "plans.json"
-    raw = json.loads(plans_path.read_text())
-    config = raw["configurations"]["3d_fullres"]
-    config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
-    plans_path.write_text(json.dumps(raw))
+    shrink_network(plans_path)
     plans = Plans.from_json(plans_path)
     torch.manual_seed(seed)
     net = build_network(plans.configuration("3d_fullres"), 1, plans.num_classes)

@@ -20,7 +20,7 @@ from autoseg.loader import _Sampler
 from autoseg.loss import DiceCELoss, dice_counts
 from autoseg.plans import Plans
 from autoseg.preprocess import PreprocessedCase
-from tests.reliability_helpers import cli, tiny_dataset
+from tests.reliability_helpers import cli, shrink_network, tiny_dataset
 
 
 def _relabel(root: Path, labels: dict[str, str]) -> Path:
@@ -126,11 +126,7 @@ def test_cli_trains_and_predicts_without_the_ignore_label(tmp_path: Path) -> Non
     root = sparse_dataset(tmp_path / "Task97_Sparse", n_cases=5)
     home = tmp_path / "home"
     assert cli("plan", root, "--home", home, "--workers", 1).exit_code == 0
-    plans_path = home / root.name / "plans.json"
-    plans = json.loads(plans_path.read_text())
-    config = plans["configurations"]["3d_fullres"]
-    config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
-    plans_path.write_text(json.dumps(plans))
+    shrink_network(home / root.name / "plans.json")
     train = ("train", root.name, "3d_fullres", "0", "--epochs", 1, "--iterations", 2)
     train += ("--val-iterations", 1, "--device", "cpu", "--workers", 0, "--home", home)
     result = cli(*train)

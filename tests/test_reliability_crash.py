@@ -5,7 +5,6 @@ See docs/reliability.md.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from tests.reliability_helpers import (
     mixed_spacing_dataset,
     one_torch_thread,  # noqa: F401 - a fixture
     save_nifti,
+    shrink_network,
     snapshot,
     tiny_dataset,
 )
@@ -124,20 +124,11 @@ def test_preprocessing_killed_midway_resumes_to_identical_files(tmp_path: Path) 
 # ------------------------------------------------------------------------------- training
 
 
-def _shrink_network(home: Path, dataset: str) -> None:
-    """Edit plans.json (as a user may) to a tiny network, so that epochs take a fraction of a s."""
-    path = home / dataset / "plans.json"
-    plans = json.loads(path.read_text())
-    config = plans["configurations"]["3d_fullres"]
-    config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
-    path.write_text(json.dumps(plans))
-
-
 def test_training_killed_after_a_checkpoint_resumes_to_the_same_end(tmp_path: Path) -> None:
     root = tiny_dataset(tmp_path / "Task95_Train", n_cases=5)
     for name in ("reference", "home"):
         assert cli("plan", root, "--home", tmp_path / name, "--workers", 1).exit_code == 0
-        _shrink_network(tmp_path / name, root.name)
+        shrink_network(tmp_path / name / root.name / "plans.json")
     train = ("train", root.name, "3d_fullres", "0", "--epochs", 3, "--iterations", 2)
     train += ("--val-iterations", 1, "--device", "cpu", "--no-validate", "--workers", 0)
     train += ("--checkpoint-every", 1)
