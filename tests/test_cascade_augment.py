@@ -230,13 +230,15 @@ def test_removed_components_are_whole_and_below_the_size_limit() -> None:
 
 
 def _cascade_data(tmp_path: Path) -> tuple[list[str], Path]:
-    """Blob cases and a 'previous stage' equal to their labels."""
+    """Blob cases and a 'previous stage' of their labels with 1 and 2 swapped (so that
+    where the previous stage went can be seen in the labels: channel 1 = label 2)."""
     ids = blob_dataset(tmp_path / "data", [(20, 24, 16)] * 2)
     previous = tmp_path / "previous"
     previous.mkdir()
     for case in ids:
         seg = np.load(tmp_path / "data" / f"{case}.seg.npy")
-        np.save(previous / f"{case}.npy", seg.astype(np.uint8))
+        swapped = np.choose(seg, [0, 2, 1]).astype(np.uint8)
+        np.save(previous / f"{case}.npy", swapped)
     return ids, previous
 
 
@@ -265,7 +267,7 @@ def test_cpu_path_perturbs_only_the_previous_stage_channels(tmp_path: Path, monk
         assert np.array_equal(a["image"], b["image"])  # deterministic given the seed
         assert np.array_equal(a["image"][:, :1], c["image"][:, :1])  # image untouched
         assert np.array_equal(a["target"], c["target"])  # labels untouched
-        onehot = np.concatenate([c["target"] == 1, c["target"] == 2], 1)
+        onehot = np.concatenate([c["target"] == 2, c["target"] == 1], 1)
         assert np.array_equal(c["image"][:, 1:], onehot)  # unperturbed: moved with the labels
         assert (a["image"][:, 1:].sum(1) <= 1).all()
         changed += int((a["image"][:, 1:] != onehot).reshape(4, -1).any(1).sum())
@@ -303,7 +305,7 @@ def test_device_path_moves_the_previous_stage_with_the_labels_then_perturbs_it(
         image_plain, target_plain = plain.device_batch(batch)
         assert image.shape == (4, 3, 8, 12, 8) and target.shape == (4, 1, 8, 12, 8)
         assert torch.equal(image[:, :1], image_plain[:, :1]) and torch.equal(target, target_plain)
-        onehot = torch.cat([target == 1, target == 2], 1).float()
+        onehot = torch.cat([target == 2, target == 1], 1).float()
         assert torch.equal(image_plain[:, 1:], onehot)  # moved exactly with the labels
         assert (image[:, 1:].sum(1) <= 1).all()
         changed += int((image[:, 1:] != onehot).flatten(1).any(1).sum())
