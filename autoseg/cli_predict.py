@@ -161,7 +161,8 @@ def evaluate(
         Path | None,
         typer.Option(
             "--dataset-json",
-            help="dataset.json or plans.json (or a dataset or model folder) naming the labels.",
+            help="dataset.json or plans.json (or a dataset or model folder) naming the labels; "
+            "a region-based one scores its regions.",
         ),
     ] = None,
     nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
@@ -172,13 +173,13 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
-    HD95 and NSD per case and label, with means per label."""
+    HD95 and NSD per case and label (per region for a region-based --dataset-json), with means."""
     import dataclasses
 
     from autoseg.cli_habits import command_line
-    from autoseg.dataset import read_label_names
     from autoseg.errors import AutosegError
     from autoseg.evaluate import evaluate_folders
+    from autoseg.evaluation_labels import read_evaluation_labels
 
     if folders:
         raise AutosegError(
@@ -194,14 +195,15 @@ def evaluate(
             "perfect by construction",
             reference,
         )
-    labels = read_label_names(dataset_json) if dataset_json is not None else None
+    named = read_evaluation_labels(dataset_json) if dataset_json is not None else None
     evaluation = evaluate_folders(
         predictions,
         reference,
-        labels=labels,
+        labels=named.labels if named else None,
         nsd_tolerance_mm=nsd_tolerance,
         workers=_workers(workers),
         chill=chill,
+        regions=named.regions if named else (),
     )
     evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())

@@ -181,12 +181,9 @@ def read_label_names(path: str | Path) -> dict[int, str]:
     Raises:
         DatasetError: the file is missing, unreadable, or its labels are not valid.
     """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        plans = path / "plans.json"
-        path = plans if plans.is_file() and not (path / "dataset.json").exists() else path
-    problems = _Problems(path if path.is_dir() else path.parent)
-    problems.json = str(path / "dataset.json" if path.is_dir() else path)
+    path = label_file(path)
+    problems = _Problems(path.parent)
+    problems.json = str(path)
     meta = _read_meta(problems)
     labels = None
     if meta is not None:
@@ -197,6 +194,16 @@ def read_label_names(path: str | Path) -> dict[int, str]:
     if problems or labels is None:
         raise DatasetError(problems, what="dataset.json")
     return labels
+
+
+def label_file(path: str | Path) -> Path:
+    """The file ``read_label_names`` reads: ``path`` itself, or a folder's dataset.json (its
+    plans.json when it has only that: a model folder)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return path
+    plans, meta = path / "plans.json", path / "dataset.json"
+    return plans if plans.is_file() and not meta.exists() else meta
 
 
 def _read_meta(problems: _Problems) -> dict[str, Any] | None:

@@ -38,7 +38,7 @@ from autoseg.metrics_micro import (
     object_table,
 )
 from autoseg.regions import Region
-from autoseg.serial import atomic_write_text, dump_json, load_json
+from autoseg.serial import atomic_write_text, dump_json, load_json, to_dict
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,6 +85,8 @@ class Evaluation:
         command: the command line that produced it ("" when called from Python).
         metrics: whose metric definitions were used: ``"monai"`` (``autoseg.metrics``); ``""``
             in a file written before autoseg recorded it (other surface definitions).
+        regions: for a region-based dataset, the regions scored: then the keys of ``labels``
+            and of the metrics are region numbers (1, 2, ... in this order), not label values.
     """
 
     cases: tuple[CaseResult, ...]
@@ -95,10 +97,19 @@ class Evaluation:
     object_means: dict[int, ObjectMeans] = field(default_factory=dict)
     command: str = ""
     metrics: str = ""
+    regions: tuple[Region, ...] = ()
 
     def to_json(self, path: str | Path) -> None:
-        """Write as deterministic JSON (atomically): per case, per-label means, the command."""
-        dump_json(self, path)
+        """Write as deterministic JSON (atomically): per case, per-label means, the command
+        (and the regions, only when regions were scored)."""
+        record = to_dict(self)
+        if not self.regions:
+            del record["regions"]
+        dump_json(record, path)
+
+    @property
+    def _kind(self) -> str:
+        return "region" if self.regions else "label"
 
     @classmethod
     def from_json(cls, path: str | Path) -> Evaluation:
@@ -107,7 +118,7 @@ class Evaluation:
 
     def to_csv(self, path: str | Path) -> None:
         """Write one row per case and label (atomically): ``case, label, name``, metrics, counts
-        (and the object metrics of 2D label maps)."""
+        (and the object metrics of 2D label maps); ``case, region, name`` for regions."""
         extra = OBJECT_METRIC_NAMES if self.object_means else ()
         rows = [
             [case.case_id, label, self.labels.get(label, str(label))]
@@ -116,10 +127,10 @@ class Evaluation:
             for case in self.cases
             for label, m in case.metrics.items()
         ]
-        _write_csv(path, ["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES, *extra], rows)
+        _write_csv(path, ["case", self._kind, "name", *METRIC_NAMES, *COUNT_NAMES, *extra], rows)
 
     def summary_to_csv(self, path: str | Path) -> None:
-        """Write one row of means per label, then a ``mean`` row of the means over labels."""
+        """Write one row of means per label (or region), then a ``mean`` row of their means."""
         extra = OBJECT_METRIC_NAMES if self.object_means else ()
         rows = [
             [label, self.labels[label], len(self.cases)]
@@ -135,8 +146,8 @@ class Evaluation:
             overall += [
                 float(np.mean([getattr(m, n) for m in self.object_means.values()])) for n in extra
             ]
-            rows.append(["mean", "all labels", len(self.cases), *overall])
-        _write_csv(path, ["label", "name", "cases", *METRIC_NAMES, *extra], rows)
+            rows.append(["mean", f"all {self._kind}s", len(self.cases), *overall])
+        _write_csv(path, [self._kind, "name", "cases", *METRIC_NAMES, *extra], rows)
 
     def write_report(self, folder: str | Path) -> tuple[Path, ...]:
         """Write ``evaluation.json``, ``evaluation_cases.csv`` and ``evaluation_summary.csv``.
@@ -160,7 +171,7 @@ class Evaluation:
             title=f"Evaluation of {len(self.cases)} case(s)",
             caption=f"NSD tolerance {self.nsd_tolerance_mm:g} mm; HD95 in mm",
         )
-        table.add_column("label")
+        table.add_column(self._kind)
         for header in ("Dice", "IoU", "precision", "recall", "HD95", "NSD"):
             table.add_column(header, justify="right")
         for label, mean in self.label_means.items():
@@ -187,7 +198,10 @@ def _write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
 
 
 def _summarise(
-    cases: list[CaseResult], labels: Mapping[int, str], nsd_tolerance_mm: float
+    cases: list[CaseResult],
+    labels: Mapping[int, str],
+    nsd_tolerance_mm: float,
+    regions: Sequence[Region] = (),
 ) -> Evaluation:
     if not cases:
         raise ValueError("no cases to evaluate")
@@ -209,6 +223,7 @@ def _summarise(
         nsd_tolerance_mm=float(nsd_tolerance_mm),
         object_means=mean_object_metrics([c.objects for c in cases]),
         metrics=METRIC_DEFINITIONS,
+        regions=tuple(regions),
     )
 
 
@@ -262,7 +277,7 @@ def evaluate_arrays(
         )
         for case_id, pred, ref, spacing in pairs
     ]
-    return _summarise(cases, names, nsd_tolerance_mm)
+    return _summarise(cases, names, nsd_tolerance_mm, regions)
 
 
 @dataclass(frozen=True)
@@ -440,6 +455,6 @@ def evaluate_folders(
     regions = tuple(regions)
     args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm, ignore, regions) for c in common]
     cases = _map(_score_files, args, workers)
-    evaluation = _summarise(cases, names, nsd_tolerance_mm)
+    evaluation = _summarise(cases, names, nsd_tolerance_mm, regions)
     logger.info("mean Dice over labels: %.4f", evaluation.mean_dice)
     return evaluation

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.augment import sample_size, training_transforms
-from autoseg.cascade import one_hot_channels
+from autoseg.cascade_augment import previous_stage_channels
 from autoseg.errors import AutosegError
 from autoseg.plans import Configuration
 from autoseg.preprocess import PreprocessedCase, load_case
@@ -124,6 +124,8 @@ class _Sampler:
         self.transforms = (
             training_transforms(config.patch_size, elastic) if cpu_transforms else None
         )
+        # the device path gets a cascade's previous stage as labels, one-hot there
+        self.defer_previous = augment and on_device
         self.oversample = oversample_foreground
         self._cases: OrderedDict[str, PreprocessedCase] = OrderedDict()
         self._weight_maps: dict[str, np.ndarray] = {}
@@ -131,8 +133,9 @@ class _Sampler:
 
     def reseed(self, seed: int, worker: int) -> None:
         """Derive this sampler's generators from ``(seed, worker)``."""
-        sampling, np_global, py_global = np.random.SeedSequence([seed, worker]).spawn(3)
+        sampling, np_global, py_global, cascade = np.random.SeedSequence([seed, worker]).spawn(4)
         self.rng = np.random.default_rng(sampling)
+        self.cascade_rng = np.random.default_rng(cascade)  # autoseg.cascade_augment's draws
         self.np_random_state = np.random.RandomState(np_global.generate_state(1)).get_state()
         self.py_random_state = random.Random(int(py_global.generate_state(1)[0])).getstate()
 
@@ -244,16 +247,21 @@ class _Sampler:
             with self._global_random_states():
                 out = self.transforms(data=data, seg=target)
             data, target = out["data"], out["seg"]
-        if self.previous_stage is not None:  # moved, one-hot, into the image channels
-            labels = self.previous_stage[1]
-            onehot = np.stack([one_hot_channels(t, labels) for t in target[:, -1]])
-            data, target = np.concatenate([data, onehot], axis=1), target[:, :-1]
+        previous = None
+        if self.previous_stage is not None:  # moved with the labels; split off again
+            previous, target = target[:, -1:], target[:, :-1]
+        if previous is not None and not self.defer_previous:  # one-hot, perturbed in training
+            rng = self.cascade_rng if self.transforms is not None else None
+            onehot = previous_stage_channels(previous, self.previous_stage[1], rng)
+            data = np.concatenate([data, onehot], axis=1)
         batch = {
             "image": np.ascontiguousarray(data, dtype=np.float32),
             "target": np.ascontiguousarray(target[:, :1]).astype(np.int16),
         }
         if self.weights:
             batch["weight"] = np.ascontiguousarray(target[:, 1:], dtype=np.float32)
+        if previous is not None and self.defer_previous:
+            batch["previous"] = np.ascontiguousarray(previous).astype(np.uint8)
         return batch
 
     def _forced(self, i: int, n_forced: int) -> bool:
@@ -334,7 +342,10 @@ class BatchLoader:
             samples never centre on it.
         previous_stage: for a cascade, ``(folder of CASE.npy, foreground labels)``: the
             previous stage's label maps are cropped and augmented with the target, then added
-            one-hot (one channel per label) to the image channels.
+            one-hot (one channel per label) to the image channels, perturbed when augmenting
+            (``autoseg.cascade_augment``). With ``augmentation="device"`` they are yielded as
+            ``previous`` (B, 1, *region) uint8 instead, for
+            ``autoseg.cascade_augment_device.DevicePreviousStage``.
 
     Raises:
         AutosegError: no cases, or a case's preprocessed files are missing.
@@ -381,8 +392,6 @@ class BatchLoader:
         if augmentation not in ("cpu", "device"):
             raise ValueError(f"augmentation must be cpu or device, not {augmentation!r}")
         on_device = augmentation == "device"
-        if on_device and augment and previous_stage is not None:
-            raise ValueError("a cascade stage is augmented on the CPU (augmentation='cpu')")
         if weights and on_device and augment:
             raise AutosegError(
                 "border weight maps are augmented on the CPU only: --augmentation cpu"

@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from autoseg.augment_device import DeviceAugmentation, resolve_augmentation
+from autoseg.cascade_augment_device import DevicePreviousStage
 from autoseg.device import autocast, cpu_has_bf16
 from autoseg.elastic_device import DeviceElastic
 from autoseg.errors import AutosegError
@@ -90,6 +91,9 @@ class TrainingStep:
         cpu_bf16: on a CPU with native bf16, run the network under bf16 autocast.
         elastic: with the device path, also deform the batches elastically
             (``autoseg.elastic_device``; the CPU path does it in the loader).
+        previous_labels: a cascade stage's foreground labels: with the device path, the
+            loader's ``previous`` label maps move with the target, then become these one-hot
+            channels, perturbed (``autoseg.cascade_augment_device``).
 
     Attributes:
         network: the bare network (its ``state_dict`` is what checkpoints hold).
@@ -102,6 +106,7 @@ class TrainingStep:
         bf16: whether the network runs under bf16 autocast (CUDA, or ``cpu_bf16`` on a CPU
             with native bf16).
         elastic: the ``DeviceElastic`` applied after it, or None.
+        previous_stage: the ``DevicePreviousStage`` applied last (a cascade), or None.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class TrainingStep:
         regions: Sequence[Region] = (),
         cpu_bf16: bool = True,
         elastic: bool = False,
+        previous_labels: Sequence[int] = (),
     ) -> None:
         self.config, self.device, self.num_classes = config, device, num_classes
         self.ignore_label, self.regions = ignore_label, tuple(regions)
@@ -146,6 +152,9 @@ class TrainingStep:
         self.elastic = None
         if self.augmentation == "device" and elastic:
             self.elastic = DeviceElastic(config.patch_size, device, seed)
+        self.previous_stage = None
+        if self.augmentation == "device" and previous_labels:
+            self.previous_stage = DevicePreviousStage(previous_labels, seed)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of every parameter group."""
@@ -176,9 +185,17 @@ class TrainingStep:
         if self.augmenter is None:
             return self.to_device(batch)
         # labels travel as they come (int16) and widen after the crop to the patch
-        image, target = self.augmenter(self._upload(batch["image"]), self._upload(batch["target"]))
+        image, target = self._upload(batch["image"]), self._upload(batch["target"])
+        cascade = "previous" in batch  # a second label channel, moved with the first
+        if cascade != (self.previous_stage is not None):
+            raise ValueError("a cascade batch needs previous_labels, and only a cascade batch")
+        if cascade:
+            target = torch.cat([target, self._upload(batch["previous"]).to(target.dtype)], 1)
+        image, target = self.augmenter(image, target)
         if self.elastic is not None:
             image, target = self.elastic(image, target)
+        if cascade:
+            image, target = self.previous_stage(image, target[:, 1:]), target[:, :1]
         return image, target.long()
 
     def _targets(self, target: torch.Tensor) -> list[torch.Tensor]:

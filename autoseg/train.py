@@ -232,10 +232,6 @@ class _Trainer:
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
-        augmentation = self.augmentation
-        if self.previous_stage is not None and augmentation != "cpu":
-            log.info("cascade stage: augmentation on the CPU (the previous stage is a label map)")
-            augmentation = "cpu"
         self.step = TrainingStep(
             self.config,
             self.in_channels,
@@ -244,19 +240,20 @@ class _Trainer:
             self.settings.optimizer,
             seed=self.settings.seed,
             distributed=self.dist.world > 1,
-            augmentation=augmentation,
+            augmentation=self.augmentation,
             ignore_label=self.plans.ignore_label,
             regions=self.plans.regions,
             loss=self.loss,
             elastic=self.elastic,
             cpu_bf16=self.settings.cpu_bf16,
+            previous_labels=self.previous_stage[1] if self.previous_stage else (),
         )
         if self.needs_weights and self.dist.main:
             ensure_weight_maps(self.data_folder, sorted({*self.split.train, *self.split.val}))
         if self.needs_weights and self.dist.world > 1:
             dist.barrier()  # the other ranks read the weight maps rank 0 wrote
         if use_compile(self.settings.compile, self.device):
-            shape = (self.config.batch_size, len(self.plans.channels), *self.config.patch_size)
+            shape = (self.config.batch_size, self.in_channels, *self.config.patch_size)
             example = torch.zeros(shape, device=self.device)
             with autocast(self.device):  # as the steps run
                 self.step.model = compile_with_fallback(self.step.model, example, backward=True)
@@ -441,6 +438,8 @@ class _Trainer:
             self.step.augmenter.reseed(seed)
         if self.step.elastic is not None:
             self.step.elastic.reseed(seed)
+        if self.step.previous_stage is not None:
+            self.step.previous_stage.reseed(seed)
         with self._loader(self.split.train, seed, augment=True) as loader:
             for _ in range(s.iterations):
                 losses.append(self.step.train_batch(next(loader)))

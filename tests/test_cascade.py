@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from autoseg.cascade_augment import previous_stage_channels
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.loader import BatchLoader
 from autoseg.model_folder import ModelFolder
@@ -56,7 +57,7 @@ def _fake_lowres_cv(home: Path, root: Path, plans: Plans) -> ModelFolder:
 
 
 @pytest.mark.slow
-def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path) -> None:
+def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path, monkeypatch) -> None:
     root = tiny_dataset(tmp_path / "Task82_Cascade", n_cases=5, shape_ijk=(32, 32, 32))
     home = tmp_path / "home"
     result = cli("plan", root, "--home", home, "--workers", 1, "--gpu-memory", 0.5)
@@ -68,11 +69,16 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path) ->
     assert_clean_failure(cli(*train), "3d_lowres", "fold(s) 0, 1, 2, 3, 4")
 
     _fake_lowres_cv(home, root, plans)
-    result = cli(*train)
+    result = cli(*train)  # the default augmentation: on the device (here the CPU)
     assert result.exit_code == 0, result.output
     model = ModelFolder(home / root.name / "models/default" / CASCADE)
     ckpt = load_checkpoint(model.checkpoint("0"))
     assert ckpt.meta.in_channels == 1 + 2  # the image and one channel per foreground label
+    assert ckpt.meta.augmentation == "device"
+    fold_1 = [a if a != "0" else "1" for a in train]
+    result = cli(*fold_1, "--augmentation", "cpu", "--no-validate")  # batchgenerators' path
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(model.checkpoint("1")).meta.augmentation == "cpu"
     config = plans.configuration(CASCADE)
     data = preprocessed_folder(home / root.name, config)
     index = json.loads(model.previous_stage_index.read_text())
@@ -95,6 +101,11 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path) ->
     for channel, label in enumerate(plans.foreground_labels, start=1):
         np.testing.assert_array_equal(image[:, channel], (target[:, 0] == label).astype(np.float32))
     # with border weight maps too: labels, weights and previous stage share the label channels
+    # (not perturbed here, to see them moved together: tests/test_cascade_augment.py)
+    monkeypatch.setattr(
+        "autoseg.loader.previous_stage_channels",
+        lambda previous, labels, rng: previous_stage_channels(previous, labels, None),
+    )
     ensure_weight_maps(data, ["case_000"])
     previous = (model.previous_stage_dir, plans.foreground_labels)
     loader = BatchLoader(
