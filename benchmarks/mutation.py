@@ -36,6 +36,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         ("tests/test_planners.py", "tests/test_pinned_rules.py"),
     ),
     "loss": ("autoseg/loss.py", ("tests/test_loss.py", "tests/test_pinned_training.py")),
+    "region_loss": (
+        "autoseg/region_loss.py",
+        ("tests/test_region_loss.py", "tests/test_regions.py"),
+    ),
+    "loss_options": ("autoseg/loss_options.py", ("tests/test_loss_options.py",)),
     "sliding_window": (
         "autoseg/sliding_window.py",
         ("tests/test_pinned_prediction.py", "tests/test_predict.py"),

@@ -122,3 +122,38 @@ def test_dice_counts() -> None:
     assert tp.tolist() == [3, 3]
     assert fp.tolist() == [1, 2]
     assert fn.tolist() == [1, 1]
+
+
+def test_ignored_voxels_drop_out_as_if_cut_away() -> None:
+    # one sample, 8 voxels, labels 0-2 and the ignore label 3 on voxels 1, 4 and 6: the loss
+    # must equal the plain loss of the 5 annotated voxels alone (Dice sums and CE mean)
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 8)
+    target = torch.tensor([0, 3, 1, 2, 3, 1, 3, 2]).view(1, 1, 8)
+    keep = target[0, 0] != 3
+    for batch_dice in (False, True):
+        ignored = DiceCELoss(batch_dice, ignore_index=3)(logits, target)
+        cut = DiceCELoss(batch_dice)(logits[..., keep], target[..., keep])
+        torch.testing.assert_close(ignored, cut)
+
+
+def test_a_single_annotated_voxel_gives_its_own_cross_entropy() -> None:
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]]])  # (1, K=2, 3 voxels)
+    target = torch.tensor([2, 1, 2]).view(1, 1, 3)  # only voxel 1 annotated, label 1
+    loss = DiceCELoss(ignore_index=2)(logits, target)
+    p1 = 1 / (1 + math.exp(-1.0))  # softmax of (0, 1) for class 1
+    dice = (2 * p1 + 1e-5) / (2 * p1 + (1 - p1) + 1e-5)  # tp = p1, fn = 1 - p1, fp = 0
+    assert loss.item() == pytest.approx(1 - dice - math.log(p1), rel=1e-5)
+    # nothing annotated at all: no NaN, the CE term is 0
+    empty = DiceCELoss(ignore_index=2)(logits, torch.full((1, 1, 3), 2))
+    assert torch.isfinite(empty) and empty.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_zero_weighted_output_gets_a_zero_gradient_not_none() -> None:
+    outputs = [torch.randn(1, 2, 4, requires_grad=True), torch.randn(1, 2, 2, requires_grad=True)]
+    targets = [torch.tensor([[[0, 1, 1, 0]]]), torch.tensor([[[0, 1]]])]
+    loss = DeepSupervisionLoss(DiceCELoss(), [1.0, 0.0])(outputs, targets)
+    torch.testing.assert_close(loss, DiceCELoss()(outputs[0], targets[0]))
+    loss.backward()
+    assert outputs[1].grad is not None and torch.all(outputs[1].grad == 0)
+    assert torch.any(outputs[0].grad != 0)
