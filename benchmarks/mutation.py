@@ -131,8 +131,15 @@ def run_module(name: str, children: int, budget: float | None = None) -> dict[st
         f"{', '.join(tests)} in {work}",
         flush=True,
     )
+    # mutmut forks one child per mutant from a process that already ran the tests: a torch or
+    # BLAS thread pool started there deadlocks in the child (a lock held by a thread that was
+    # not forked), and every such mutant ends as a timeout. One thread each: no pool.
+    single = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     run = subprocess.Popen(
-        ["mutmut", "run", "--max-children", str(children)], cwd=work, start_new_session=True
+        ["mutmut", "run", "--max-children", str(children)],
+        cwd=work,
+        start_new_session=True,
+        env={**os.environ, **single},
     )
     try:
         run.wait(timeout=budget)

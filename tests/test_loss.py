@@ -157,3 +157,39 @@ def test_zero_weighted_output_gets_a_zero_gradient_not_none() -> None:
     loss.backward()
     assert outputs[1].grad is not None and torch.all(outputs[1].grad == 0)
     assert torch.any(outputs[0].grad != 0)
+
+
+def test_a_custom_smooth_term_is_used() -> None:
+    # the two-voxel case of test_hand_computed_two_voxel_dice with smooth 1
+    p1 = torch.tensor([0.8, 0.3])
+    logits = torch.stack([torch.zeros(2), torch.log(p1 / (1 - p1))]).view(1, 2, 2)
+    target = torch.tensor([1, 0]).view(1, 1, 2)
+    dice = (1.6 + 1) / (1.6 + 0.3 + 0.2 + 1)
+    ce = -(math.log(0.8) + math.log(0.7)) / 2
+    assert DiceCELoss(smooth=1.0)(logits, target).item() == pytest.approx(1 - dice + ce, rel=1e-5)
+
+
+def test_deep_supervision_passes_each_resolutions_voxel_weights() -> None:
+    def base(o: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (w * (o - t)).sum()
+
+    outputs = [torch.ones(1, 1, 4), torch.ones(1, 1, 2)]
+    targets = [torch.zeros(1, 1, 4), torch.zeros(1, 1, 2)]
+    weights = [torch.tensor([[[1.0, 2.0, 3.0, 4.0]]]), torch.tensor([[[5.0, 6.0]]])]
+    loss = DeepSupervisionLoss(base, [0.5, 0.5])(outputs, targets, weights)
+    assert loss.item() == pytest.approx(0.5 * 10 + 0.5 * 11)
+    with pytest.raises(ValueError):  # one weight map for two outputs
+        DeepSupervisionLoss(base, [0.5, 0.5])(outputs, targets, weights[:1])
+
+
+def test_length_mismatches_are_refused_with_the_counts() -> None:
+    outputs = [torch.zeros(1, 1, 4)] * 2
+    with pytest.raises(ValueError, match="2 outputs, 1 targets, 2 weights"):
+        DeepSupervisionLoss(DiceCELoss(), [0.5, 0.5])(outputs, outputs[:1])
+    with pytest.raises(ValueError, match="at least one output, got 0"):
+        deep_supervision_weights(0)
+    target = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="4 outputs but only 2 stages"):
+        downsample_target(target, 4, [(1, 1), (2, 2)])
+    with pytest.raises(ValueError):  # 3D strides for a 2D target
+        downsample_target(target, 2, [(1, 1, 1), (2, 2, 2)])
