@@ -38,7 +38,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("autoseg/loss.py", ("tests/test_loss.py", "tests/test_pinned_training.py")),
     "region_loss": (
         "autoseg/region_loss.py",
-        ("tests/test_region_loss.py", "tests/test_regions.py"),
+        ("tests/test_region_loss.py",),
     ),
     "loss_options": ("autoseg/loss_options.py", ("tests/test_loss_options.py",)),
     "sliding_window": (

@@ -91,3 +91,21 @@ def test_region_counts_call_a_region_present_only_above_probability_one_half() -
     tp, fp, fn = region_dice_counts(logits, target, REGIONS)
     assert tp.tolist() == [2, 2] and fp.tolist() == [2, 0] and fn.tolist() == [2, 1]
     assert tp.dtype == torch.int64
+
+
+def test_confident_right_prediction_with_an_absent_region_costs_nothing() -> None:
+    # sample 1 has neither region: predicted absent, its Dice is smooth / smooth = 1 (the
+    # default is per-sample Dice, where that matters)
+    target = torch.tensor([[1, 2, 0], [0, 0, 0]]).view(2, 1, 3)
+    masks = region_targets(target, REGIONS).float()
+    logits = 40 * (2 * masks - 1)
+    assert RegionDiceBCELoss(REGIONS)(logits, target).item() < 1e-4
+    assert RegionDiceBCELoss(REGIONS, batch_dice=True)(logits, target).item() < 1e-4
+    # and the default is per-sample Dice: one sample predicting its absent region everywhere
+    logits[1] = 40.0
+    default = RegionDiceBCELoss(REGIONS)(logits, target)
+    per_sample = RegionDiceBCELoss(REGIONS, batch_dice=False)(logits, target)
+    assert default.item() == per_sample.item()
+    assert per_sample.item() != pytest.approx(
+        RegionDiceBCELoss(REGIONS, batch_dice=True)(logits, target).item(), abs=1e-3
+    )
