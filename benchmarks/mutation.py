@@ -80,14 +80,17 @@ LOG_CALLS = {"debug", "info", "warning", "error", "exception"}
 
 
 def _skip_logging(path: Path) -> int:
-    """Mark each logging statement ``# pragma: no mutate block`` (a comment: same behaviour).
+    """Mark every line of each logging statement ``# pragma: no mutate`` (a comment: same
+    behaviour).
 
     What a log line says is not a result, and no test should pin its wording; without this,
-    every argument of every ``log.info(...)`` is a surviving mutant.
+    every argument of every ``log.info(...)`` is a surviving mutant. Every line, not only the
+    first: mutmut 3.8 reads a pragma ending a line inside the call's brackets only in its bare
+    form, and applies it to that line alone.
     """
     lines = path.read_text().splitlines(keepends=True)
-    starts = [
-        node.lineno - 1
+    spans = [
+        (node.lineno - 1, node.end_lineno or node.lineno)
         for node in ast.walk(ast.parse("".join(lines)))
         if isinstance(node, ast.Expr)
         and isinstance(node.value, ast.Call)
@@ -96,10 +99,12 @@ def _skip_logging(path: Path) -> int:
         and isinstance(node.value.func.value, ast.Name)
         and node.value.func.value.id in {"log", "logger", "logging"}
     ]
-    for i in starts:
-        lines[i] = lines[i].rstrip("\n") + "  # pragma: no mutate block\n"
+    for first, last in spans:
+        for i in range(first, last):
+            lines[i] = lines[i].rstrip("\n") + "  # pragma: no mutate\n"
+    ast.parse("".join(lines))  # a comment cannot break a statement, but check
     path.write_text("".join(lines))
-    return len(starts)
+    return len(spans)
 
 
 def _config(source: str, tests: tuple[str, ...]) -> str:
