@@ -56,7 +56,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "evaluate": ("autoseg/evaluate.py", ("tests/test_evaluate.py",)),
     "resample": (
         "autoseg/resample.py",
-        ("tests/test_preprocess.py", "tests/test_pinned_resampling.py"),
+        (
+            "tests/test_pinned_resampling.py",
+            "tests/test_resample_threads.py",
+            "tests/test_preprocess.py",
+        ),
     ),
 }
 
