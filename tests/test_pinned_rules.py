@@ -29,6 +29,7 @@ from autoseg.planners.rules import (
     next_lowres_spacing,
     parameter_count,
     plan_network,
+    round_spacing,
     shrink_step,
     target_spacing,
 )
@@ -333,3 +334,8 @@ def test_3d_networks_stop_at_7_stages() -> None:
     # 256^3 at feature map 2 could pool 7 times (8 stages); 3D allows 7 stages
     planned = plan_network((1.0,) * 3, (256,) * 3, 1e12, SETTINGS, 1e6, 2, 1, 2)
     assert planned.topology.num_stages == 7 and len(planned.features) == 7
+
+
+def test_spacings_are_rounded_to_6_decimals() -> None:
+    assert round_spacing(np.array([0.12345678, 2.0000004, 3.0])) == (0.123457, 2.0, 3.0)
+    assert all(type(s) is float for s in round_spacing(np.array([1.5, 2.5])))
