@@ -122,3 +122,74 @@ def test_dice_counts() -> None:
     assert tp.tolist() == [3, 3]
     assert fp.tolist() == [1, 2]
     assert fn.tolist() == [1, 1]
+
+
+def test_ignored_voxels_drop_out_as_if_cut_away() -> None:
+    # one sample, 8 voxels, labels 0-2 and the ignore label 3 on voxels 1, 4 and 6: the loss
+    # must equal the plain loss of the 5 annotated voxels alone (Dice sums and CE mean)
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 8)
+    target = torch.tensor([0, 3, 1, 2, 3, 1, 3, 2]).view(1, 1, 8)
+    keep = target[0, 0] != 3
+    for batch_dice in (False, True):
+        ignored = DiceCELoss(batch_dice, ignore_index=3)(logits, target)
+        cut = DiceCELoss(batch_dice)(logits[..., keep], target[..., keep])
+        torch.testing.assert_close(ignored, cut)
+
+
+def test_a_single_annotated_voxel_gives_its_own_cross_entropy() -> None:
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]]])  # (1, K=2, 3 voxels)
+    target = torch.tensor([2, 1, 2]).view(1, 1, 3)  # only voxel 1 annotated, label 1
+    loss = DiceCELoss(ignore_index=2)(logits, target)
+    p1 = 1 / (1 + math.exp(-1.0))  # softmax of (0, 1) for class 1
+    dice = (2 * p1 + 1e-5) / (2 * p1 + (1 - p1) + 1e-5)  # tp = p1, fn = 1 - p1, fp = 0
+    assert loss.item() == pytest.approx(1 - dice - math.log(p1), rel=1e-5)
+    # nothing annotated at all: no NaN, the CE term is 0
+    empty = DiceCELoss(ignore_index=2)(logits, torch.full((1, 1, 3), 2))
+    assert torch.isfinite(empty) and empty.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_zero_weighted_output_gets_a_zero_gradient_not_none() -> None:
+    outputs = [torch.randn(1, 2, 4, requires_grad=True), torch.randn(1, 2, 2, requires_grad=True)]
+    targets = [torch.tensor([[[0, 1, 1, 0]]]), torch.tensor([[[0, 1]]])]
+    loss = DeepSupervisionLoss(DiceCELoss(), [1.0, 0.0])(outputs, targets)
+    torch.testing.assert_close(loss, DiceCELoss()(outputs[0], targets[0]))
+    loss.backward()
+    assert outputs[1].grad is not None and torch.all(outputs[1].grad == 0)
+    assert torch.any(outputs[0].grad != 0)
+
+
+def test_a_custom_smooth_term_is_used() -> None:
+    # the two-voxel case of test_hand_computed_two_voxel_dice with smooth 1
+    p1 = torch.tensor([0.8, 0.3])
+    logits = torch.stack([torch.zeros(2), torch.log(p1 / (1 - p1))]).view(1, 2, 2)
+    target = torch.tensor([1, 0]).view(1, 1, 2)
+    dice = (1.6 + 1) / (1.6 + 0.3 + 0.2 + 1)
+    ce = -(math.log(0.8) + math.log(0.7)) / 2
+    assert DiceCELoss(smooth=1.0)(logits, target).item() == pytest.approx(1 - dice + ce, rel=1e-5)
+
+
+def test_deep_supervision_passes_each_resolutions_voxel_weights() -> None:
+    def base(o: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (w * (o - t)).sum()
+
+    outputs = [torch.ones(1, 1, 4), torch.ones(1, 1, 2)]
+    targets = [torch.zeros(1, 1, 4), torch.zeros(1, 1, 2)]
+    weights = [torch.tensor([[[1.0, 2.0, 3.0, 4.0]]]), torch.tensor([[[5.0, 6.0]]])]
+    loss = DeepSupervisionLoss(base, [0.5, 0.5])(outputs, targets, weights)
+    assert loss.item() == pytest.approx(0.5 * 10 + 0.5 * 11)
+    with pytest.raises(ValueError):  # one weight map for two outputs
+        DeepSupervisionLoss(base, [0.5, 0.5])(outputs, targets, weights[:1])
+
+
+def test_length_mismatches_are_refused_with_the_counts() -> None:
+    outputs = [torch.zeros(1, 1, 4)] * 2
+    with pytest.raises(ValueError, match="2 outputs, 1 targets, 2 weights"):
+        DeepSupervisionLoss(DiceCELoss(), [0.5, 0.5])(outputs, outputs[:1])
+    with pytest.raises(ValueError, match="at least one output, got 0"):
+        deep_supervision_weights(0)
+    target = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(ValueError, match="4 outputs but only 2 stages"):
+        downsample_target(target, 4, [(1, 1), (2, 2)])
+    with pytest.raises(ValueError):  # 3D strides for a 2D target
+        downsample_target(target, 2, [(1, 1, 1), (2, 2, 2)])

@@ -18,7 +18,9 @@ from autoseg.loss_options import (
     FocalLoss,
     build_loss,
     loss_needs_weights,
+    register_loss,
 )
+from autoseg.regions import Region
 from autoseg.step import OptimizerSettings, TrainingStep
 from autoseg.weightmap import border_weight_map
 from tests.synthetic_micro import cells
@@ -138,3 +140,65 @@ def test_ignore_label_and_regions_go_through_build_loss_or_are_refused() -> None
             build_loss(name, CONFIG_2D, regions=regions)
     with pytest.raises(AutosegError, match="dice_ce"):
         build_loss("no_such_loss", CONFIG_2D, ignore_label=3)
+
+
+def test_registered_losses_keep_their_documented_defaults() -> None:
+    logits, target = _example(5)
+    # "focal" is gamma 2, no class weights
+    p = torch.softmax(logits, 1).gather(1, target)[:, 0]
+    expected = (-((1 - p) ** 2) * torch.log(p)).mean()
+    torch.testing.assert_close(build_loss("focal", CONFIG_2D).base(logits, target), expected)
+    torch.testing.assert_close(FocalLoss()(logits, target), expected)
+    # Dice + focal takes the configuration's batch_dice and a custom smooth term
+    batch = dataclasses.replace(CONFIG_2D, batch_dice=True)
+    for config in (CONFIG_2D, batch):
+        dice_term = DiceCELoss(config.batch_dice)(logits, target) - F.cross_entropy(
+            logits, target[:, 0]
+        )
+        got = build_loss("dice_focal", config).base(logits, target)
+        torch.testing.assert_close(got, dice_term + expected)
+    assert DiceFocalLoss(True)(logits, target) != pytest.approx(DiceFocalLoss()(logits, target))
+    smooth = DiceFocalLoss(smooth=1.0)(logits, target) - FocalLoss()(logits, target)
+    dice_ce = DiceCELoss(smooth=1.0)(logits, target) - F.cross_entropy(logits, target[:, 0])
+    torch.testing.assert_close(smooth, dice_ce)
+
+
+def test_ignore_label_and_region_losses_take_the_configurations_batch_dice() -> None:
+    regions = (Region("whole", (1, 2), 1),)
+    for batch_dice in (False, True):
+        config = dataclasses.replace(CONFIG_2D, batch_dice=batch_dice)
+        assert build_loss("dice_ce", config, ignore_label=3).base.batch_dice is batch_dice
+        assert build_loss("dice_ce", config, regions=regions).base.batch_dice is batch_dice
+
+
+def test_refusals_say_what_the_dataset_has_and_what_is_allowed() -> None:
+    with pytest.raises(
+        AutosegError, match=r"an ignore label \(3\): only dice_ce is \(Dice \+ CE\)"
+    ):
+        build_loss("focal", CONFIG_2D, ignore_label=3)
+    regions = (Region("whole", (1, 2), 1),)
+    with pytest.raises(
+        AutosegError, match=r"region-based labels: only dice_ce is \(Dice \+ BCE per region\)"
+    ):
+        build_loss("focal", CONFIG_2D, regions=regions)
+
+
+def test_which_losses_need_weight_maps() -> None:
+    assert loss_needs_weights(BorderWeightedCELoss())  # a bare per-output loss
+    assert not loss_needs_weights(FocalLoss())
+    assert not loss_needs_weights(DiceCELoss())  # no needs_weights attribute at all
+    assert not loss_needs_weights(build_loss("dice_ce", CONFIG_2D))
+
+
+def test_a_registered_loss_is_found_by_its_name() -> None:
+    @register_loss("test_only_l1")
+    def _l1(config: object) -> FocalLoss:
+        return FocalLoss(gamma=0.0)
+
+    try:
+        assert "test_only_l1" in LOSSES
+        logits, target = _example(6)
+        got = build_loss("test_only_l1", CONFIG_2D).base(logits, target)
+        torch.testing.assert_close(got, F.cross_entropy(logits, target[:, 0]))
+    finally:
+        LOSSES._entries.pop("test_only_l1", None)

@@ -40,6 +40,9 @@ def test_step_that_improves_the_mean_but_hurts_one_label_is_rejected() -> None:
     assert decision.largest_component_foreground is False  # ...but label 2 gets worse
     # step 2 on the raw prediction: label 1's largest component is its true 50 voxels (> 40)
     assert decision.largest_component_labels == (1,)
+    # label 2's own largest component drops its 6 true voxels: 2*50/(50+56); step 2 is scored
+    # on the raw prediction since step 1 was rejected
+    assert decision.dice_label_lcc == pytest.approx({1: 1.0, 2: 100 / 106, 3: 1.0})
     assert decision.dice_after == pytest.approx({1: 1.0, 2: 1.0, 3: 1.0})
     out = apply_postprocessing(pred, decision)
     np.testing.assert_array_equal(out, ref)
@@ -54,6 +57,21 @@ def test_step_that_hurts_no_label_is_accepted() -> None:
     assert decision.largest_component_foreground is True
     assert decision.largest_component_labels == ()  # nothing left to gain on top of step 1
     np.testing.assert_array_equal(apply_postprocessing(pred, decision), ref)
+
+
+def test_label_step_is_scored_on_top_of_an_accepted_step_1() -> None:
+    """A spurious label-1 component larger than the true one (60 > 50 voxels), but outside the
+    largest foreground component: on the raw prediction label 1's largest component would be
+    the wrong one (Dice 0); on top of step 1 it is the true one (Dice 1)."""
+    pred, ref = _case()
+    pred[0, 0:2, 37:40] = 0
+    ref[0, 0:2, 37:40] = 0
+    pred[0, :, 30:36] = 1  # 60 spurious voxels
+    decision = decide_postprocessing([(pred, ref, (1.0, 1.0, 1.0))], [1, 2, 3])
+    assert decision.largest_component_foreground is True
+    assert decision.dice_before == pytest.approx({1: 100 / 160, 2: 1.0, 3: 1.0})
+    assert decision.dice_label_lcc == pytest.approx({1: 1.0, 2: 1.0, 3: 1.0})
+    assert decision.largest_component_labels == ()
 
 
 def test_label_step_on_raw_predictions_keeps_that_labels_largest_component() -> None:
@@ -95,9 +113,9 @@ def test_per_label_step_skips_absent_labels_and_goes_on() -> None:
 
 def test_decision_errors_name_the_problem() -> None:
     pred, ref = _case()
-    with pytest.raises(ValueError, match="no labels"):
+    with pytest.raises(ValueError, match="^no labels to decide post-processing for$"):
         decide_postprocessing([(pred, ref, (1.0, 1.0, 1.0))], [])
-    with pytest.raises(ValueError, match="no cases"):
+    with pytest.raises(ValueError, match="^no cases to decide post-processing on$"):
         decide_postprocessing([], [1])
     with pytest.raises(ValueError, match="shape"):
         decide_postprocessing([(pred[:, :5], ref, (1.0, 1.0, 1.0))], [1])

@@ -10,10 +10,13 @@ label).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+import autoseg.resample as rs
 from autoseg.io import Geometry, Image
 from autoseg.plans import Configuration, Normalization
 from autoseg.preprocess import CaseProperties, preprocess_image, restore_probabilities
+from autoseg.resample import resample, resample_labels, target_shape
 
 
 def _config(spacing: tuple[float, float, float], anisotropic_axis: int | None) -> Configuration:
@@ -126,3 +129,45 @@ def test_one_dimensional_and_default_orders() -> None:
     assert out.dtype == np.float32
     same = resample_image(image, (5, 6, 7))
     assert same.dtype == np.float32 and np.array_equal(same, image.astype(np.float32))
+
+
+def test_label_ties_go_to_the_smaller_label_and_the_default_order_is_linear() -> None:
+    # X: 2 -> 3 voxels; the middle one lies exactly between labels 1 and 2 (0.5 each)
+    line = np.array([[[1, 2]]], dtype=np.uint8)
+    assert resample_labels(line, (1, 1, 3)).tolist() == [[[1, 1, 2]]]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (5, 6, 7)).astype(np.uint8)
+    linear = resample_labels(labels, (9, 11, 13), order=1)
+    np.testing.assert_array_equal(resample_labels(labels, (9, 11, 13)), linear)
+    assert not np.array_equal(resample_labels(labels, (9, 11, 13), order=3), linear)
+
+
+def test_resampled_labels_have_the_requested_dtype() -> None:
+    labels = np.zeros((4, 4, 4), dtype=np.uint8)
+    labels[1:3, 1:3, 1:3] = 2
+    assert resample_labels(labels, (6, 6, 6)).dtype == np.int8  # the default
+    assert resample_labels(labels, (6, 6, 6), dtype=np.int16).dtype == np.int16
+    assert resample_labels(np.zeros((4, 4, 4), np.uint8), (6, 6, 6)).dtype == np.int8
+    assert resample_labels(labels, (4, 4, 4)).dtype == np.int8
+
+
+def test_volumes_stay_float32_and_shape_mismatches_are_refused() -> None:
+    ints = np.arange(8, dtype=np.int64).reshape(2, 2, 2)
+    same = resample(ints, (2, 2, 2), (1, 1, 1))  # nothing to do: still float32
+    assert same.dtype == np.float32 and same.tolist() == ints.tolist()
+    with pytest.raises(ValueError):
+        resample(ints, (2, 2), (1, 1))
+    with pytest.raises(ValueError):
+        target_shape((10, 10), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+
+
+def test_resampling_in_blocks_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    volume = rng.normal(size=(9, 11, 5)).astype(np.float32)  # Y (11) > X (5)
+    for order in (1, 3):
+        whole = rs.resample(volume, (13, 7, 8), (order,) * 3)
+        monkeypatch.setattr(rs, "BLOCK_VOXELS", 20)  # a few rows per block
+        blocks = rs.resample(volume, (13, 7, 8), (order,) * 3)
+        monkeypatch.undo()
+        # the same sums, but BLAS may pick other kernels for narrower blocks: float32 rounding
+        np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-6)

@@ -56,6 +56,23 @@ def test_per_label_lcc_touches_only_the_given_labels():
         keep_largest_component(a, [0])
 
 
+def test_single_voxel_components_keep_the_first_and_every_label_is_boxed_right():
+    a = np.zeros((3, 3, 12), dtype=np.int16)
+    a[0, 0, 6:8] = 1  # label 1 only at high X: two voxels, and one voxel apart
+    a[2, 2, 11] = 1
+    a[1, 1, 0] = 2  # label 2: two single voxels; ties go to the first component
+    a[1, 1, 2] = 2
+    out = keep_largest_component(a, [1, 2])
+    expected = a.copy()
+    expected[2, 2, 11] = 0
+    expected[1, 1, 2] = 0
+    np.testing.assert_array_equal(out, expected)
+    single = np.zeros((3, 3, 3), dtype=np.uint8)
+    single[0, 0, 0] = single[2, 2, 2] = 3  # all foreground: two single voxels
+    kept = keep_largest_component(single, None)
+    assert kept[0, 0, 0] == 3 and kept.sum() == 3
+
+
 def test_apply_postprocessing_returns_a_new_array_and_leaves_the_input():
     pred = _organ()
     pred[0:2, 0:2, 0:2] = 1
