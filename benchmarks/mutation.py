@@ -38,17 +38,24 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("autoseg/loss.py", ("tests/test_loss.py", "tests/test_pinned_training.py")),
     "sliding_window": (
         "autoseg/sliding_window.py",
-        ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
+        ("tests/test_pinned_prediction.py", "tests/test_sliding_window.py"),
     ),
     "predictor": (
         "autoseg/predictor.py",
-        ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
+        ("tests/test_pinned_prediction.py", "tests/test_predictor.py"),
     ),
     "postprocess": (
         "autoseg/postprocess.py",
         ("tests/test_postprocess.py", "tests/test_pinned_postprocess.py"),
     ),
-    "evaluate": ("autoseg/evaluate.py", ("tests/test_evaluate.py",)),
+    "evaluate": (
+        "autoseg/evaluate.py",
+        ("tests/test_evaluate.py", "tests/test_evaluate_report.py"),
+    ),
+    "metrics": (
+        "autoseg/metrics.py",
+        ("tests/test_metrics.py", "tests/test_evaluate.py", "tests/test_metrics_monai.py"),
+    ),
     "resample": (
         "autoseg/resample.py",
         ("tests/test_preprocess.py", "tests/test_pinned_resampling.py"),
@@ -75,14 +82,15 @@ LOG_CALLS = {"debug", "info", "warning", "error", "exception"}
 
 
 def _skip_logging(path: Path) -> int:
-    """Mark each logging statement ``# pragma: no mutate block`` (a comment: same behaviour).
+    """Mark every line of each logging statement ``# pragma: no mutate`` (a comment: same
+    behaviour); mutmut's ``block`` form covers only the statement's first line.
 
     What a log line says is not a result, and no test should pin its wording; without this,
     every argument of every ``log.info(...)`` is a surviving mutant.
     """
     lines = path.read_text().splitlines(keepends=True)
-    starts = [
-        node.lineno - 1
+    spans = [
+        (node.lineno - 1, node.end_lineno or node.lineno)
         for node in ast.walk(ast.parse("".join(lines)))
         if isinstance(node, ast.Expr)
         and isinstance(node.value, ast.Call)
@@ -91,10 +99,11 @@ def _skip_logging(path: Path) -> int:
         and isinstance(node.value.func.value, ast.Name)
         and node.value.func.value.id in {"log", "logger", "logging"}
     ]
-    for i in starts:
-        lines[i] = lines[i].rstrip("\n") + "  # pragma: no mutate block\n"
+    for first, last in spans:
+        for i in range(first, last):
+            lines[i] = lines[i].rstrip("\n") + "  # pragma: no mutate\n"
     path.write_text("".join(lines))
-    return len(starts)
+    return len(spans)
 
 
 def _config(source: str, tests: tuple[str, ...]) -> str:
@@ -126,8 +135,18 @@ def run_module(name: str, children: int, budget: float | None = None) -> dict[st
         f"{', '.join(tests)} in {work}",
         flush=True,
     )
+    # mutmut forks a child per mutant from a process that has run torch, and the child of a
+    # process whose OpenMP pool has more than one thread hangs at its first parallel op (a
+    # "timeout", counted as killed). One thread, then: OMP_NUM_THREADS for torch's start, and
+    # one CPU in the affinity mask for prediction, which sets torch's threads to cpu_count().
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cpu = min(os.sched_getaffinity(0))
     run = subprocess.Popen(
-        ["mutmut", "run", "--max-children", str(children)], cwd=work, start_new_session=True
+        ["mutmut", "run", "--max-children", str(children)],
+        cwd=work,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )
     try:
         run.wait(timeout=budget)
@@ -160,7 +179,9 @@ def run_module(name: str, children: int, budget: float | None = None) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=[*MODULES, "all"])
-    parser.add_argument("--children", type=int, default=1, help="parallel test processes")
+    parser.add_argument(
+        "--children", type=int, default=1, help="parallel test processes (all on one CPU)"
+    )
     parser.add_argument("--budget", type=float, default=None, help="seconds per module")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
