@@ -43,17 +43,24 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss_options": ("autoseg/loss_options.py", ("tests/test_loss_options.py",)),
     "sliding_window": (
         "autoseg/sliding_window.py",
-        ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
+        ("tests/test_pinned_prediction.py", "tests/test_sliding_window.py"),
     ),
     "predictor": (
         "autoseg/predictor.py",
-        ("tests/test_pinned_prediction.py", "tests/test_predict.py"),
+        ("tests/test_pinned_prediction.py", "tests/test_predictor.py"),
     ),
     "postprocess": (
         "autoseg/postprocess.py",
         ("tests/test_postprocess.py", "tests/test_pinned_postprocess.py"),
     ),
-    "evaluate": ("autoseg/evaluate.py", ("tests/test_evaluate.py",)),
+    "evaluate": (
+        "autoseg/evaluate.py",
+        ("tests/test_evaluate.py", "tests/test_evaluate_report.py"),
+    ),
+    "metrics": (
+        "autoseg/metrics.py",
+        ("tests/test_metrics.py", "tests/test_evaluate.py", "tests/test_metrics_monai.py"),
+    ),
     "resample": (
         "autoseg/resample.py",
         (
@@ -142,13 +149,17 @@ def run_module(name: str, children: int, budget: float | None = None) -> dict[st
     )
     # mutmut forks one child per mutant from a process that already ran the tests: a torch or
     # BLAS thread pool started there deadlocks in the child (a lock held by a thread that was
-    # not forked), and every such mutant ends as a timeout. One thread each: no pool.
+    # not forked), and every such mutant ends as a timeout, counted as killed. One thread each
+    # (no pool), and one CPU in the affinity mask for prediction, which sets torch's threads to
+    # cpu_count().
     single = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    cpu = min(os.sched_getaffinity(0))
     run = subprocess.Popen(
         ["mutmut", "run", "--max-children", str(children)],
         cwd=work,
         start_new_session=True,
         env={**os.environ, **single},
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
     )
     try:
         run.wait(timeout=budget)
@@ -181,7 +192,9 @@ def run_module(name: str, children: int, budget: float | None = None) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("module", choices=[*MODULES, "all"])
-    parser.add_argument("--children", type=int, default=1, help="parallel test processes")
+    parser.add_argument(
+        "--children", type=int, default=1, help="parallel test processes (all on one CPU)"
+    )
     parser.add_argument("--budget", type=float, default=None, help="seconds per module")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:

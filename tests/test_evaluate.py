@@ -260,3 +260,32 @@ def test_nsd_counts_surface_points_exactly_at_the_tolerance():
     pred = np.roll(ref, 1, axis=2)
     assert case_metrics(pred, ref, [1], (1.0, 1.0, 1.0), nsd_tolerance_mm=1.0)[1].nsd == 1.0
     assert case_metrics(pred, ref, [1], (1.0, 1.0, 1.0), nsd_tolerance_mm=0.999)[1].nsd < 1.0
+
+
+def test_label_maps_that_are_not_non_negative_integers_are_named(tmp_path: Path):
+    pred, ref = _pair()
+
+    def save_raw(array_zyx: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = np.moveaxis(array_zyx, (0, 1, 2), (2, 1, 0)) if array_zyx.ndim == 3 else array_zyx
+        nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), str(path))
+
+    for case in ("half", "negative", "four_d", "whole_floats"):
+        _save(ref, tmp_path / "ref" / f"{case}.nii.gz")
+    save_raw(pred.astype(np.float32) + 0.5, tmp_path / "pred" / "half.nii.gz")
+    save_raw(pred.astype(np.int16) - 1, tmp_path / "pred" / "negative.nii.gz")
+    save_raw(np.zeros((8, 7, 6, 2), dtype=np.uint8), tmp_path / "pred" / "four_d.nii.gz")
+    save_raw(pred.astype(np.float32), tmp_path / "pred" / "whole_floats.nii.gz")  # accepted
+    with pytest.raises(DatasetError) as info:
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref")
+    problems = {Path(p.path).name: p.message for p in info.value.problems}
+    assert problems == {
+        "half.nii.gz": "label map holds non-integer values",
+        "negative.nii.gz": "label map holds negative values",
+        "four_d.nii.gz": "expected a 3D label map, found shape (2, 6, 7, 8)",
+    }
+    for case in ("half", "negative", "four_d"):
+        (tmp_path / "pred" / f"{case}.nii.gz").unlink()
+        (tmp_path / "ref" / f"{case}.nii.gz").unlink()
+    floats = evaluate_folders(tmp_path / "pred", tmp_path / "ref").cases[0].metrics
+    assert floats == case_metrics(pred, ref, [1, 2], (2.0, 1.0, 1.0))

@@ -1,8 +1,7 @@
-"""Prediction: sliding window, Gaussian weights, mirroring TTA, model folders, folders of cases."""
+"""Prediction with model folders and folders of cases (the core: test_sliding_window.py)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
@@ -21,151 +20,7 @@ from autoseg.plans import Configuration, Normalization, Plans
 from autoseg.postprocess import PostprocessingDecision
 from autoseg.predictor import Predictor, predict_folder
 from autoseg.serial import to_dict
-from autoseg.sliding_window import (
-    gaussian_importance_map,
-    mirror_combinations,
-    sliding_window_logits,
-    sliding_window_logits_slices,
-    sliding_window_positions,
-)
-
-# ---------------------------------------------------------------------------- pure core
-
-
-def identity_net(channels: int, ndim: int) -> torch.nn.Module:
-    """A 1x1 convolution returning its input: num_classes == channels."""
-    conv = (torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d)(channels, channels, 1, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(channels).view(channels, channels, *([1] * ndim)))
-    return conv
-
-
-def skewed_net(ndim: int, seed: int = 0) -> torch.nn.Module:
-    """A network that is not flip-equivariant: position-dependent, asymmetric kernel."""
-    torch.manual_seed(seed)
-    conv_type = torch.nn.Conv2d if ndim == 2 else torch.nn.Conv3d
-    conv = conv_type(1, 2, 3, padding=1)
-
-    class Skewed(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            ramp = torch.linspace(0, 1, x.shape[-1])  # breaks mirror symmetry along X
-            return conv(x) + ramp
-
-    return Skewed()
-
-
-def test_gaussian_map_centre_symmetry_positivity() -> None:
-    for patch in [(9, 9, 9), (8, 12), (5, 16, 7), (1, 6)]:
-        g = gaussian_importance_map(patch)
-        assert g.shape == patch and g.dtype == np.float32
-        assert g.max() == pytest.approx(1.0)
-        assert (g > 0).all()
-        for axis in range(len(patch)):
-            np.testing.assert_array_equal(g, np.flip(g, axis))
-        centre = tuple((s - 1) // 2 for s in patch)
-        assert g[centre] == g.max()
-    g = gaussian_importance_map((9,), sigma_scale=1 / 9)  # sigma exactly 1 voxel
-    assert g[4] == 1.0 and g[5] == pytest.approx(np.exp(-0.5), rel=1e-6)
-    tiny = gaussian_importance_map((64, 64, 64), sigma_scale=1 / 256)  # would underflow to 0
-    assert tiny.min() > 0 and tiny.min() == tiny[tiny < 1].min()
-
-
-@pytest.mark.parametrize(
-    "size,patch,step", [(10, 4, 0.5), (37, 8, 0.5), (8, 8, 0.5), (5, 8, 0.5), (100, 32, 0.25)]
-)
-def test_positions_cover_every_voxel(size: int, patch: int, step: float) -> None:
-    starts = sorted({p[0] for p in sliding_window_positions((size, 3), (patch, 3), step)})
-    assert starts[0] == 0
-    if size >= patch:
-        assert starts[-1] == size - patch
-        assert len(starts) == int(np.ceil((size - patch) / (patch * step))) + 1
-        assert max(np.diff(starts), default=0) <= np.ceil(patch * step)
-    covered = np.zeros(max(size, patch), dtype=bool)
-    for s in starts:
-        covered[s : s + patch] = True
-    assert covered[:size].all()
-
-
-def test_positions_are_a_grid() -> None:
-    corners = sliding_window_positions((20, 33, 8), (8, 10, 8))
-    assert len(corners) == 4 * 6 * 1 and len(set(corners)) == len(corners)
-
-
-@pytest.mark.parametrize(
-    "shape,patch",
-    [
-        ((16, 16, 16), (8, 8, 8)),
-        ((19, 23, 10), (8, 10, 6)),  # not divisible by the step
-        ((5, 6, 7), (8, 10, 6)),  # smaller than the patch on some axes
-        ((3, 4, 2), (8, 8, 8)),  # smaller on every axis
-        ((30, 17), (12, 8)),  # 2D
-        ((5, 40), (12, 8)),
-    ],
-)
-def test_identity_network_reproduces_input(shape: tuple, patch: tuple) -> None:
-    image = torch.randn(2, *shape)
-    net = identity_net(2, len(patch))
-    for mirror in [(), tuple(range(len(patch)))]:
-        out = sliding_window_logits(net, image, patch, 2, mirror_axes=mirror, tile_batch=3)
-        assert out.shape == image.shape and out.dtype == torch.float32
-        torch.testing.assert_close(out, image, rtol=1e-5, atol=1e-5)
-
-
-def test_tta_is_the_average_of_flipped_runs() -> None:
-    net = skewed_net(2)
-    image = torch.randn(1, 20, 20)  # symmetric tile grid: 0, 4, 8, 12 on both axes
-    tta = sliding_window_logits(net, image, (8, 8), 2, mirror_axes=(0, 1))
-    by_hand = torch.zeros_like(tta)
-    for flip in mirror_combinations((0, 1)):
-        dims = [a + 1 for a in flip]
-        run = sliding_window_logits(net, image.flip(dims) if dims else image, (8, 8), 2)
-        by_hand += run.flip(dims) if dims else run
-    torch.testing.assert_close(tta, by_hand / 4, rtol=1e-5, atol=1e-5)
-    plain = sliding_window_logits(net, image, (8, 8), 2)
-    assert not torch.allclose(tta, plain, atol=1e-3)  # TTA did something
-
-
-def test_tta_per_tile_and_symmetry_3d() -> None:
-    net = skewed_net(3, seed=1)
-    flips = mirror_combinations((0, 1, 2))
-    assert len(flips) == 8
-
-    def averaged(x: torch.Tensor) -> torch.Tensor:  # TTA of one tile, by hand
-        outs = [net(x.flip([a + 2 for a in f])).flip([a + 2 for a in f]) for f in flips]
-        return torch.stack(outs).mean(0)
-
-    image = torch.randn(1, 11, 13, 9)
-    tta = sliding_window_logits(net, image, (6, 8, 6), 2, mirror_axes=(0, 1, 2), tile_batch=5)
-    ref = sliding_window_logits(averaged, image, (6, 8, 6), 2, tile_batch=1)
-    torch.testing.assert_close(tta, ref, rtol=1e-5, atol=1e-5)
-    # a flip-symmetric input gives a flip-symmetric result, though the network is not symmetric
-    sym = torch.randn(1, 12, 12, 12)
-    sym = sym + sym.flip([3])
-    out = sliding_window_logits(net, sym, (8, 8, 8), 2, mirror_axes=(0, 1, 2))
-    torch.testing.assert_close(out, out.flip([3]), rtol=1e-4, atol=1e-4)
-
-
-def test_tile_batch_does_not_change_the_result() -> None:
-    net = skewed_net(3)
-    image = torch.randn(1, 14, 10, 12)
-    a = sliding_window_logits(net, image, (6, 6, 6), 2, mirror_axes=(2,), tile_batch=1)
-    b = sliding_window_logits(net, image, (6, 6, 6), 2, mirror_axes=(2,), tile_batch=7)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-def test_slices_match_per_slice_2d() -> None:
-    net = skewed_net(2)
-    volume = torch.randn(1, 5, 13, 7)  # Y larger than the patch, X smaller
-    out = sliding_window_logits_slices(net, volume, (8, 8), 2, mirror_axes=(0, 1), tile_batch=6)
-    for z in range(volume.shape[1]):
-        ref = sliding_window_logits(net, volume[:, z], (8, 8), 2, mirror_axes=(0, 1))
-        torch.testing.assert_close(out[:, z], ref, rtol=1e-5, atol=1e-5)
-
-
-def test_wrong_network_output_is_reported() -> None:
-    with pytest.raises(ValueError, match="network returned"):
-        sliding_window_logits(identity_net(2, 2), torch.randn(2, 8, 8), (4, 4), num_classes=3)
-
+from autoseg.sliding_window import sliding_window_logits
 
 # ---------------------------------------------------------------------------- input files
 
@@ -408,9 +263,3 @@ def test_wrong_channel_count_fails_the_case_only(predictor: Predictor, tmp_path:
     assert [p.name for p in report.written] == ["good.nii.gz"]
     assert len(report.failed) == 1 and "channel" in report.failed[0].message
     assert sorted(os.listdir(tmp_path / "o")) == ["good.nii.gz"]
-
-
-def test_mirror_combinations() -> None:
-    combos = mirror_combinations((2, 0, 1))
-    assert combos[0] == () and len(combos) == 8 and len(set(combos)) == 8
-    assert set(itertools.chain(*combos)) == {0, 1, 2}

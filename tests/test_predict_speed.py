@@ -11,39 +11,8 @@ import torch
 from autoseg.network import build_network
 from autoseg.plans import Plans
 from autoseg.predictor import Predictor
-from autoseg.sliding_window import (
-    CPU_VOXELS_PER_FORWARD,
-    default_tile_batch,
-    inference_tile_size,
-    sliding_window_positions,
-)
+from autoseg.sliding_window import sliding_window_positions
 from tests.test_predict import LABELS, tiny_config
-
-
-def test_inference_tile_size_widens_only_axes_one_tile_can_cover() -> None:
-    patch, div = (36, 52, 36), (4, 4, 4)
-    assert inference_tile_size((32, 50, 35), patch, div) == patch  # fits: the patch
-    assert inference_tile_size((32, 54, 34), patch, div) == (36, 56, 36)  # Y just over
-    assert inference_tile_size((37, 45, 40), patch, div) == (40, 52, 40)
-    assert inference_tile_size((36, 52, 36), patch, div) == patch  # exactly the patch
-    assert inference_tile_size((46, 53, 80), patch, div) == (36, 56, 36)  # Z, X: slide
-    assert inference_tile_size((37, 55, 41), patch, div, max_scale=1.0) == patch
-    assert inference_tile_size((33, 53), (32, 48), (8, 4)) == (40, 56)  # 2D, per-axis stride
-    assert inference_tile_size((33, 53), (32, 48), (8, 16)) == (40, 48)  # 64 > 1.25 x 48
-    for shape in [(37, 53, 37), (44, 64, 45), (41, 60, 39)]:
-        tile = inference_tile_size(shape, patch, div)
-        assert all(t % d == 0 and t >= p for t, d, p in zip(tile, div, patch, strict=True))
-        assert all(t <= 1.25 * p for t, p in zip(tile, patch, strict=True))
-    with pytest.raises(ValueError, match="differ in length"):
-        inference_tile_size((10, 10), patch, div)
-
-
-def test_default_tile_batch_bounds_the_forward_pass() -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert default_tile_batch((36, 52, 36), cpu) == 8  # every mirroring of a tile at once
-    assert default_tile_batch((128, 128, 128), cpu) == 1
-    assert default_tile_batch((64, 64, 64), cpu) == CPU_VOXELS_PER_FORWARD // 64**3
-    assert default_tile_batch((128, 128, 128), cuda) == 8
 
 
 def _predictor(name: str = "3d_fullres", **kwargs: object) -> Predictor:
