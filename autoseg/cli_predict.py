@@ -67,6 +67,14 @@ def predict(
     step_size: Annotated[
         float, typer.Option("--step-size", help="Sliding-window step, fraction of the patch.")
     ] = 0.5,
+    tile_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--tile-scale",
+            help="Largest tile edge as a multiple of the patch's, 1 to 2 (1: the training "
+            "patch; default 1.25).",
+        ),
+    ] = None,
     part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
     parts: Annotated[
         int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
@@ -115,6 +123,7 @@ def predict(
         step=step_size,
         postprocess=postprocess,
         compile=compile,
+        **({} if tile_scale is None else {"max_tile_scale": tile_scale}),
     )
     report = predict_folder(
         inputs,

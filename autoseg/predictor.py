@@ -34,6 +34,7 @@ from autoseg.predict_cases import PredictionReport, predict_folder
 from autoseg.preprocess import preprocess_image, restore_probabilities
 from autoseg.regions import regions_to_labels
 from autoseg.sliding_window import (
+    DEFAULT_TILE_SCALE,
     default_tile_batch,
     inference_tile_size,
     sliding_window_logits,
@@ -60,10 +61,10 @@ class Predictor:
         postprocessing: the cross-validation's post-processing decision, or None.
         tile_batch: network inputs per forward pass; None = ``default_tile_batch``.
         max_tile_scale: largest inference tile edge as a multiple of the patch edge (see
-            ``tile_size``). 1.0 (default) predicts with the training patch everywhere; 1.25
-            widens a tile to cover an image just over the patch (about 2x fewer network voxels
-            on Hippocampus; opt-in until a trained 3D model confirms its Dice, see
-            docs/benchmarks.md).
+            ``tile_size``), at least 1. The default (``DEFAULT_TILE_SCALE``, 1.25) widens a
+            tile to cover an image just over the patch (about 2x fewer network voxels on
+            Hippocampus, CV Dice unchanged within 0.001: docs/benchmarks.md); 1.0 predicts
+            with the training patch everywhere.
         compile: ``torch.compile`` the networks (falling back to eager with one log line if
             that fails); None = on CUDA only.
         folds: the fold names of ``weights`` (for messages; default 0, 1, ...).
@@ -86,7 +87,7 @@ class Predictor:
         step: float = 0.5,
         postprocessing: PostprocessingDecision | None = None,
         tile_batch: int | None = None,
-        max_tile_scale: float = 1.0,
+        max_tile_scale: float = DEFAULT_TILE_SCALE,
         compile: bool | None = None,
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
@@ -104,6 +105,10 @@ class Predictor:
         self.device = resolve_device(device)
         if not 0.0 < step <= 1.0:
             raise AutosegError(f"step size {step}: must lie in (0, 1] (a fraction of the patch)")
+        if not 1.0 <= max_tile_scale <= 2.0:  # 2: a 3D tile of up to 8x the patch's memory
+            raise AutosegError(
+                f"tile scale {max_tile_scale}: must lie in [1, 2] (a multiple of the patch edge)"
+            )
         self.tta, self.step, self.max_tile_scale = tta, step, max_tile_scale
         self._tile_batch = tile_batch
         # class i -> label value (the ignore label has no class: it is never predicted); with
@@ -135,7 +140,7 @@ class Predictor:
         step: float = 0.5,
         postprocess: bool = True,
         tile_batch: int | None = None,
-        max_tile_scale: float = 1.0,
+        max_tile_scale: float = DEFAULT_TILE_SCALE,
         compile: bool | None = None,
     ) -> Predictor:
         """Load the trained folds of a model folder.

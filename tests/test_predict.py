@@ -209,19 +209,22 @@ def test_postprocessing_is_applied(tmp_path: Path) -> None:
     np.testing.assert_array_equal(post, expected)  # only the larger one is left
 
 
-def test_2d_model_predicts_slices(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tile_scale", [1.0, 1.25])
+def test_2d_model_predicts_slices(tmp_path: Path, tile_scale: float) -> None:
     folder = make_model(tmp_path, name="2d", folds=("all",))
-    predictor = Predictor.from_folder(folder, device="cpu")
+    predictor = Predictor.from_folder(folder, device="cpu", max_tile_scale=tile_scale)
     array = np.random.default_rng(0).normal(size=(7, 20, 9))
     labels = predictor.predict_array(array, (2, 1, 1))
     assert labels.shape == (7, 20, 9) and set(np.unique(labels)) <= set(LABELS)
     # the network grid, slice by slice by hand: 2D tiles of each Z slice, mirrored in-plane
     grid, _ = predictor.preprocess(predictor_image(array, (2.0, 1.0, 1.0)))
+    tile = predictor.tile_size(grid.shape[1:])
+    assert tile == ((16, 16) if tile_scale == 1.0 else (20, 16))  # Y 20 <= 1.25 x 16: widened
     probs = predictor.predict_preprocessed(grid)
     net = predictor.networks[0]
     image = torch.from_numpy(grid)
     for z in range(grid.shape[1]):
-        logits = sliding_window_logits(net, image[:, z], (16, 16), 3, mirror_axes=(0, 1))
+        logits = sliding_window_logits(net, image[:, z], tile, 3, mirror_axes=(0, 1))
         np.testing.assert_allclose(
             probs[:, z], torch.softmax(logits, 0).numpy(), rtol=1e-4, atol=1e-5
         )

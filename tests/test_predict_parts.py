@@ -1,4 +1,4 @@
-"""predict --part/--parts, --step-size, --workers (issue 11 item 9)."""
+"""predict --part/--parts, --step-size, --tile-scale, --workers (issue 11 item 9, issue 13)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,28 @@ def test_bad_part_and_step_size_are_refused(model: tuple[Path, Path], tmp_path: 
     root, folder = model
     assert_clean_failure(_predict(root, folder, tmp_path / "o", "--part", 2, "--parts", 2), "part")
     assert_clean_failure(_predict(root, folder, tmp_path / "o", "--step-size", 1.5), "step size")
+    assert_clean_failure(_predict(root, folder, tmp_path / "o", "--tile-scale", 2.5), "tile scale")
     assert not (tmp_path / "o").exists()
+
+
+def test_tile_scale_reaches_the_predictor(
+    model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoseg.predictor import Predictor
+    from autoseg.sliding_window import DEFAULT_TILE_SCALE
+
+    root, folder = model
+    made: list[Predictor] = []
+    original = Predictor.from_folder.__func__
+
+    def recording(cls, *args, **kwargs):
+        made.append(original(cls, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(Predictor, "from_folder", classmethod(recording))
+    assert _predict(root, folder, tmp_path / "a").exit_code == 0
+    assert _predict(root, folder, tmp_path / "b", "--tile-scale", 1).exit_code == 0
+    assert [p.max_tile_scale for p in made] == [DEFAULT_TILE_SCALE, 1.0]
 
 
 def test_step_size_reaches_the_sliding_window(model: tuple[Path, Path]) -> None:

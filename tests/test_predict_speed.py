@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from autoseg.errors import AutosegError
 from autoseg.network import build_network
 from autoseg.plans import Plans
 from autoseg.predictor import Predictor
-from autoseg.sliding_window import sliding_window_positions
+from autoseg.sliding_window import DEFAULT_TILE_SCALE, sliding_window_positions
 from tests.test_predict import LABELS, tiny_config
 
 
@@ -73,7 +74,8 @@ def _count_forwards(predictor: Predictor) -> list[int]:
 
 def test_a_widened_tile_takes_one_window_with_all_mirrorings_in_one_pass() -> None:
     shape = (9, 10, 9)  # just over the 8^3 patch on every axis
-    wide, patch = _predictor(max_tile_scale=1.25), _predictor()  # the default: the patch
+    wide, patch = _predictor(), _predictor(max_tile_scale=1.0)  # the default widens
+    assert wide.max_tile_scale == DEFAULT_TILE_SCALE == 1.25
     assert wide.tile_size(shape) == (10, 10, 10) and patch.tile_size(shape) == (8, 8, 8)
     wide_calls, patch_calls = _count_forwards(wide), _count_forwards(patch)
     image = _image(shape, seed=3)
@@ -84,3 +86,14 @@ def test_a_widened_tile_takes_one_window_with_all_mirrorings_in_one_pass() -> No
     assert windows == 8 and sum(patch_calls) == 2 * 8 * windows
     # the widened tile is a different (larger-context) prediction, but a close one
     assert np.isfinite(probs).all() and np.allclose(probs.sum(0), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.99, 0.5, 2.01, float("nan")])
+def test_a_tile_scale_outside_1_to_2_is_refused(scale: float) -> None:
+    with pytest.raises(AutosegError, match="tile scale"):
+        _predictor(max_tile_scale=scale)
+
+
+def test_tile_scale_2_widens_up_to_twice_the_patch_and_no_further() -> None:
+    wide = _predictor(max_tile_scale=2.0)
+    assert wide.tile_size((16, 17, 9)) == (16, 8, 10)  # 16, 10 <= 2x8 widened; 18 > 16: tiled

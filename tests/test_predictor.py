@@ -201,7 +201,8 @@ def test_tile_batch_step_and_tile_size_reach_the_sliding_window() -> None:
     wide = predictor("2d", max_tile_scale=1.25, tta=False, tile_batch=100)
     assert wide.tile_size((3, 9, 10)) == (10, 10)  # 2D: the in-plane axes, stride 2
     assert predictor(max_tile_scale=1.25).tile_size((9, 10, 13)) == (10, 10, 8)
-    assert predictor().tile_size((9, 10, 9)) == (8, 8, 8)  # the default: the patch
+    assert predictor().tile_size((9, 10, 9)) == (10, 10, 10)  # the default widens (1.25)
+    assert predictor(max_tile_scale=1.0).tile_size((9, 10, 9)) == (8, 8, 8)  # the patch
     net = Linear([1, 1, 1], [0, 0, 0])
     wide.networks = [net]
     wide.predict_preprocessed(image((3, 9, 10)))
@@ -311,8 +312,8 @@ def test_from_folder_loads_the_folds_asked_for(tmp_path: Path) -> None:
     assert both.folds == ("0", "1") and len(both.networks) == 2
     assert (both.tta, both.step, both.tile_batch((8, 8, 8))) == (False, 0.75, 2)
     assert both.postprocessing is None
-    one = Predictor.from_folder(folder, folds=[1], device="cpu", max_tile_scale=1.25)
-    assert one.folds == ("1",) and one.max_tile_scale == 1.25 and one.tta is True
+    one = Predictor.from_folder(folder, folds=[1], device="cpu", max_tile_scale=1.5)
+    assert one.folds == ("1",) and one.max_tile_scale == 1.5 and one.tta is True
     for a, b in zip(
         one.networks[0].state_dict().values(), both.networks[1].state_dict().values(), strict=True
     ):
@@ -322,7 +323,7 @@ def test_from_folder_loads_the_folds_asked_for(tmp_path: Path) -> None:
     )
     default = Predictor.from_folder(folder)  # device auto: the CPU here
     assert default.postprocessing.largest_component_foreground
-    assert (default.max_tile_scale, default.step, default.tta) == (1.0, 0.5, True)
+    assert (default.max_tile_scale, default.step, default.tta) == (1.25, 0.5, True)
     if not torch.cuda.is_available():
         assert default.device.type == "cpu" and predictor(device="auto").device.type == "cpu"
     assert Predictor.from_folder(folder, device="cpu", postprocess=False).postprocessing is None
