@@ -489,16 +489,16 @@ def test_cascade_stage_gets_the_previous_stage_one_hot(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "settings",
     [
-        {"tta": True, "step": 0.75, "tile_batch": 3, "compile": True},
-        {"tta": False, "step": 1.0, "tile_batch": 1, "compile": False},
+        {"tta": True, "step": 0.75, "tile_batch": 3, "compile": True, "max_tile_scale": 2.0},
+        {"tta": False, "step": 1.0, "tile_batch": 1, "compile": False, "max_tile_scale": 1.0},
     ],
 )
 def test_the_previous_stage_predicts_with_the_cascade_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict
 ) -> None:
-    """``--step``, ``--disable-tta``, the tile batch and ``--compile`` reach the previous
-    stage too (the defaults would be TTA on, step 0.5, a tile batch from the tile size and no
-    compilation on the CPU)."""
+    """``--step``, ``--disable-tta``, the tile batch, ``--tile-scale`` and ``--compile`` reach
+    the previous stage too (the defaults would be TTA on, step 0.5, a tile batch from the tile
+    size, tiles up to 1.25 patches and no compilation on the CPU)."""
     root = _cascade_models(tmp_path, _cascade_plans())
     calls, compiled = [], []
     window = predictor_module.sliding_window_logits
@@ -508,7 +508,7 @@ def test_the_previous_stage_predicts_with_the_cascade_settings(
         return net
 
     def recording(net, image, tile, num_classes, **kwargs):
-        calls.append(kwargs)
+        calls.append({"tile": tuple(tile), **kwargs})
         return window(net, image, tile, num_classes, **kwargs)
 
     monkeypatch.setattr(predictor_module, "sliding_window_logits", recording)
@@ -518,7 +518,19 @@ def test_the_previous_stage_predicts_with_the_cascade_settings(
     )
     stage.previous_stage(_image(image((12, 9, 10), seed=4) + 3), "c")
     mirror_axes = (0, 1, 2) if settings["tta"] else ()
-    expected = {"step": settings["step"], "mirror_axes": mirror_axes}
+    # a 12 x 9 x 10 image, patch 8, stride 2: up to 2 patches every axis is one tile; at 1.25
+    # (the default) the 12 would be tiled with the patch
+    tile = (12, 10, 10) if settings["max_tile_scale"] == 2.0 else (8, 8, 8)
+    expected = {"tile": tile, "step": settings["step"], "mirror_axes": mirror_axes}
     assert calls == [{**expected, "tile_batch": settings["tile_batch"]}]
     batch = settings["tile_batch"]  # the previous stage (1 channel), then this one (3)
     assert compiled == ([(batch, 1, 8, 8, 8), (batch, 3, 8, 8, 8)] if settings["compile"] else [])
+
+
+def test_a_tile_scale_from_1_to_2_is_accepted_and_named_otherwise() -> None:
+    assert [predictor(max_tile_scale=v).max_tile_scale for v in (1.0, 2.0)] == [1.0, 2.0]
+    for scale in (0.999, 2.001):
+        with pytest.raises(AutosegError) as info:
+            predictor(max_tile_scale=scale)
+        expected = f"tile scale {scale}: must lie in [1, 2] (a multiple of the patch edge)"
+        assert str(info.value) == expected
