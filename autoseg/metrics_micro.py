@@ -12,8 +12,9 @@ label's mask in the prediction and in the reference:
   unique); ``2 TP / (2 TP + FP + FN)`` over the objects.
 
 Empty cases never give NaN: both without objects: errors 0, F1 1; one side empty: Rand error 1,
-F1 0. ``autoseg.evaluate`` computes these next to Dice, IoU and HD95 when the label maps are
-2D (a single slice); scikit-image is imported only then.
+F1 0; objects of single pixels (no pixel pair in one object): Rand error 0.
+``autoseg.evaluate`` computes these next to Dice, IoU and HD95 when the label maps are 2D (a
+single slice); scikit-image is imported only then.
 """
 
 from __future__ import annotations
@@ -81,8 +82,13 @@ def _rand_error(pred_objects: np.ndarray, ref_objects: np.ndarray) -> float:
         raise AutosegError(
             "the Rand error of 2D label maps needs scikit-image (pip install 'autoseg[microscopy]')"
         ) from exc
-    error, _, _ = adapted_rand_error(ref_objects, pred_objects)
-    return float(error)
+    # no two reference pixels share an object in either labeling (single-pixel objects, and
+    # only those in the prediction where the reference has objects): skimage divides 0 by 0.
+    # No pair of pixels is then merged or split, so the error is 0 (a missed or extra object
+    # still shows in the detection F1 and the pixel error)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error, _, _ = adapted_rand_error(ref_objects, pred_objects)
+    return 0.0 if np.isnan(error) else float(error)
 
 
 def object_metrics(pred: np.ndarray, ref: np.ndarray) -> ObjectMetrics:

@@ -55,7 +55,16 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "evaluate": (
         "autoseg/evaluate.py",
-        ("tests/test_evaluate.py", "tests/test_evaluate_report.py"),
+        (
+            "tests/test_evaluate.py",
+            "tests/test_evaluate_report.py",
+            "tests/test_evaluate_regions.py",
+            "tests/test_pinned_evaluate.py",
+        ),
+    ),
+    "evaluation_labels": (
+        "autoseg/evaluation_labels.py",
+        ("tests/test_evaluate_regions.py",),
     ),
     "metrics": (
         "autoseg/metrics.py",

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg.cli import app
+from autoseg.errors import AutosegError
 from autoseg.evaluate import Evaluation
 from autoseg.evaluation_labels import read_evaluation_labels
 from autoseg.plans import Plans
@@ -204,3 +205,25 @@ def test_a_label_based_report_is_byte_for_byte_as_before(tmp_path: Path) -> None
     text = (out / "evaluation.json").read_text()
     command = json.loads(text)["command"]
     assert text == json.dumps({**PINNED_JSON, "command": command}, indent=2, sort_keys=True) + "\n"
+
+
+def test_a_dataset_json_with_a_byte_order_mark_gives_its_regions(tmp_path: Path) -> None:
+    """Editors on Windows may save dataset.json with a UTF-8 byte order mark."""
+    (tmp_path / "dataset.json").write_text("\ufeff" + json.dumps(BRATS_LIKE), encoding="utf-8")
+    read = read_evaluation_labels(tmp_path)
+    assert [(r.name, r.values, r.value) for r in read.regions] == [
+        ("whole", (1, 2, 3), 1),
+        ("core", (2, 3), 2),
+        ("enhancing", (3,), 3),
+    ]
+
+
+def test_plans_with_an_empty_region_say_it_holds_none(tmp_path: Path) -> None:
+    regions = (Region("whole", (1, 2, 3), 1), Region("nothing", (), 2))
+    _plans(regions).to_json(tmp_path / "plans.json")
+    with pytest.raises(AutosegError) as info:
+        read_evaluation_labels(tmp_path / "plans.json")
+    assert str(info.value) == (
+        f"{tmp_path / 'plans.json'}: region 'nothing' holds value(s) none that are not "
+        "foreground labels of this file ([1, 2, 3])"
+    )

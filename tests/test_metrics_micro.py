@@ -64,6 +64,22 @@ def test_empty_cases_give_no_nan() -> None:
     assert matched_objects(np.zeros((3, 3), int), np.ones((3, 3), int)) == 0
 
 
+def test_single_pixel_objects_give_no_nan() -> None:
+    """No two pixels in one object: skimage's Rand error divides 0 by 0 (was NaN)."""
+    spots = np.zeros((5, 5), bool)
+    spots[1, 1] = spots[3, 3] = True
+    same = object_metrics(spots, spots)
+    assert (same.pixel_error, same.rand_error, same.detection_f1) == (0.0, 0.0, 1.0)
+    half = spots.copy()
+    half[3, 3] = False  # one spot missed: seen by F1 and pixel error, no pair split or merged
+    missed = object_metrics(half, spots)
+    assert (missed.pixel_error, missed.rand_error) == (1 / 25, 0.0)
+    assert missed.detection_f1 == 2 * 1 / (1 + 2)
+    merged = spots.copy()
+    merged[1:4, 1] = merged[3, 1:4] = True  # one object joining both spots: a merge
+    assert object_metrics(merged, spots).rand_error == 1.0
+
+
 def test_evaluate_adds_object_metrics_for_2d_maps_only() -> None:
     ref = discs([(10, 10), (25, 40)]).astype(np.uint8)[None]
     pred = discs([(10, 10)]).astype(np.uint8)[None]

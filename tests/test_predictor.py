@@ -419,11 +419,32 @@ def test_float64_arrays_predict_as_float32() -> None:
     )
 
 
-def test_cascade_stage_gets_the_previous_stage_one_hot(tmp_path: Path) -> None:
+def _cascade_plans() -> Plans:
     cascade = config("3d_cascade_fullres", previous_stage="3d_lowres")
-    plans = Plans("Task99_X", "default", 8.0, 4, ("MRI",), LABELS, {
+    return Plans("Task99_X", "default", 8.0, 4, ("MRI",), LABELS, {
         "3d_lowres": config("3d_lowres"), "3d_cascade_fullres": cascade
     })  # fmt: skip
+
+
+def _cascade_models(tmp_path: Path, plans: Plans) -> Path:
+    """Model folders of both stages (fold 0, ``checkpoint_best``), the first post-processed."""
+    root = tmp_path / "models" / "default"
+    for name, channels in (("3d_lowres", 1), ("3d_cascade_fullres", 3)):
+        (root / name).mkdir(parents=True)
+        plans.to_json(root / name / "plans.json")
+        torch.manual_seed(3)
+        net = build_network(plans.configurations[name], channels, 3)
+        meta = CheckpointMeta(name, "0", 0, 3, channels, to_dict(plans))
+        save_checkpoint(root / name / "fold_0" / "checkpoint_best.pt", net.state_dict(), None, meta)
+    PostprocessingDecision(largest_component_labels=(1, 2)).to_json(
+        root / "3d_lowres" / "postprocessing.json"
+    )
+    return root
+
+
+def test_cascade_stage_gets_the_previous_stage_one_hot(tmp_path: Path) -> None:
+    plans = _cascade_plans()
+    cascade = plans.configurations["3d_cascade_fullres"]
     seen = []
 
     def previous(img: Image, case_id: str) -> np.ndarray:
@@ -444,17 +465,7 @@ def test_cascade_stage_gets_the_previous_stage_one_hot(tmp_path: Path) -> None:
 
     # from a model folder: the previous stage's folder beside it, with the same settings,
     # and without its post-processing (the cascade was trained on raw previous-stage maps)
-    root = tmp_path / "models" / "default"
-    for name, channels in (("3d_lowres", 1), ("3d_cascade_fullres", 3)):
-        (root / name).mkdir(parents=True)
-        plans.to_json(root / name / "plans.json")
-        torch.manual_seed(3)
-        net = build_network(plans.configurations[name], channels, 3)
-        meta = CheckpointMeta(name, "0", 0, 3, channels, to_dict(plans))
-        save_checkpoint(root / name / "fold_0" / "checkpoint_best.pt", net.state_dict(), None, meta)
-    PostprocessingDecision(largest_component_labels=(1, 2)).to_json(
-        root / "3d_lowres" / "postprocessing.json"
-    )
+    root = _cascade_models(tmp_path, plans)
     settings = {
         "checkpoint": "best",
         "device": "cpu",
@@ -473,3 +484,53 @@ def test_cascade_stage_gets_the_previous_stage_one_hot(tmp_path: Path) -> None:
     assert not np.array_equal(got, post)  # and so does the post-processing
     labels, probs = stage.predict_image(img)
     assert labels.shape == (12, 9, 10) and probs.shape == (3, 12, 9, 10)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"tta": True, "step": 0.75, "tile_batch": 3, "compile": True, "max_tile_scale": 2.0},
+        {"tta": False, "step": 1.0, "tile_batch": 1, "compile": False, "max_tile_scale": 1.0},
+    ],
+)
+def test_the_previous_stage_predicts_with_the_cascade_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict
+) -> None:
+    """``--step``, ``--disable-tta``, the tile batch, ``--tile-scale`` and ``--compile`` reach
+    the previous stage too (the defaults would be TTA on, step 0.5, a tile batch from the tile
+    size, tiles up to 1.25 patches and no compilation on the CPU)."""
+    root = _cascade_models(tmp_path, _cascade_plans())
+    calls, compiled = [], []
+    window = predictor_module.sliding_window_logits
+
+    def fake_compile(net: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+        compiled.append(tuple(example.shape))
+        return net
+
+    def recording(net, image, tile, num_classes, **kwargs):
+        calls.append({"tile": tuple(tile), **kwargs})
+        return window(net, image, tile, num_classes, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "sliding_window_logits", recording)
+    monkeypatch.setattr(predictor_module, "compile_with_fallback", fake_compile)
+    stage = Predictor.from_folder(
+        root / "3d_cascade_fullres", checkpoint="best", device="cpu", **settings
+    )
+    stage.previous_stage(_image(image((12, 9, 10), seed=4) + 3), "c")
+    mirror_axes = (0, 1, 2) if settings["tta"] else ()
+    # a 12 x 9 x 10 image, patch 8, stride 2: up to 2 patches every axis is one tile; at 1.25
+    # (the default) the 12 would be tiled with the patch
+    tile = (12, 10, 10) if settings["max_tile_scale"] == 2.0 else (8, 8, 8)
+    expected = {"tile": tile, "step": settings["step"], "mirror_axes": mirror_axes}
+    assert calls == [{**expected, "tile_batch": settings["tile_batch"]}]
+    batch = settings["tile_batch"]  # the previous stage (1 channel), then this one (3)
+    assert compiled == ([(batch, 1, 8, 8, 8), (batch, 3, 8, 8, 8)] if settings["compile"] else [])
+
+
+def test_a_tile_scale_from_1_to_2_is_accepted_and_named_otherwise() -> None:
+    assert [predictor(max_tile_scale=v).max_tile_scale for v in (1.0, 2.0)] == [1.0, 2.0]
+    for scale in (0.999, 2.001):
+        with pytest.raises(AutosegError) as info:
+            predictor(max_tile_scale=scale)
+        expected = f"tile scale {scale}: must lie in [1, 2] (a multiple of the patch edge)"
+        assert str(info.value) == expected
