@@ -72,7 +72,7 @@ def predict(
         typer.Option(
             "--tile-scale",
             help="Largest tile edge as a multiple of the patch's, 1 to 2 (1: the training "
-            "patch; default 1.25).",
+            "patch; default 1.25 in 3D, 1 in 2D).",
         ),
     ] = None,
     part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,

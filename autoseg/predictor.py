@@ -61,10 +61,11 @@ class Predictor:
         postprocessing: the cross-validation's post-processing decision, or None.
         tile_batch: network inputs per forward pass; None = ``default_tile_batch``.
         max_tile_scale: largest inference tile edge as a multiple of the patch edge (see
-            ``tile_size``), at least 1. The default (``DEFAULT_TILE_SCALE``, 1.25) widens a
-            tile to cover an image just over the patch (about 2x fewer network voxels on
-            Hippocampus, CV Dice unchanged within 0.001: docs/benchmarks.md); 1.0 predicts
-            with the training patch everywhere.
+            ``tile_size``), 1 to 2; 1.0 predicts with the training patch everywhere. None (the
+            default): ``DEFAULT_TILE_SCALE`` (1.25) for a 3D configuration, which widens a tile
+            to cover an image just over the patch (about 2x fewer network voxels on
+            Hippocampus, CV Dice -0.0004: docs/benchmarks.md), and 1.0 for 2D, where the
+            widened tile lost Dice on the demo's held-out cases.
         compile: ``torch.compile`` the networks (falling back to eager with one log line if
             that fails); None = on CUDA only.
         folds: the fold names of ``weights`` (for messages; default 0, 1, ...).
@@ -87,7 +88,7 @@ class Predictor:
         step: float = 0.5,
         postprocessing: PostprocessingDecision | None = None,
         tile_batch: int | None = None,
-        max_tile_scale: float = DEFAULT_TILE_SCALE,
+        max_tile_scale: float | None = None,
         compile: bool | None = None,
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
@@ -105,6 +106,8 @@ class Predictor:
         self.device = resolve_device(device)
         if not 0.0 < step <= 1.0:
             raise AutosegError(f"step size {step}: must lie in (0, 1] (a fraction of the patch)")
+        if max_tile_scale is None:
+            max_tile_scale = DEFAULT_TILE_SCALE if configuration.ndim == 3 else 1.0
         if not 1.0 <= max_tile_scale <= 2.0:  # 2: a 3D tile of up to 8x the patch's memory
             raise AutosegError(
                 f"tile scale {max_tile_scale}: must lie in [1, 2] (a multiple of the patch edge)"
@@ -140,7 +143,7 @@ class Predictor:
         step: float = 0.5,
         postprocess: bool = True,
         tile_batch: int | None = None,
-        max_tile_scale: float = DEFAULT_TILE_SCALE,
+        max_tile_scale: float | None = None,
         compile: bool | None = None,
     ) -> Predictor:
         """Load the trained folds of a model folder.

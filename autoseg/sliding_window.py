@@ -13,11 +13,11 @@ is cast to float32 before it is accumulated.
 
 The network is fully convolutional, so at inference a tile may be larger than the training
 patch: ``inference_tile_size`` widens an axis that the image overruns by a little (at most
-``max_scale`` of the patch, ``DEFAULT_TILE_SCALE`` unless the caller says otherwise) so that one
-tile covers it, rounded up to a multiple of the network's total stride. A Hippocampus image just
-over the patch then takes one window instead of two or four (docs/benchmarks.md: 20 windows ->
-10 for the benchmark's 10 cases; fold-0 CV Dice of a trained 3d_fullres model 0.8353 with the
-patch, 0.8349 widened). ``max_scale=1`` keeps the training patch everywhere.
+``max_scale`` of the patch; the predictor's default is ``DEFAULT_TILE_SCALE`` in 3D and 1, no
+widening, in 2D) so that one tile covers it, rounded up to a multiple of the network's total
+stride. A Hippocampus image just over the patch then takes one window instead of two or four
+(docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases; fold-0 CV Dice of a trained
+3d_fullres model 0.8353 with the patch, 0.8349 widened). ``max_scale=1`` keeps the patch.
 
 Model loading, folds and folders of cases live in ``autoseg.predictor``; input files in
 ``autoseg.inputs``; devices in ``autoseg.device``.

@@ -203,6 +203,8 @@ def test_tile_batch_step_and_tile_size_reach_the_sliding_window() -> None:
     assert predictor(max_tile_scale=1.25).tile_size((9, 10, 13)) == (10, 10, 8)
     assert predictor().tile_size((9, 10, 9)) == (10, 10, 10)  # the default widens (1.25)
     assert predictor(max_tile_scale=1.0).tile_size((9, 10, 9)) == (8, 8, 8)  # the patch
+    flat = predictor("2d")  # 2D keeps the patch by default (the demo's check, benchmarks.md)
+    assert flat.max_tile_scale == 1.0 and flat.tile_size((3, 9, 10)) == (8, 8)
     net = Linear([1, 1, 1], [0, 0, 0])
     wide.networks = [net]
     wide.predict_preprocessed(image((3, 9, 10)))
