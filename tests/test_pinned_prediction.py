@@ -18,10 +18,11 @@ import torch
 
 from autoseg.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.network import build_network
-from autoseg.plans import Configuration, Normalization, Plans
+from autoseg.plans import Plans
 from autoseg.predictor import Predictor
 from autoseg.serial import to_dict
 from autoseg.sliding_window import sliding_window_logits
+from tests.test_predictor import config as tiny_config
 
 LABELS = {0: "background", 1: "a", 2: "b"}
 
@@ -105,17 +106,7 @@ def test_3d_overlap_weights_with_mirroring() -> None:
 
 
 def _model_folder(root: Path, name: str) -> Path:
-    ndim = 2 if name == "2d" else 3
-    config = Configuration(
-        name=name,
-        spacing=(1.0, 1.0, 1.0),
-        patch_size=(8,) * ndim,
-        batch_size=2,
-        strides=((1,) * ndim, (2,) * ndim),
-        kernel_sizes=((3,) * ndim, (3,) * ndim),
-        features_per_stage=(2, 4),
-        normalization=(Normalization("zscore"),),
-    )
+    config = tiny_config(name)
     plans = Plans("Task99_X", "default", 8.0, 4, ("MRI",), LABELS, {name: config})
     folder = root / "models" / "default" / name
     folder.mkdir(parents=True)
