@@ -47,7 +47,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "predictor": (
         "autoseg/predictor.py",
-        ("tests/test_pinned_prediction.py", "tests/test_predictor.py"),
+        (
+            "tests/test_pinned_prediction.py",
+            "tests/test_predictor.py",
+            "tests/test_predictor_cascade.py",
+        ),
     ),
     "postprocess": (
         "autoseg/postprocess.py",
