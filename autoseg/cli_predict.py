@@ -122,8 +122,8 @@ def predict(
         tta=tta,
         step=step_size,
         postprocess=postprocess,
+        max_tile_scale=tile_scale,  # None: the predictor's default for 2D / 3D
         compile=compile,
-        **({} if tile_scale is None else {"max_tile_scale": tile_scale}),
     )
     report = predict_folder(
         inputs,

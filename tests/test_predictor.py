@@ -423,7 +423,7 @@ def test_float64_arrays_predict_as_float32() -> None:
 
 def test_a_tile_scale_from_1_to_2_is_accepted_and_named_otherwise() -> None:
     assert [predictor(max_tile_scale=v).max_tile_scale for v in (1.0, 2.0)] == [1.0, 2.0]
-    for scale in (0.999, 2.001):
+    for scale in (0.5, 0.99, 0.999, 2.001, 2.01, float("nan")):
         with pytest.raises(AutosegError) as info:
             predictor(max_tile_scale=scale)
         expected = f"tile scale {scale}: must lie in [1, 2] (a multiple of the patch edge)"

@@ -20,11 +20,10 @@ import pytest
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from tests.reliability_helpers import (
     assert_clean_failure,
-    autoseg_command,
-    child_env,
     cli,
     files_in,
     make_model,
+    run_autoseg,
     save_nifti,
     snapshot,
     tiny_dataset,
@@ -41,14 +40,7 @@ def limited(*args: object, gib: float, timeout: float = 180) -> subprocess.Compl
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (int(gib * GIB), int(gib * GIB)))
 
-    return subprocess.run(
-        autoseg_command(*args),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=child_env(),
-        preexec_fn=limit,
-    )
+    return run_autoseg(*args, timeout=timeout, preexec_fn=limit)
 
 
 def assert_clean_exit(proc: subprocess.CompletedProcess, *fragments: str) -> None:
