@@ -1,8 +1,8 @@
 """autoseg: self-configuring medical image segmentation.
 
-The pipeline, one module per stage, in the order data flows:
-io -> dataset -> fingerprint -> planners/ -> preprocess -> loader -> network -> train
--> predictor -> postprocess -> evaluate -> cli.
+The pipeline, one package per stage, in the order a case travels (docs/architecture.md):
+data -> planning (planners) -> preprocessing -> networks -> training -> inference -> evaluation
+-> cli.
 
 For Python use: ``autoseg.load_model(model_folder)`` (see :mod:`autoseg.api`, docs/api.md).
 """
@@ -19,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from autoseg import api  # torch is heavy: not imported by a bare `import autoseg`
 
         return getattr(api, name)
+    if name == "predictor":  # the module path docs/api.md showed before the layout move
+        import importlib
+
+        return importlib.import_module("autoseg.inference.predictor")
     raise AttributeError(f"module 'autoseg' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``python -m autoseg``: the same as the ``autoseg`` command."""
 
-from autoseg.cli import main
+from autoseg.cli.commands import main
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,8 @@
     labels, probs = model.predict(img, probabilities=True)   # probs: (i, j, k, K) Nifti1Image
     seg = model.predict_array(volume, spacing=(1.0, 1.0, 3.0), axis_order="xyz")
 
-A thin layer over :class:`autoseg.predictor.Predictor` (which a benchmark or a script can also
+A thin layer over :class:`autoseg.inference.predictor.Predictor` (which a benchmark or a script can
+also
 build from objects). Loading a model changes no process-wide setting: torch's thread count and
 cuDNN benchmarking are set only while a prediction runs, then restored. docs/api.md has runnable
 examples.
@@ -22,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.data.io import Geometry, Image, nifti_array, nifti_image
 from autoseg.errors import AutosegError
-from autoseg.io import Geometry, Image, nifti_array, nifti_image
-from autoseg.predictor import Predictor
+from autoseg.inference.predictor import Predictor
 
 __all__ = ["Segmenter", "load_model"]
 
@@ -35,7 +36,7 @@ class Segmenter:
     """A loaded model: segment nibabel images or numpy arrays.
 
     Attributes:
-        predictor: the underlying :class:`~autoseg.predictor.Predictor`.
+        predictor: the underlying :class:`~autoseg.inference.predictor.Predictor`.
         labels: label value -> name, background included.
         channels: the input channels the model takes, in order.
         label_values: the label value of each probability channel, in order (a region-based

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.augment_device import DeviceAugmentation
-from autoseg.loader import BatchLoader
-from autoseg.paths import resolve_dataset, resolve_home
-from autoseg.plans import Plans
-from autoseg.train import preprocessed_cases
+from autoseg.data.paths import resolve_dataset, resolve_home
+from autoseg.data.plans import Plans
+from autoseg.training.augment.pipeline_device import DeviceAugmentation
+from autoseg.training.loader import BatchLoader
+from autoseg.training.train import preprocessed_cases
 
 
 def _tensors(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 Builds a dataset in the demo's layout: the shipped training cases (plus, optionally, ``--extra``
 more cases of the full MSD Task04_Hippocampus set) for training, and ``--tune`` other cases of the
-MSD set as held-out cases; then runs ``autoseg.demo.run_demo`` on it with the given settings and
+MSD set as held-out cases; then runs ``autoseg.cli.demo.run_demo`` on it with the given settings and
 writes one JSON line (Dice per label, seconds per stage). ``--shipped-test`` scores the shipped
 held-out cases instead (the demo's own test set: for the final figures only, not for choosing).
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from autoseg.demo import DemoSettings, demo_dataset_path, run_demo
+from autoseg.cli.demo import DemoSettings, demo_dataset_path, run_demo
 
 
 def _ids(folder: Path) -> list[str]:

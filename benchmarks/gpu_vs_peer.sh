@@ -74,8 +74,8 @@ make_test_folder() {
   python3 - "$data" "$test" "$refs" "${TEST_CASES:-0}" <<'PY'
 import shutil, sys
 from pathlib import Path
-from autoseg.dataset import load_dataset
-from autoseg.splits import make_splits
+from autoseg.data.dataset import load_dataset
+from autoseg.data.splits import make_splits
 data, test, refs, limit = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 spec = load_dataset(data)
 val = set(make_splits([c.case_id for c in spec.cases])[0].val)

@@ -33,53 +33,63 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rules": (
         "autoseg/planners/rules.py",
-        ("tests/test_planners.py", "tests/test_pinned_rules.py"),
+        ("tests/planning/test_planners.py", "tests/planning/test_pinned_rules.py"),
     ),
-    "loss": ("autoseg/loss.py", ("tests/test_loss.py", "tests/test_pinned_training.py")),
+    "loss": (
+        "autoseg/training/losses/dice_ce.py",
+        ("tests/training/test_loss.py", "tests/training/test_pinned_training.py"),
+    ),
     "region_loss": (
-        "autoseg/region_loss.py",
-        ("tests/test_region_loss.py",),
+        "autoseg/training/losses/region.py",
+        ("tests/training/test_region_loss.py",),
     ),
-    "loss_options": ("autoseg/loss_options.py", ("tests/test_loss_options.py",)),
+    "loss_options": (
+        "autoseg/training/losses/options.py",
+        ("tests/training/test_loss_options.py",),
+    ),
     "sliding_window": (
-        "autoseg/sliding_window.py",
-        ("tests/test_pinned_prediction.py", "tests/test_sliding_window.py"),
+        "autoseg/inference/sliding_window.py",
+        ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
     ),
     "predictor": (
-        "autoseg/predictor.py",
+        "autoseg/inference/predictor.py",
         (
-            "tests/test_pinned_prediction.py",
-            "tests/test_predictor.py",
-            "tests/test_predictor_cascade.py",
+            "tests/inference/test_pinned_prediction.py",
+            "tests/inference/test_predictor.py",
+            "tests/inference/test_predictor_cascade.py",
         ),
     ),
     "postprocess": (
-        "autoseg/postprocess.py",
-        ("tests/test_postprocess.py", "tests/test_pinned_postprocess.py"),
+        "autoseg/inference/postprocess.py",
+        ("tests/inference/test_postprocess.py", "tests/inference/test_pinned_postprocess.py"),
     ),
     "evaluate": (
-        "autoseg/evaluate.py",
+        "autoseg/evaluation/evaluate.py",
         (
-            "tests/test_evaluate.py",
-            "tests/test_evaluate_report.py",
-            "tests/test_evaluate_regions.py",
-            "tests/test_pinned_evaluate.py",
+            "tests/evaluation/test_evaluate.py",
+            "tests/evaluation/test_evaluate_report.py",
+            "tests/evaluation/test_evaluate_regions.py",
+            "tests/evaluation/test_pinned_evaluate.py",
         ),
     ),
     "evaluation_labels": (
-        "autoseg/evaluation_labels.py",
-        ("tests/test_evaluate_regions.py",),
+        "autoseg/evaluation/labels.py",
+        ("tests/evaluation/test_evaluate_regions.py",),
     ),
     "metrics": (
-        "autoseg/metrics.py",
-        ("tests/test_metrics.py", "tests/test_evaluate.py", "tests/test_metrics_monai.py"),
+        "autoseg/evaluation/metrics.py",
+        (
+            "tests/evaluation/test_metrics.py",
+            "tests/evaluation/test_evaluate.py",
+            "tests/evaluation/test_metrics_monai.py",
+        ),
     ),
     "resample": (
-        "autoseg/resample.py",
+        "autoseg/preprocessing/resample.py",
         (
-            "tests/test_pinned_resampling.py",
-            "tests/test_resample_threads.py",
-            "tests/test_preprocess.py",
+            "tests/preprocessing/test_pinned_resampling.py",
+            "tests/preprocessing/test_resample_threads.py",
+            "tests/preprocessing/test_preprocess.py",
         ),
     ),
 }

@@ -24,9 +24,9 @@ from pathlib import Path
 _T0 = time.perf_counter()
 import torch  # noqa: E402 - timed as the "import" stage
 
-from autoseg.inputs import group_input_files  # noqa: E402
-from autoseg.io import read_image, write_label  # noqa: E402
-from autoseg.predictor import Predictor  # noqa: E402
+from autoseg.data.io import read_image, write_label  # noqa: E402
+from autoseg.inference.inputs import group_input_files  # noqa: E402
+from autoseg.inference.predictor import Predictor  # noqa: E402
 
 _IMPORT_S = time.perf_counter() - _T0
 

@@ -24,10 +24,10 @@ import statistics
 import time
 from pathlib import Path
 
-from autoseg.loader import BatchLoader
-from autoseg.paths import resolve_dataset, resolve_home
-from autoseg.plans import Plans
-from autoseg.train import preprocessed_cases
+from autoseg.data.paths import resolve_dataset, resolve_home
+from autoseg.data.plans import Plans
+from autoseg.training.loader import BatchLoader
+from autoseg.training.train import preprocessed_cases
 
 
 def _per_batch(folder: Path, ids: list[str], config, augmentation: str, batches: int, seed: int):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.io import read_array, read_image
-from autoseg.predictor import Predictor
+from autoseg.data.io import read_array, read_image
+from autoseg.inference.predictor import Predictor
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:

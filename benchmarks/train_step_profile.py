@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoseg.data.paths import resolve_dataset
+from autoseg.data.plans import Plans
 from autoseg.device import cpu_has_bf16
-from autoseg.paths import resolve_dataset
-from autoseg.plans import Plans
-from autoseg.step import TrainingStep
+from autoseg.training.step import TrainingStep
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from autoseg.errors import AutosegError
 from autoseg.registry import Registry
 
 if TYPE_CHECKING:
-    from autoseg.fingerprint import Fingerprint
-    from autoseg.plans import Plans
+    from autoseg.data.plans import Plans
+    from autoseg.planning.fingerprint import Fingerprint
 
 ENTRY_POINT_GROUP = "autoseg.planners"
 BUILTIN_MODULES = (

@@ -11,7 +11,7 @@ value (see :mod:`planners.resenc`). Configurations:
   until the patch planned at it covers >= 25% of the median image; dropped, as nnU-Net does,
   when its median image is not at least 2x smaller than the 3d_fullres one.
 * ``3d_cascade_fullres``: with every 3d_lowres, the 3d_fullres network taking the 3d_lowres
-  segmentation as extra input channels (``autoseg.cascade``).
+  segmentation as extra input channels (``autoseg.inference.cascade``).
 
 ``batch_dice`` follows nnU-Net v2: True for 2d, False for 3d_lowres, and for 3d_fullres True
 only when a 3d_lowres exists (a cascade trains on larger images, few per batch).
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autoseg.data.ignore import predicted_labels
+from autoseg.data.plans import Configuration, Normalization, Plans
 from autoseg.errors import AutosegError
-from autoseg.fingerprint import Fingerprint
-from autoseg.ignore import predicted_labels
 from autoseg.planners import Budget, register_planner
 from autoseg.planners.rules import (
     GIB,
@@ -44,7 +44,7 @@ from autoseg.planners.rules import (
     round_spacing,
     target_spacing,
 )
-from autoseg.plans import Configuration, Normalization, Plans
+from autoseg.planning.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,8 @@ def plan_with_settings(
         if lowres is not None:
             configs["3d_lowres"] = configuration("3d_lowres", *lowres, False)
             # the cascade's second stage: 3d_fullres with the low-resolution segmentation as
-            # extra input channels (autoseg.cascade); it shares 3d_fullres' preprocessed data
+            # extra input channels (autoseg.inference.cascade); it shares 3d_fullres' preprocessed
+            # data
             configs[CASCADE] = dataclasses.replace(
                 configs["3d_fullres"], name=CASCADE, previous_stage="3d_lowres"
             )

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from autoseg.fingerprint import Fingerprint
+from autoseg.data.plans import Plans
 from autoseg.planners import Budget, register_planner
 from autoseg.planners.default import SETTINGS as DEFAULT_SETTINGS
 from autoseg.planners.default import plan_with_settings
-from autoseg.plans import Plans
+from autoseg.planning.fingerprint import Fingerprint
 
 SETTINGS = dataclasses.replace(DEFAULT_SETTINGS, name="microscopy", augmentations=("elastic",))
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from autoseg.fingerprint import Fingerprint
+from autoseg.data.plans import Plans
 from autoseg.planners import Budget, register_planner
 from autoseg.planners.default import plan_with_settings
 from autoseg.planners.rules import PlannerSettings
-from autoseg.plans import Plans
+from autoseg.planning.fingerprint import Fingerprint
 
 SETTINGS = PlannerSettings(
     name="resenc",

@@ -1,6 +1,7 @@
 """``autoseg`` CLI under torch.distributed.run that also saves every rank's final weights.
 
-Used by tests/test_train.py: each rank writes ``$AUTOSEG_DDP_OUT/rank<RANK>.pt`` (the state of
+Used by tests/training/test_train.py: each rank writes ``$AUTOSEG_DDP_OUT/rank<RANK>.pt`` (the
+state of
 its TrainingStep's network when the process ends), so the test can check that DDP kept the
 ranks' weights identical although they trained on different batches.
 """
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from autoseg import step as step_module
-from autoseg.cli import main
+from autoseg.cli.commands import main
+from autoseg.training import step as step_module
 
 _steps: list[step_module.TrainingStep] = []
 _init = step_module.TrainingStep.__init__

@@ -51,9 +51,9 @@ def make_model(folder: Path, channels: int = 1, folds: tuple[str, ...] = ("0",))
     """A model folder (random weights) with a tiny 3D U-Net, as ``autoseg train`` leaves it."""
     import torch
 
-    from autoseg.checkpoint import CheckpointMeta, save_checkpoint
-    from autoseg.network import build_network
-    from autoseg.plans import Configuration, Normalization, Plans
+    from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
+    from autoseg.data.plans import Configuration, Normalization, Plans
+    from autoseg.networks.unet import build_network
     from autoseg.serial import to_dict
 
     config = Configuration(
@@ -86,7 +86,7 @@ def cli(*args: object) -> Result:
 
 
 def _app():
-    from autoseg.cli import app
+    from autoseg.cli.commands import app
 
     return app
 
@@ -105,12 +105,12 @@ _CHILD = (
     "import os, runpy, sys\n"
     "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
     "sys.argv[0] = 'autoseg'\n"
-    "runpy.run_module('autoseg.cli', run_name='__main__', alter_sys=True)\n"
+    "runpy.run_module('autoseg.cli.commands', run_name='__main__', alter_sys=True)\n"
 )
 
 
 def autoseg_command(*args: object) -> list[str]:
-    """The command line running ``autoseg ARGS`` (``python -m autoseg.cli``) on one CPU."""
+    """The command line running ``autoseg ARGS`` (``python -m autoseg.cli.commands``) on one CPU."""
     return [sys.executable, "-c", _CHILD, *map(str, args)]
 
 

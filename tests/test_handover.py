@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoseg.data.model_folder import ModelFolder, find_model_folders
+from autoseg.data.paths import resolve_dataset
+from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.inputs import group_input_files, refuse_outputs_that_are_inputs
-from autoseg.model_folder import ModelFolder, find_model_folders
-from autoseg.paths import resolve_dataset
-from autoseg.planning import plan_dataset
-from autoseg.plans import Plans
-from autoseg.predictor import Predictor
-from autoseg.step import TrainingStep
-from autoseg.train import TrainSettings, train_fold
+from autoseg.inference.inputs import group_input_files, refuse_outputs_that_are_inputs
+from autoseg.inference.predictor import Predictor
+from autoseg.planning.runner import plan_dataset
+from autoseg.training.step import TrainingStep
+from autoseg.training.train import TrainSettings, train_fold
 from tests.reliability_helpers import (
     SHAPE_IJK,
     assert_clean_failure,

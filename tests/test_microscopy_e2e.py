@@ -15,8 +15,8 @@ import tifffile
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.cli import app
+from autoseg.cli.commands import app
+from autoseg.data.checkpoint import load_checkpoint
 from tests.synthetic_micro import write_micro_dataset
 
 RUNS = {

@@ -14,11 +14,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from autoseg.paths import resolve_dataset
-from autoseg.planning import plan_dataset
-from autoseg.plans import Plans
-from autoseg.predictor import Predictor
-from autoseg.train import TrainSettings, train_fold
+from autoseg.data.paths import resolve_dataset
+from autoseg.data.plans import Plans
+from autoseg.inference.predictor import Predictor
+from autoseg.planning.runner import plan_dataset
+from autoseg.training.train import TrainSettings, train_fold
 
 SHAPE = (24, 24, 24)
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.preprocess import load_case
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.preprocessing.preprocess import load_case
 from tests.reliability_helpers import (
     autoseg_command,
     child_env,

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import autoseg.checkpoint
+import autoseg.data.checkpoint
 import autoseg.serial
 from tests.reliability_helpers import (
     SHAPE_IJK,
@@ -169,7 +169,7 @@ def test_evaluate_into_a_failing_folder(
 
 def test_checkpoint_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain OSError naming the checkpoint (the CLI's exit 2), the previous one intact."""
-    from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+    from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
     path = tmp_path / "fold_0" / "checkpoint_latest.pt"
     state = {"w": torch.ones(64, 64)}
@@ -301,7 +301,7 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
 
 def test_the_model_loader_uses_weights_only() -> None:
     """Every torch.load in autoseg passes weights_only=True."""
-    package = Path(autoseg.checkpoint.__file__).parent
+    package = Path(autoseg.data.checkpoint.__file__).parent
     for path in package.rglob("*.py"):
         text = path.read_text()
         calls = text.count("torch.load(")
@@ -325,7 +325,7 @@ def test_fingerprint_and_plans_are_byte_identical_everywhere(tmp_path: Path) -> 
         assert cli(*args, "--no-preprocess").exit_code == 0
     env = child_env() | {"PYTHONHASHSEED": "12345"}
     child = subprocess.run(
-        [sys.executable, "-m", "autoseg.cli", "plan", root, "--home", tmp_path / "h4"]
+        [sys.executable, "-m", "autoseg.cli.commands", "plan", root, "--home", tmp_path / "h4"]
         + ["--workers", "1", "--gpu-memory", "8", "--no-preprocess"],
         capture_output=True,
         text=True,
@@ -375,14 +375,14 @@ _MEMORY_SCRIPT = textwrap.dedent(
     from pathlib import Path
     stage, folder = sys.argv[1], Path(sys.argv[2])
     if stage == "preprocess":
-        from autoseg.dataset import load_dataset
-        from autoseg.plans import Plans
-        from autoseg.preprocess import run_preprocessing
+        from autoseg.data.dataset import load_dataset
+        from autoseg.data.plans import Plans
+        from autoseg.preprocessing.preprocess import run_preprocessing
         plans = Plans.from_json(folder / "model" / "plans.json")
         spec = load_dataset(folder / "dataset")
         run_preprocessing(spec, plans, ["3d_fullres"], folder / "work", workers=1)
     else:
-        from autoseg.predictor import Predictor, predict_folder
+        from autoseg.inference.predictor import Predictor, predict_folder
         # step 1 (no overlap) takes 1/8 of the time of the default 0.5 and the same memory
         predictor = Predictor.from_folder(folder / "model", device="cpu", tta=False, step=1.0)
         inputs = [folder / "dataset" / "imagesTr"]
@@ -402,7 +402,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
 def test_large_volume_memory_stays_within_the_documented_bound(tmp_path: Path) -> None:
     """A 512x512x400 CT (105 M voxels), resampled from 1.5 to 2 mm slices: preprocessing and
     prediction each peak below the bound of docs/reliability.md (1.6 and 2.5 GiB here)."""
-    from autoseg.plans import Configuration, Normalization, Plans
+    from autoseg.data.plans import Configuration, Normalization, Plans
 
     shape = (512, 512, 400)  # (i, j, k)
     voxels = int(np.prod(shape))
@@ -449,8 +449,8 @@ def test_large_volume_memory_stays_within_the_documented_bound(tmp_path: Path) -
 
 def _model_for(folder: Path, plans) -> None:
     """A model folder with random weights for ``plans``' 3d_fullres configuration."""
-    from autoseg.checkpoint import CheckpointMeta, save_checkpoint
-    from autoseg.network import build_network
+    from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
+    from autoseg.networks.unet import build_network
     from autoseg.serial import to_dict
 
     plans.to_json(folder / "plans.json")

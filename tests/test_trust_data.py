@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from autoseg.preprocess import load_case
+from autoseg.preprocessing.preprocess import load_case
 from tests.reliability_helpers import (
     assert_clean_failure,
     cli,
@@ -103,9 +103,9 @@ def test_a_case_removed_from_the_dataset_is_not_trained_on(tmp_path: Path):
     meta["training"] = meta["training"][:2]
     (root / "dataset.json").write_text(json.dumps(meta))
     assert plan(root, home).exit_code == 0
-    from autoseg.cache import complete_cases
-    from autoseg.plans import Plans
-    from autoseg.preprocess import plans_key, preprocessed_folder
+    from autoseg.data.plans import Plans
+    from autoseg.preprocessing.cache import complete_cases
+    from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
 
     plans = Plans.from_json(home / root.name / "plans.json")
     config = plans.configurations["3d_fullres"]
@@ -169,7 +169,7 @@ def test_more_than_256_labels_are_refused_before_anything_is_written(tmp_path: P
 def test_a_plan_that_fails_in_preprocessing_leaves_nothing_train_accepts(tmp_path, monkeypatch):
     root = tiny_dataset(tmp_path / "Task85_Fails", n_cases=5)
     home = tmp_path / "home"
-    import autoseg.preprocess as preprocess
+    import autoseg.preprocessing.preprocess as preprocess
 
     real = preprocess.preprocess_case
 
@@ -241,7 +241,7 @@ def test_a_killed_plan_leaves_nothing_train_accepts(tmp_path: Path, moment: str)
 
 @pytest.mark.parametrize("layout", ["msd", "nnunet"])
 def test_a_label_that_looks_like_ignore_is_refused(tmp_path: Path, layout: str):
-    """'ignore' itself is supported (tests/test_ignore_label.py); 'Ignore ' must not be trained
+    """'ignore' itself is supported (tests/data/test_ignore_label.py); 'Ignore ' must not be trained
     as an ordinary class by accident."""
     root = tiny_dataset(tmp_path / "Task87_Ignore", layout=layout)
     meta = json.loads((root / "dataset.json").read_text())
@@ -337,7 +337,7 @@ def test_a_case_added_after_the_splits_were_made_is_reported(tmp_path: Path):
     (root / "dataset.json").write_text(json.dumps(meta))
     home = tmp_path / "home"
     assert plan(root, home).exit_code == 0
-    from autoseg.splits import load_or_create_splits  # as the first `train` makes them
+    from autoseg.data.splits import load_or_create_splits  # as the first `train` makes them
 
     load_or_create_splits(home / root.name / "splits.json", [f"case_{i:03d}" for i in range(5)])
     meta["training"] = full

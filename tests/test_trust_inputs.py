@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from tests.reliability_helpers import (
     assert_clean_failure,
     cli,
@@ -382,7 +382,7 @@ def test_a_dataset_folder_name_with_a_trailing_space_is_found_by_name(tmp_path: 
     root = tiny_dataset(tmp_path / "Task66_Space ", n_cases=5)
     home = tmp_path / "home"
     assert cli("plan", root, "--home", home, *PLAN).exit_code == 0
-    from autoseg.paths import resolve_dataset
+    from autoseg.data.paths import resolve_dataset
 
     assert resolve_dataset("Task66_Space ", home).raw == root  # the raw folder, space and all
     result = cli("train", "Task66_Space ", "3d_fullres", 0, "--home", home, *QUICK)

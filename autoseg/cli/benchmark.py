@@ -35,20 +35,20 @@ import torch
 from rich.table import Table
 
 from autoseg import __version__
-from autoseg.dataset import load_dataset
+from autoseg.data.dataset import load_dataset
+from autoseg.data.io import read_image
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Plans
+from autoseg.data.splits import make_splits
 from autoseg.device import resolve_device
 from autoseg.errors import AutosegError
-from autoseg.io import read_image
-from autoseg.loader import BatchLoader
-from autoseg.network import build_network
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Plans
-from autoseg.predictor import Predictor
-from autoseg.preprocess import load_case
+from autoseg.inference.predictor import Predictor
+from autoseg.networks.unet import build_network
+from autoseg.preprocessing.preprocess import load_case
 from autoseg.serial import dump_json, to_dict
-from autoseg.splits import make_splits
-from autoseg.step import TrainingStep
-from autoseg.train import default_workers, preprocessed_cases
+from autoseg.training.loader import BatchLoader
+from autoseg.training.step import TrainingStep
+from autoseg.training.train import default_workers, preprocessed_cases
 
 log = logging.getLogger(__name__)
 

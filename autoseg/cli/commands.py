@@ -18,13 +18,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from autoseg import __version__
-from autoseg.cli_habits import HabitGroup
-from autoseg.cli_models import register_model_commands
-from autoseg.cli_options import CompileOpt, DeviceOpt, HomeOpt, PlannerOpt
-from autoseg.cli_options import console as _console
-from autoseg.cli_options import cpu_workers as _workers
-from autoseg.cli_options import err as _err
-from autoseg.cli_predict import register_predict_commands
+from autoseg.cli.habits import HabitGroup
+from autoseg.cli.models import register_model_commands
+from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt, PlannerOpt
+from autoseg.cli.options import console as _console
+from autoseg.cli.options import cpu_workers as _workers
+from autoseg.cli.options import err as _err
+from autoseg.cli.predict import register_predict_commands
 
 app = typer.Typer(
     name="autoseg",
@@ -162,7 +162,7 @@ def plan(
     ] = "npy",
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
-    from autoseg.planning import plan_dataset
+    from autoseg.planning.runner import plan_dataset
 
     summary = plan_dataset(
         dataset,
@@ -235,10 +235,10 @@ def train(
     compile: CompileOpt = None,
 ) -> None:
     """Train one fold of a planned configuration."""
-    from autoseg.paths import resolve_dataset, resolve_home
-    from autoseg.plans import Plans
-    from autoseg.splits import parse_fold
-    from autoseg.train import TrainSettings, train_fold
+    from autoseg.data.paths import resolve_dataset, resolve_home
+    from autoseg.data.plans import Plans
+    from autoseg.data.splits import parse_fold
+    from autoseg.training.train import TrainSettings, train_fold
 
     dirs = resolve_dataset(dataset, resolve_home(home))
     plans = Plans.from_json(dirs.require_plans(planner))
@@ -264,7 +264,7 @@ def train(
     _console().print(f"trained: {folder}")
 
 
-# predict, evaluate, instances (autoseg.cli_predict), listed after train in --help
+# predict, evaluate, instances (autoseg.cli.predict), listed after train in --help
 register_predict_commands(app, user_errors)  # predict, evaluate, instances
 
 
@@ -286,9 +286,9 @@ def benchmark(
     cpu_bf16: CpuBf16Opt = True,
 ) -> None:
     """Epoch time with and without data loading, it/s, peak memory and prediction speed."""
-    from autoseg.benchmark import run_benchmark
-    from autoseg.paths import resolve_dataset, resolve_home
-    from autoseg.plans import Plans
+    from autoseg.cli.benchmark import run_benchmark
+    from autoseg.data.paths import resolve_dataset, resolve_home
+    from autoseg.data.plans import Plans
 
     dirs = resolve_dataset(dataset, resolve_home(home))
     plans = Plans.from_json(dirs.require_plans(planner))
@@ -319,8 +319,8 @@ def find_best(
     home: HomeOpt = None,
 ) -> None:
     """The best trained configuration by cross-validation Dice, and how to predict with it."""
-    from autoseg.crossval import find_best_configuration
-    from autoseg.paths import resolve_dataset, resolve_home
+    from autoseg.data.paths import resolve_dataset, resolve_home
+    from autoseg.evaluation.crossval import find_best_configuration
 
     dirs = resolve_dataset(dataset, resolve_home(home))
     find_best_configuration(dirs).print(_console())
@@ -341,8 +341,8 @@ def demo(
     workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
 ) -> None:
     """Plan, train, predict and evaluate on real hippocampus MRI shipped in the package."""
-    from autoseg.demo import DemoSettings, run_demo
-    from autoseg.paths import resolve_home
+    from autoseg.cli.demo import DemoSettings, run_demo
+    from autoseg.data.paths import resolve_home
 
     console = _console()
     settings = DemoSettings(seed=seed)
@@ -366,7 +366,7 @@ def demo(
     console.print("times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
 
 
-register_model_commands(app, user_errors)  # export, import, ensemble (autoseg.cli_models)
+register_model_commands(app, user_errors)  # export, import, ensemble (autoseg.cli.models)
 
 
 def main() -> None:

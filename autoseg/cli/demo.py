@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.io import read_array
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.paths import resolve_dataset
 from autoseg.errors import AutosegError
-from autoseg.evaluate import evaluate_folders
-from autoseg.io import read_array
-from autoseg.model_folder import ModelFolder
-from autoseg.overlay import save_overlay as draw_overlay
-from autoseg.paths import resolve_dataset
-from autoseg.planning import plan_dataset
-from autoseg.predictor import Predictor, predict_folder
-from autoseg.step import OptimizerSettings
-from autoseg.train import TrainSettings, train_fold
+from autoseg.evaluation.evaluate import evaluate_folders
+from autoseg.evaluation.overlay import save_overlay as draw_overlay
+from autoseg.inference.predictor import Predictor, predict_folder
+from autoseg.planning.runner import plan_dataset
+from autoseg.training.step import OptimizerSettings
+from autoseg.training.train import TrainSettings, train_fold
 
 log = logging.getLogger(__name__)
 DEMO_DATASET = "Hippocampus"
@@ -62,7 +62,8 @@ def save_overlay(
     slices: int = 3,
     names: dict[int, str] | None = None,
 ) -> None:
-    """A PNG of a few slices of one case: image, reference and prediction (autoseg.overlay)."""
+    """A PNG of a few slices of one case: image, reference and prediction
+    (autoseg.evaluation.overlay)."""
     image, _ = read_array(image_path)
     maps = [
         (title, np.rint(read_array(path)[0]).astype(np.int64))

@@ -1,7 +1,7 @@
 """The commands that move, combine and show models' results: ``export``, ``import``,
 ``ensemble`` and ``overlay``.
 
-Registered on the main typer app by ``autoseg.cli`` (``register_model_commands``), with its
+Registered on the main typer app by ``autoseg.cli.commands`` (``register_model_commands``), with its
 error handling; like every command, they import the library inside the command body so that
 ``autoseg --help`` stays instant.
 """
@@ -55,7 +55,7 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         if (archive is None) == (onnx is None):
             raise AutosegError("give either ARCHIVE (a .zip) or --onnx FILE")
         if onnx is not None:
-            from autoseg.onnx_export import export_onnx
+            from autoseg.inference.onnx_export import export_onnx
 
             if fold_list is not None and len(fold_list) != 1:
                 raise AutosegError("--onnx exports one fold: give one with -f")
@@ -68,7 +68,7 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
             )
             _console().print(f"exported fold {result.fold} to {onnx}{checked}")
             return
-        from autoseg.exchange import export_model
+        from autoseg.inference.exchange import export_model
 
         manifest = export_model(model, archive, fold_list, checkpoint, overwrite)
         _console().print(
@@ -91,8 +91,8 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         ] = False,
     ) -> None:
         """Install an exported model into the home folder (refuses anything unexpected)."""
-        from autoseg.exchange import import_model
-        from autoseg.paths import resolve_home
+        from autoseg.data.paths import resolve_home
+        from autoseg.inference.exchange import import_model
 
         folder = import_model(archive, resolve_home(home), overwrite=overwrite)
         _console().print(
@@ -110,7 +110,7 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
     ) -> None:
         """Average the saved probabilities of several predictions (repeat -i) into label maps."""
-        from autoseg.ensemble import ensemble_folders
+        from autoseg.evaluation.ensemble import ensemble_folders
 
         report = ensemble_folders(inputs, output, overwrite=overwrite)
         n_skipped = len(report.skipped)
@@ -136,9 +136,9 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         slices: Annotated[int, typer.Option(min=1, max=12, help="Slices per case.")] = 3,
     ) -> None:
         """PNGs of a few slices per case: image, reference and prediction, with a legend."""
-        from autoseg.dataset import load_dataset
-        from autoseg.overlay import overlay_folders
-        from autoseg.paths import resolve_dataset, resolve_home
+        from autoseg.data.dataset import load_dataset
+        from autoseg.data.paths import resolve_dataset, resolve_home
+        from autoseg.evaluation.overlay import overlay_folders
 
         names = None
         if dataset is not None:

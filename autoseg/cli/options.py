@@ -1,5 +1,5 @@
-"""Option types and console helpers shared by the command modules (``autoseg.cli``,
-``autoseg.cli_predict``); torch-free, like every module the CLI imports at start-up."""
+"""Option types and console helpers shared by the command modules (``autoseg.cli.commands``,
+``autoseg.cli.predict``); torch-free, like every module the CLI imports at start-up."""
 
 from __future__ import annotations
 

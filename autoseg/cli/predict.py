@@ -1,6 +1,7 @@
 """The commands on images: ``predict``, ``evaluate`` and ``instances``.
 
-Registered on the main typer app by ``autoseg.cli`` (``register_predict_commands``), with its
+Registered on the main typer app by ``autoseg.cli.commands`` (``register_predict_commands``), with
+its
 error handling; like every command, they import the library inside the command body so that
 ``autoseg --help`` stays instant (and torch is not imported before a command runs).
 """
@@ -14,10 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
-from autoseg.cli_options import CompileOpt, DeviceOpt, HomeOpt
-from autoseg.cli_options import console as _console
-from autoseg.cli_options import cpu_workers as _workers
-from autoseg.cli_options import err as _err
+from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt
+from autoseg.cli.options import console as _console
+from autoseg.cli.options import cpu_workers as _workers
+from autoseg.cli.options import err as _err
 
 __all__ = ["register_predict_commands"]
 
@@ -85,11 +86,11 @@ def predict(
     compile: CompileOpt = None,
 ) -> None:
     """Predict images with a trained model; outputs keep each input's format and exact geometry."""
+    from autoseg.data.model_folder import find_model_folders
+    from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.errors import AutosegError
-    from autoseg.model_folder import find_model_folders
-    from autoseg.paths import resolve_dataset, resolve_home
-    from autoseg.predictor import Predictor, predict_folder
-    from autoseg.shards import check_part
+    from autoseg.inference.predictor import Predictor, predict_folder
+    from autoseg.inference.shards import check_part
 
     check_part(part, parts)
     for path in inputs:
@@ -185,10 +186,10 @@ def evaluate(
     HD95 and NSD per case and label (per region for a region-based --dataset-json), with means."""
     import dataclasses
 
-    from autoseg.cli_habits import command_line
+    from autoseg.cli.habits import command_line
     from autoseg.errors import AutosegError
-    from autoseg.evaluate import evaluate_folders
-    from autoseg.evaluation_labels import read_evaluation_labels
+    from autoseg.evaluation.evaluate import evaluate_folders
+    from autoseg.evaluation.labels import read_evaluation_labels
 
     if folders:
         raise AutosegError(
@@ -234,7 +235,7 @@ def instances(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
 ) -> None:
     """Split semantic predictions into objects: an instance label map per file (same format)."""
-    from autoseg.instances import instances_folder
+    from autoseg.evaluation.instances import instances_folder
 
     report = instances_folder(predictions, output, border_label, min_size, overwrite)
     total = sum(report.objects.values())

@@ -1,6 +1,6 @@
 """PNG, BMP and TIFF files: 2D microscopy images and 3D TIFF stacks, read and written.
 
-``autoseg.io`` hands these endings here and wraps the result in its ``Geometry``; the rest of
+``autoseg.data.io`` hands these endings here and wraps the result in its ``Geometry``; the rest of
 autoseg sees the usual ``(C, Z, Y, X)`` arrays. The rules:
 
 - A 2D file becomes one slice: ``(Z=1, Y, X)``. Grayscale (8 or 16 bit, or 32-bit TIFF) is one
@@ -196,7 +196,7 @@ def read_file(
         path: the file.
         ending: its ending (one of ``ENDINGS``).
         check: called as ``check(stored shape, dtype, spatial spacing)`` before the pixels are
-            read (``autoseg.io.check_header``: type, spacing range, size against memory).
+            read (``autoseg.data.io.check_header``: type, spacing range, size against memory).
 
     Returns:
         ``(array, spacing, header)``: array ``(Z, Y, X)`` or ``(C, Z, Y, X)`` (several

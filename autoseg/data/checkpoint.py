@@ -38,9 +38,10 @@ class CheckpointMeta:
         in_channels: input channels; None when not recorded.
         plans: the plans trained with, as plain JSON.
         settings: the ``TrainSettings``, as plain JSON.
-        history: the training curves (``autoseg.progress.History.to_dict``).
+        history: the training curves (``autoseg.training.progress.History.to_dict``).
         augmentation: where training batches were augmented (``cpu`` or ``device``).
-        loss: the registered loss trained with (``autoseg.loss_options``); empty in checkpoints
+        loss: the registered loss trained with (``autoseg.training.losses.options``); empty in
+        checkpoints
             written before losses had names (they trained ``dice_ce``).
         autoseg_version: the version that wrote it.
     """

@@ -2,7 +2,7 @@
 
 ``load_dataset`` checks the folder's structure (dataset.json, which files exist, how they are
 named) and returns a ``DatasetSpec``; it never opens an image. What is *inside* each file is
-checked later, case by case, by ``autoseg.fingerprint.inspect_case``. Both collect every
+checked later, case by case, by ``autoseg.planning.fingerprint.inspect_case``. Both collect every
 problem they find and raise them together as one ``DatasetError``.
 
 MSD layout: dataset.json lists ``training: [{"image": "./imagesTr/x.nii.gz", "label": ...}]``,
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg.data.bitmaps import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.data.bitmaps import is_sidecar
+from autoseg.data.ignore import ignore_label_problem
+from autoseg.data.io import IMAGE_ENDINGS, file_ending, strip_ending
+from autoseg.data.regions import Region, is_region_based, parse_regions
 from autoseg.errors import DatasetError, Problem
-from autoseg.ignore import ignore_label_problem
-from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
-from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
-from autoseg.io_formats import is_sidecar
-from autoseg.regions import Region, is_region_based, parse_regions
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class DatasetSpec:
         labels: label value -> name, background (0) included.
         cases: training cases, sorted by case id.
         file_ending: the image file ending (``.nii.gz``, ``.nrrd``, ...).
-        regions: the regions of a region-based dataset (``autoseg.regions``), else empty.
+        regions: the regions of a region-based dataset (``autoseg.data.regions``), else empty.
     """
 
     name: str
@@ -294,7 +294,7 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
             f"(values 0..{MAX_LABEL_VALUE}, stored as 8 bits)"
         )
         return None
-    ignore_problem = ignore_label_problem(labels)  # sparse annotation: autoseg.ignore
+    ignore_problem = ignore_label_problem(labels)  # sparse annotation: autoseg.data.ignore
     if ignore_problem is not None:
         problems.meta(f"'labels': {ignore_problem}")
         return None

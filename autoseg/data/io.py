@@ -8,7 +8,7 @@ exactly the input's geometry (shape, affine, qform/sform codes).
 
 NIfTI goes through nibabel; .nrrd, .nhdr, .mha, .mhd through SimpleITK, imported only when
 such a file is met; 2D microscopy images (.png, .bmp, .tif, .tiff) and 3D TIFF stacks through
-``autoseg.io_formats`` (Pillow, tifffile), whose rules map them to ``(C, Z=1, Y, X)``.
+``autoseg.data.bitmaps`` (Pillow, tifffile), whose rules map them to ``(C, Z=1, Y, X)``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from autoseg import io_formats
+from autoseg.data import bitmaps as io_formats
 from autoseg.errors import AutosegError
 from autoseg.memory import require_memory
 from autoseg.serial import atomic_output

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoseg.data.splits import NUM_FOLDS
 from autoseg.errors import AutosegError
-from autoseg.splits import NUM_FOLDS
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Written as ``<home>/<dataset>/plans.json`` (or ``plans_<planner>.json`` for othe
 Every field is plain data so the file stays readable and diffable; the same fingerprint and
 budget always give byte-identical JSON.
 
-Axis order everywhere is (Z, Y, X) — see ``autoseg.io``.
+Axis order everywhere is (Z, Y, X) — see ``autoseg.data.io``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoseg.data.ignore import ignore_label, predicted_labels
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError
-from autoseg.ignore import ignore_label, predicted_labels
-from autoseg.regions import Region
 from autoseg.serial import dump_json, load_json
 
 

@@ -14,16 +14,16 @@ from typing import Any
 
 from rich.table import Table
 
-from autoseg.cache import require_planned
-from autoseg.ensemble import evaluate_cv_ensembles
-from autoseg.evaluate import Evaluation
-from autoseg.ignore import mask_ignored
-from autoseg.io import file_ending, read_array, strip_ending
-from autoseg.model_folder import CV_FOLDS, ModelFolder, find_model_folders
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Plans
-from autoseg.postprocess import decide_postprocessing
-from autoseg.splits import NUM_FOLDS
+from autoseg.data.ignore import mask_ignored
+from autoseg.data.io import file_ending, read_array, strip_ending
+from autoseg.data.model_folder import CV_FOLDS, ModelFolder, find_model_folders
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Plans
+from autoseg.data.splits import NUM_FOLDS
+from autoseg.evaluation.ensemble import evaluate_cv_ensembles
+from autoseg.evaluation.evaluate import Evaluation
+from autoseg.inference.postprocess import decide_postprocessing
+from autoseg.preprocessing.cache import require_planned
 
 log = logging.getLogger(__name__)
 

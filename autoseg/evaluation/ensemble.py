@@ -17,12 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
+from autoseg.data.model_folder import ModelFolder
 from autoseg.errors import AutosegError, DatasetError, Problem
-from autoseg.evaluate import Evaluation, evaluate_arrays
-from autoseg.inputs import refuse_outputs_that_are_inputs
-from autoseg.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
-from autoseg.model_folder import ModelFolder
-from autoseg.probability_files import load_probabilities, probability_files, probability_header
+from autoseg.evaluation.evaluate import Evaluation, evaluate_arrays
+from autoseg.inference.inputs import refuse_outputs_that_are_inputs
+from autoseg.inference.probability_files import (
+    load_probabilities,
+    probability_files,
+    probability_header,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,16 @@
 """Scoring folders (or in-memory lists) of label maps against references, and the report.
 
 The metrics of one case (Dice, IoU, precision, recall, HD95, NSD) and their definitions, which
-are MONAI's, live in :mod:`autoseg.metrics`. Here: reading and checking the files, scoring every
+are MONAI's, live in :mod:`autoseg.evaluation.metrics`. Here: reading and checking the files,
+scoring every
 case (in worker processes), the means per label, and the report (JSON, CSV, a table).
 
 Means over cases always exist (no metric is ever NaN). Background (0) is never scored by
 :func:`evaluate_folders` or :func:`evaluate_arrays`.
 
 For 2D label maps (a single slice) each case also gets the object metrics of
-``autoseg.metrics_micro`` per label (pixel error, Rand error, detection F1 at IoU 0.5), in
+``autoseg.evaluation.metrics_microscopy`` per label (pixel error, Rand error, detection F1 at IoU
+0.5), in
 ``CaseResult.objects`` and ``Evaluation.object_means``, and as extra CSV columns.
 """
 
@@ -25,11 +27,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from autoseg.data.ignore import IGNORE_NAME, ignore_label, mask_ignored
+from autoseg.data.io import Geometry, file_ending, read_array, strip_ending
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError, DatasetError, Problem
-from autoseg.ignore import IGNORE_NAME, ignore_label, mask_ignored
-from autoseg.io import Geometry, file_ending, read_array, strip_ending
-from autoseg.metrics import COUNT_NAMES, METRIC_NAMES, LabelMetrics, case_metrics
-from autoseg.metrics_micro import (
+from autoseg.evaluation.metrics import COUNT_NAMES, METRIC_NAMES, LabelMetrics, case_metrics
+from autoseg.evaluation.metrics_microscopy import (
     OBJECT_METRIC_NAMES,
     ObjectMeans,
     ObjectMetrics,
@@ -37,7 +40,6 @@ from autoseg.metrics_micro import (
     mean_object_metrics,
     object_table,
 )
-from autoseg.regions import Region
 from autoseg.serial import atomic_write_text, dump_json, load_json, to_dict
 
 if TYPE_CHECKING:
@@ -83,7 +85,8 @@ class Evaluation:
         nsd_tolerance_mm: the NSD tolerance used.
         object_means: label value -> means of the object metrics (2D label maps; else empty).
         command: the command line that produced it ("" when called from Python).
-        metrics: whose metric definitions were used: ``"monai"`` (``autoseg.metrics``); ``""``
+        metrics: whose metric definitions were used: ``"monai"`` (``autoseg.evaluation.metrics``);
+        ``""``
             in a file written before autoseg recorded it (other surface definitions).
         regions: for a region-based dataset, the regions scored: then the keys of ``labels``
             and of the metrics are region numbers (1, 2, ... in this order), not label values.
@@ -394,7 +397,7 @@ def evaluate_folders(
     Args:
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps (file names ``<case_id><ending>``).
-        labels: value -> name of the labels to score (``autoseg.dataset.read_label_names``);
+        labels: value -> name of the labels to score (``autoseg.data.dataset.read_label_names``);
             other values in the files are not scored (with a warning). Default: every non-zero
             value found in the references or the predictions, named by its value. Reference
             voxels of a label named ``ignore`` are left out of every score.

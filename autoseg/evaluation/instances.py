@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from autoseg.data.io import file_ending, read_array, write_label
 from autoseg.errors import AutosegError
-from autoseg.inputs import refuse_outputs_that_are_inputs
-from autoseg.io import file_ending, read_array, write_label
+from autoseg.inference.inputs import refuse_outputs_that_are_inputs
 
 log = logging.getLogger(__name__)
 

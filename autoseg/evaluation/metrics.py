@@ -2,7 +2,7 @@
 
 The definitions are MONAI's (``monai.metrics``: ``compute_dice``,
 ``compute_hausdorff_distance(percentile=95)``, ``compute_surface_dice``), so results compare
-directly with the library most users check against; ``tests/test_metrics_monai.py`` holds
+directly with the library most users check against; ``tests/evaluation/test_metrics_monai.py`` holds
 them to it. Per case and label, with ``P`` the predicted and ``R`` the reference voxels:
 
 - ``dice = 2TP / (2TP + FP + FN)``, ``iou = TP / (TP + FP + FN)``,
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from autoseg.ignore import mask_ignored
-from autoseg.regions import Region
+from autoseg.data.ignore import mask_ignored
+from autoseg.data.regions import Region
 
 METRIC_NAMES = ("dice", "iou", "precision", "recall", "hd95", "nsd")
 COUNT_NAMES = ("tp", "fp", "fn", "n_pred", "n_ref")
@@ -152,7 +152,7 @@ def case_metrics(
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         ignore_label: voxels the reference labels so are background in both maps (they count
             as neither TP, FP nor FN); the value itself is not scored.
-        regions: score these regions (``autoseg.regions``) instead of ``labels``: region i
+        regions: score these regions (``autoseg.data.regions``) instead of ``labels``: region i
             (1-based) is the set of voxels holding any of its values.
 
     Returns:

@@ -13,7 +13,8 @@ label's mask in the prediction and in the reference:
 
 Empty cases never give NaN: both without objects: errors 0, F1 1; one side empty: Rand error 1,
 F1 0; objects of single pixels (no pixel pair in one object): Rand error 0.
-``autoseg.evaluate`` computes these next to Dice, IoU and HD95 when the label maps are 2D (a
+``autoseg.evaluation.evaluate`` computes these next to Dice, IoU and HD95 when the label maps are
+2D (a
 single slice); scikit-image is imported only then.
 """
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset import split_channel_suffix
+from autoseg.data.dataset import split_channel_suffix
+from autoseg.data.io import file_ending, read_array, strip_ending
 from autoseg.errors import AutosegError, DatasetError, Problem
-from autoseg.io import file_ending, read_array, strip_ending
 
 log = logging.getLogger(__name__)
 

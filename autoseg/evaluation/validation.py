@@ -12,16 +12,16 @@ import logging
 import shutil
 from collections.abc import Iterable
 
-from autoseg.cascade import cv_predictions
-from autoseg.crossval import decide_cv_postprocessing
-from autoseg.dataset import load_dataset
-from autoseg.evaluate import evaluate_folders
-from autoseg.io import file_ending, read_array
-from autoseg.io_formats import companion_files
-from autoseg.model_folder import ModelFolder
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Configuration, Plans
-from autoseg.predictor import Predictor, predict_folder
+from autoseg.data.bitmaps import companion_files
+from autoseg.data.dataset import load_dataset
+from autoseg.data.io import file_ending, read_array
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Configuration, Plans
+from autoseg.evaluation.crossval import decide_cv_postprocessing
+from autoseg.evaluation.evaluate import evaluate_folders
+from autoseg.inference.cascade import cv_predictions
+from autoseg.inference.predictor import Predictor, predict_folder
 from autoseg.serial import atomic_write_text
 
 log = logging.getLogger(__name__)

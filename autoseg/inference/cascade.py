@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.dataset import load_dataset
+from autoseg.data.dataset import load_dataset
+from autoseg.data.io import Image, file_ending, read_array, read_image, strip_ending
+from autoseg.data.model_folder import CV_FOLDS, ModelFolder
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Configuration, Plans
 from autoseg.errors import AutosegError
-from autoseg.io import Image, file_ending, read_array, read_image, strip_ending
-from autoseg.model_folder import CV_FOLDS, ModelFolder
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Configuration, Plans
-from autoseg.preprocess import CaseProperties, preprocess_image
+from autoseg.preprocessing.preprocess import CaseProperties, preprocess_image
 from autoseg.serial import atomic_output, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)

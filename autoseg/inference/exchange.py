@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from autoseg import __version__
-from autoseg.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.data.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.data.model_folder import ModelFolder, checkpoint_file
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.model_folder import ModelFolder, checkpoint_file
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Plans
 from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ def import_model(archive: str | Path, home: Path, overwrite: bool = False) -> Pa
     """
     archive = Path(archive)
     # heavy: torch and the network, only to check that the weights fit (start-up time)
-    from autoseg.predictor import Predictor
+    from autoseg.inference.predictor import Predictor
 
     with _open_zip(archive) as zf:
         files = _check_members(archive, zf)

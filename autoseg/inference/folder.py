@@ -3,7 +3,7 @@
 Reading and preprocessing the next case and exporting the previous one run in background
 threads while the network works on the current one. Every output goes through a temp name and
 the label map is written last, so an interrupted run can be resumed. The predictor is anything
-with ``autoseg.predictor.Predictor``'s case stages (``CasePredictor``).
+with ``autoseg.inference.predictor.Predictor``'s case stages (``CasePredictor``).
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from typing import Any, Protocol
 import numpy as np
 from rich.progress import MofNCompleteColumn, Progress
 
+from autoseg.data.io import Geometry, Image, read_image, write_label
 from autoseg.errors import AutosegError, Problem
-from autoseg.inputs import (
+from autoseg.inference.inputs import (
     group_input_files,
     list_input_files,
     output_path,
     refuse_outputs_that_are_inputs,
 )
-from autoseg.io import Geometry, Image, read_image, write_label
-from autoseg.probability_files import save_probabilities as write_probabilities
-from autoseg.shards import select_part
+from autoseg.inference.probability_files import save_probabilities as write_probabilities
+from autoseg.inference.shards import select_part
 from autoseg.terminal import progress_bar
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def predict_folder(
         overwrite: replace existing outputs.
         save_probabilities: also write the probabilities.
         progress: show a progress bar.
-        part, parts: predict only share ``part`` of ``parts`` (``autoseg.shards``): n
+        part, parts: predict only share ``part`` of ``parts`` (``autoseg.inference.shards``): n
             processes with parts n and parts 0 .. n-1 predict every case once.
         workers: threads reading (and, as many, writing) cases beside the network.
 

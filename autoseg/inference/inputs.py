@@ -1,7 +1,8 @@
 """Input files of ``predict``: which files form which case, and that no output is an input.
 
 ``group_input_files`` turns the folders and files a user points ``predict`` at into cases
-(channel files ``CASE_0000 .. CASE_000k``, by the channel-suffix rule of ``autoseg.dataset``, or
+(channel files ``CASE_0000 .. CASE_000k``, by the channel-suffix rule of ``autoseg.data.dataset``,
+or
 one file per case). ``refuse_outputs_that_are_inputs`` compares resolved real paths (and
 ``samefile`` for hard links), so that no symlink, hard link or ``-o`` equal to ``-i`` lets an
 output replace a file the user gave.
@@ -15,11 +16,11 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from autoseg.dataset import split_channel_suffix
+from autoseg.data.bitmaps import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.data.bitmaps import is_sidecar
+from autoseg.data.dataset import split_channel_suffix
+from autoseg.data.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.errors import AutosegError, Problem
-from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
-from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
-from autoseg.io_formats import is_sidecar
 
 log = logging.getLogger(__name__)
 

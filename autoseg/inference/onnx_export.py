@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoseg.checkpoint import load_checkpoint
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.model_folder import ModelFolder
-from autoseg.network import build_network
-from autoseg.plans import Plans
+from autoseg.networks.unet import build_network
 from autoseg.serial import atomic_output, dumps
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ def export_onnx(
 
 def onnx_network(path: str | Path):
     """A callable ``(B, C, *patch) tensor -> (B, K, *patch) tensor`` running ``path`` with
-    onnxruntime on the CPU: what ``autoseg.sliding_window.sliding_window_logits`` takes."""
+    onnxruntime on the CPU: what ``autoseg.inference.sliding_window.sliding_window_logits``
+    takes."""
     ort = _require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

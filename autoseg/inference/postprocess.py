@@ -120,7 +120,7 @@ def apply_postprocessing(labels_array: np.ndarray, decision: PostprocessingDecis
 
 
 def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
-    """Dice of one label; 1 when absent from both (the rule of autoseg.evaluate)."""
+    """Dice of one label; 1 when absent from both (the rule of autoseg.evaluation.evaluate)."""
     p, r = pred == label, ref == label
     denominator = int(p.sum()) + int(r.sum())
     return 1.0 if denominator == 0 else 2.0 * np.count_nonzero(p & r) / denominator

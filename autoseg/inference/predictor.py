@@ -6,7 +6,7 @@ A model folder is ``<home>/<dataset>/models/<planner>/<config>/`` (see docs/arch
 fold (mirroring TTA), averaged over the folds -> softmax -> ``restore_probabilities`` (original
 spacing and uncropped shape) -> argmax -> label values -> post-processing.
 
-``predict_folder`` (``autoseg.predict_cases``, re-exported here) runs a folder of cases through
+``predict_folder`` (``autoseg.inference.folder``, re-exported here) runs a folder of cases through
 a ``Predictor``.
 """
 
@@ -20,26 +20,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoseg.cascade import PreviousStage, input_channels, previous_stage_input
-from autoseg.checkpoint import load_checkpoint
-from autoseg.compiled import compile_with_fallback, use_compile
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.io import Geometry, Image
+from autoseg.data.model_folder import ModelFolder, checkpoint_file
+from autoseg.data.plans import Configuration, Plans
+from autoseg.data.regions import regions_to_labels
 from autoseg.device import autocast, inference_settings, resolve_device
 from autoseg.errors import AutosegError
-from autoseg.io import Geometry, Image
-from autoseg.model_folder import ModelFolder, checkpoint_file
-from autoseg.network import build_network
-from autoseg.plans import Configuration, Plans
-from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
-from autoseg.predict_cases import PredictionReport, predict_folder
-from autoseg.preprocess import preprocess_image, restore_probabilities
-from autoseg.regions import regions_to_labels
-from autoseg.sliding_window import (
+from autoseg.inference.cascade import PreviousStage, input_channels, previous_stage_input
+from autoseg.inference.folder import PredictionReport, predict_folder
+from autoseg.inference.postprocess import PostprocessingDecision, apply_postprocessing
+from autoseg.inference.sliding_window import (
     DEFAULT_TILE_SCALE,
     default_tile_batch,
     inference_tile_size,
     sliding_window_logits,
     sliding_window_logits_slices,
 )
+from autoseg.networks.compiled import compile_with_fallback, use_compile
+from autoseg.networks.unet import build_network
+from autoseg.preprocessing.preprocess import preprocess_image, restore_probabilities
 
 log = logging.getLogger(__name__)
 

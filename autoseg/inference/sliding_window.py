@@ -19,8 +19,8 @@ stride. A Hippocampus image just over the patch then takes one window instead of
 (docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases; fold-0 CV Dice of a trained
 3d_fullres model 0.8353 with the patch, 0.8349 widened). ``max_scale=1`` keeps the patch.
 
-Model loading, folds and folders of cases live in ``autoseg.predictor``; input files in
-``autoseg.inputs``; devices in ``autoseg.device``.
+Model loading, folds and folders of cases live in ``autoseg.inference.predictor``; input files in
+``autoseg.inference.inputs``; devices in ``autoseg.device``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attention U-Net (Oktay et al. 2018): the U-Net with an additive attention gate on each skip.
 
 Registered as network ``"attention"`` (planner ``attention``); 2D and 3D through the same
-layer classes as ``autoseg.network``, with the same encoder, decoder, heads and deep
+layer classes as ``autoseg.networks.unet``, with the same encoder, decoder, heads and deep
 supervision, so the plans are the plain U-Net's.
 
 The gate of decoder level ``s`` weighs the encoder's skip features ``x`` (``F_s`` channels) by
@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autoseg.network import (
+from autoseg.data.plans import Configuration
+from autoseg.networks.unet import (
     EncoderDecoder,
     PlainEncoder,
     UNetDecoder,
@@ -25,7 +26,6 @@ from autoseg.network import (
     _ops,
     register_network,
 )
-from autoseg.plans import Configuration
 
 
 class AttentionGate(nn.Module):

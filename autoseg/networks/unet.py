@@ -8,7 +8,7 @@ decorator and chosen by ``config.network``:
   stage's stride), a transposed-convolution decoder with skip concatenation and a 1x1
   segmentation head per decoder level (deep supervision).
 - ``"resenc"``: the same decoder on a residual encoder (stem conv, then basic residual blocks).
-- ``"attention"`` (``autoseg.network_attention``): the U-Net with an attention gate per skip.
+- ``"attention"`` (``autoseg.networks.attention``): the U-Net with an attention gate per skip.
 
 Every network exposes ``deep_supervision`` (bool, settable): True returns a list of logits
 ``[full, 1/2, 1/4, ...]`` (``num_stages - 1`` entries), False only the full-resolution logits
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autoseg.data.plans import Configuration
 from autoseg.errors import AutosegError
-from autoseg.plans import Configuration
 from autoseg.registry import Registry
 
 __all__ = [
@@ -38,10 +38,10 @@ __all__ = [
 ]
 
 NetworkBuilder = Callable[[Configuration, int, int], nn.Module]
-# built-ins register below and in autoseg.network_attention; plug-ins come from entry points
+# built-ins register below and in autoseg.networks.attention; plug-ins come from entry points
 # of group "autoseg.networks"
 NETWORKS: Registry[NetworkBuilder] = Registry(
-    "network", "autoseg.networks", ("autoseg.network_attention",)
+    "network", "autoseg.networks", ("autoseg.networks.attention",)
 )
 
 # Residual blocks per stage of the residual encoder when the plans do not say (nnU-Net ResEnc).

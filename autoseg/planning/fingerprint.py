@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 from rich.progress import MofNCompleteColumn, Progress
 
-from autoseg.dataset import Case, DatasetSpec
+from autoseg.data.bitmaps import ENDINGS as MICROSCOPY_ENDINGS
+from autoseg.data.dataset import Case, DatasetSpec
+from autoseg.data.ignore import ignore_label
+from autoseg.data.io import Geometry, file_ending, read_array
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError, DatasetError, Problem
-from autoseg.ignore import ignore_label
-from autoseg.io import Geometry, file_ending, read_array
-from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
-from autoseg.regions import Region
 from autoseg.serial import dump_json, load_json
 from autoseg.terminal import progress_bar
 
@@ -299,7 +299,7 @@ def compute_fingerprint(spec: DatasetSpec, workers: int = 1) -> Fingerprint:
     ``SAMPLES_PER_CHANNEL`` per channel in total). The result does not depend on ``workers``.
 
     Args:
-        spec: the dataset, from ``autoseg.dataset.load_dataset``.
+        spec: the dataset, from ``autoseg.data.dataset.load_dataset``.
         workers: worker processes; 1 or less inspects in this process.
 
     Returns:

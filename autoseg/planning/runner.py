@@ -15,17 +15,17 @@ from pathlib import Path
 
 from rich.table import Table
 
-from autoseg.cache import dataset_sources, invalidate_markers
-from autoseg.dataset import load_dataset
+from autoseg.data.dataset import load_dataset
+from autoseg.data.paths import DatasetDirs, record_source, resolve_dataset, resolve_home
+from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.fingerprint import compute_fingerprint
-from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_home
 from autoseg.planners import Budget, get_planner
-from autoseg.plans import Plans
-from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
-from autoseg.storage import check_storage
-from autoseg.transfer import plans_from as transfer_plans
-from autoseg.weightmap import ensure_weight_maps
+from autoseg.planning.fingerprint import compute_fingerprint
+from autoseg.planning.transfer import plans_from as transfer_plans
+from autoseg.preprocessing.cache import dataset_sources, invalidate_markers
+from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.preprocessing.storage import check_storage
+from autoseg.preprocessing.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def plan_dataset(
             preprocessed data are removed first): needed when another dataset folder of the
             same name was planned in this home before.
         plans_from: a dataset folder or name, already planned with ``planner``, whose network
-            topology the configurations take (``autoseg.transfer.plans_from``), so that its
+            topology the configurations take (``autoseg.planning.transfer.plans_from``), so that its
             trained weights fit for ``train --pretrained``.
 
     Raises:

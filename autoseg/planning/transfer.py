@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.model_folder import ModelFolder
-from autoseg.plans import Plans
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +146,7 @@ def load_pretrained(
         AutosegError: an unreadable checkpoint, or one of which nothing fits.
     """
     # heavy (torch): imported here so that `autoseg plan --plans-from` starts without it
-    from autoseg.checkpoint import load_checkpoint
+    from autoseg.data.checkpoint import load_checkpoint
 
     path = pretrained_checkpoint(source, configuration)
     theirs = load_checkpoint(path).model_state  # weights only

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.dataset import Case, DatasetSpec
+from autoseg.data.dataset import Case, DatasetSpec
 from autoseg.errors import AutosegError
 from autoseg.serial import InvalidJsonFile, dump_json, load_json
 

@@ -1,14 +1,14 @@
 """Intensity normalisation of one channel: CT clipping with dataset values, or per-image z-score.
 
-Used by ``autoseg.preprocess`` for training data and for every image predicted.
+Used by ``autoseg.preprocessing.preprocess`` for training data and for every image predicted.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from autoseg.data.plans import Normalization
 from autoseg.errors import AutosegError
-from autoseg.plans import Normalization
 
 
 def _mean_std(values: np.ndarray, chunk: int = 1 << 22) -> tuple[float, float]:

@@ -5,13 +5,13 @@ whole dataset and stores, per case, in ``<home>/<dataset>/preprocessed/<data_ide
 
 - ``<case>.img.npy``  float32 ``(C, Z, Y, X)``: cropped, resampled, normalised image;
 - ``<case>.seg.npy``  uint8 ``(1, Z, Y, X)``: its labels on the same grid (values 0..255);
-  (``.img.b2nd`` / ``.seg.b2nd`` with ``storage="blosc2"``: ``autoseg.storage``);
+  (``.img.b2nd`` / ``.seg.b2nd`` with ``storage="blosc2"``: ``autoseg.preprocessing.storage``);
 - ``<case>.fg.npz``   label -> int32 ``(N, 3)`` coordinates of up to 10,000 voxels of it;
 - ``<case>.json``     ``CaseProperties``, written last: its presence means the case is complete;
-- ``preprocessing.complete``: written after the last case (``autoseg.cache``).
+- ``preprocessing.complete``: written after the last case (``autoseg.preprocessing.cache``).
 
 A stored case is reused only when its ``source_key`` (the files' content, the settings and
-the autoseg version; see ``autoseg.cache``) is still the same.
+the autoseg version; see ``autoseg.preprocessing.cache``) is still the same.
 
 Preprocessing depends only on the spacing, the normalisation and the anisotropic axis, so
 configurations sharing a ``data_identifier`` (``2d`` and ``3d_fullres``) share the data.
@@ -33,16 +33,20 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from autoseg import cache
-from autoseg.dataset import MAX_LABEL_VALUE, Case, DatasetSpec
+from autoseg.data.dataset import MAX_LABEL_VALUE, Case, DatasetSpec
+from autoseg.data.io import Image, read_array, read_image
+from autoseg.data.plans import Configuration, Plans
 from autoseg.errors import AutosegError, DatasetError, Problem
-from autoseg.io import Image, read_array, read_image
 from autoseg.memory import require_memory
-from autoseg.normalize import normalize_channel
-from autoseg.plans import Configuration, Plans
-from autoseg.resample import resample_image, resample_labels, resample_probabilities, target_shape
-from autoseg.serial import dump_json, load_json, to_dict
-from autoseg.storage import (
+from autoseg.preprocessing import cache
+from autoseg.preprocessing.normalize import normalize_channel
+from autoseg.preprocessing.resample import (
+    resample_image,
+    resample_labels,
+    resample_probabilities,
+    target_shape,
+)
+from autoseg.preprocessing.storage import (
     ENDINGS,
     STORAGES,
     check_storage,
@@ -51,6 +55,7 @@ from autoseg.storage import (
     save_array,
     save_locations,
 )
+from autoseg.serial import dump_json, load_json, to_dict
 from autoseg.terminal import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -77,7 +82,7 @@ class CaseProperties:
         plans_key: ``plans_key(config)`` of the settings it was made with.
         anisotropic_axis: axis resampled with order 0 (thick slices), or None.
         source_key: ``cache.case_key`` of the files it was made from ("" when not from files).
-        storage: how its arrays are stored (``autoseg.storage.STORAGES``).
+        storage: how its arrays are stored (``autoseg.preprocessing.storage.STORAGES``).
     """
 
     case_id: str
@@ -395,7 +400,8 @@ def run_preprocessing(
 
     Args:
         sources: ``cache.dataset_sources(spec)`` when the caller has it (else computed here).
-        storage: ``npy`` or ``blosc2`` (``autoseg.storage``); a case stored in the other
+        storage: ``npy`` or ``blosc2`` (``autoseg.preprocessing.storage``); a case stored in the
+        other
             format is redone.
 
     Raises:

@@ -31,8 +31,8 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.errors import AutosegError
+from autoseg.preprocessing.storage import ENDINGS, STORAGES, load_array
 from autoseg.serial import atomic_output, atomic_write_text
-from autoseg.storage import ENDINGS, STORAGES, load_array
 
 log = logging.getLogger(__name__)
 

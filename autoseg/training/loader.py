@@ -12,7 +12,8 @@ and one patch from each:
 - The others are placed uniformly at random.
 - Placement is that of the *patch*: along an axis at least as long as the patch it stays inside
   the image; along a shorter axis the image is centred in it. With augmentation the region
-  read around the patch is larger (``autoseg.augment.sample_size``) so rotation and scaling find
+  read around the patch is larger (``autoseg.training.augment.pipeline.sample_size``) so rotation
+  and scaling find
   image data in the corners; whatever lies outside the image is 0 (image) and 0 (label).
 - 2D configurations pick a Z slice (the chosen voxel's slice for forced samples) and place the
   ``(Y, X)`` patch in it.
@@ -46,12 +47,12 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.augment import sample_size, training_transforms
-from autoseg.cascade_augment import previous_stage_channels
+from autoseg.data.plans import Configuration
 from autoseg.errors import AutosegError
-from autoseg.plans import Configuration
-from autoseg.preprocess import PreprocessedCase, load_case
-from autoseg.weightmap import load_weight_map
+from autoseg.preprocessing.preprocess import PreprocessedCase, load_case
+from autoseg.preprocessing.weightmap import load_weight_map
+from autoseg.training.augment.cascade import previous_stage_channels
+from autoseg.training.augment.pipeline import sample_size, training_transforms
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,8 @@ class _Sampler:
         """Derive this sampler's generators from ``(seed, worker)``."""
         sampling, np_global, py_global, cascade = np.random.SeedSequence([seed, worker]).spawn(4)
         self.rng = np.random.default_rng(sampling)
-        self.cascade_rng = np.random.default_rng(cascade)  # autoseg.cascade_augment's draws
+        # autoseg.training.augment.cascade's draws
+        self.cascade_rng = np.random.default_rng(cascade)
         self.np_random_state = np.random.RandomState(np_global.generate_state(1)).get_state()
         self.py_random_state = random.Random(int(py_global.generate_state(1)[0])).getstate()
 
@@ -328,24 +330,28 @@ class BatchLoader:
         case_ids: cases to draw from (with replacement).
         config: the configuration (``patch_size``, ``batch_size``; 2 patch values = 2D slices).
         seed: non-negative; fixes every batch for a given ``num_workers``.
-        augment: apply nnU-Net's augmentation (``autoseg.augment``); False gives plain crops.
+        augment: apply nnU-Net's augmentation (``autoseg.training.augment.pipeline``); False gives
+        plain crops.
         augmentation: ``cpu`` augments here with batchgenerators; ``device`` (with ``augment``)
-            yields the enlarged regions of ``autoseg.augment.sample_size`` un-augmented, for
-            ``autoseg.augment_device.DeviceAugmentation`` on the training device.
+            yields the enlarged regions of ``autoseg.training.augment.pipeline.sample_size``
+            un-augmented, for
+            ``autoseg.training.augment.pipeline_device.DeviceAugmentation`` on the training device.
         num_workers: 0 samples in the calling process; more starts that many worker processes
             (``fork`` where available), each buffering up to two batches.
         oversample_foreground: fraction of each batch forced to contain foreground.
-        elastic: add elastic deformation to the CPU augmentation (``autoseg.elastic``).
+        elastic: add elastic deformation to the CPU augmentation
+        (``autoseg.training.augment.elastic``).
         weights: also yield each patch's border weight map (``weight``, from
-            ``autoseg.weightmap``; CPU augmentation only).
+            ``autoseg.preprocessing.weightmap``; CPU augmentation only).
         ignore_label: a label value that is not foreground (``Plans.ignore_label``): forced
             samples never centre on it.
         previous_stage: for a cascade, ``(folder of CASE.npy, foreground labels)``: the
             previous stage's label maps are cropped and augmented with the target, then added
             one-hot (one channel per label) to the image channels, perturbed when augmenting
-            (``autoseg.cascade_augment``). With ``augmentation="device"`` they are yielded as
+            (``autoseg.training.augment.cascade``). With ``augmentation="device"`` they are yielded
+            as
             ``previous`` (B, 1, *region) uint8 instead, for
-            ``autoseg.cascade_augment_device.DevicePreviousStage``.
+            ``autoseg.training.augment.cascade_device.DevicePreviousStage``.
 
     Raises:
         AutosegError: no cases, or a case's preprocessed files are missing.

@@ -1,7 +1,7 @@
 """One training iteration: the network, its optimiser and loss, and the step on a batch.
 
-``TrainingStep`` is what the trainer (``autoseg.train``) and the benchmark
-(``autoseg.benchmark``) share, so that what is timed is exactly what trains: the planned network
+``TrainingStep`` is what the trainer (``autoseg.training.train``) and the benchmark
+(``autoseg.cli.benchmark``) share, so that what is timed is exactly what trains: the planned network
 (optionally wrapped in DistributedDataParallel), SGD with nesterov momentum, Dice +
 cross-entropy with deep supervision, bf16 autocast (on CUDA, and on a CPU with native bf16 unless
 ``cpu_bf16`` is False), gradient clipping, the host to device copy of a batch (pinned memory,
@@ -23,22 +23,22 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from autoseg.augment_device import DeviceAugmentation, resolve_augmentation
-from autoseg.cascade_augment_device import DevicePreviousStage
+from autoseg.data.plans import Configuration
+from autoseg.data.regions import Region
 from autoseg.device import autocast, cpu_has_bf16
-from autoseg.elastic_device import DeviceElastic
 from autoseg.errors import AutosegError
-from autoseg.loss import (
+from autoseg.networks.unet import build_network
+from autoseg.training.augment.cascade_device import DevicePreviousStage
+from autoseg.training.augment.elastic_device import DeviceElastic
+from autoseg.training.augment.pipeline_device import DeviceAugmentation, resolve_augmentation
+from autoseg.training.losses.dice_ce import (
     DeepSupervisionLoss,
     DiceCELoss,
     deep_supervision_weights,
     dice_counts,
     downsample_target,
 )
-from autoseg.network import build_network
-from autoseg.plans import Configuration
-from autoseg.region_loss import RegionDiceBCELoss, region_dice_counts
-from autoseg.regions import Region
+from autoseg.training.losses.region import RegionDiceBCELoss, region_dice_counts
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,10 @@ class TrainingStep:
         regions: ``Plans.regions``: one sigmoid output per region (``num_classes`` of them).
         cpu_bf16: on a CPU with native bf16, run the network under bf16 autocast.
         elastic: with the device path, also deform the batches elastically
-            (``autoseg.elastic_device``; the CPU path does it in the loader).
+            (``autoseg.training.augment.elastic_device``; the CPU path does it in the loader).
         previous_labels: a cascade stage's foreground labels: with the device path, the
             loader's ``previous`` label maps move with the target, then become these one-hot
-            channels, perturbed (``autoseg.cascade_augment_device``).
+            channels, perturbed (``autoseg.training.augment.cascade_device``).
 
     Attributes:
         network: the bare network (its ``state_dict`` is what checkpoints hold).

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.errors import AutosegError
-from autoseg.progress import History
+from autoseg.training.progress import History
 
 TRACKERS = ("none", "tensorboard")
 

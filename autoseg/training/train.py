@@ -6,7 +6,8 @@ gradient clipping 12) on Dice + cross-entropy with deep supervision, checkpoints
 at the end predicts and scores the fold's validation cases. Every budget is a value of
 ``TrainSettings`` (``--epochs 50``), never a subclass.
 
-One iteration (network, optimiser, loss, the step on a batch) is ``autoseg.step.TrainingStep``,
+One iteration (network, optimiser, loss, the step on a batch) is
+``autoseg.training.step.TrainingStep``,
 shared with ``autoseg benchmark`` so that what is timed is what trains.
 
 Determinism: the data of epoch ``e`` comes from a loader seeded with ``(seed, e)``, so a run
@@ -34,28 +35,28 @@ import torch.distributed as dist
 from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
-from autoseg.cache import complete_cases
-from autoseg.cascade import input_channels, prepare_previous_stage
-from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from autoseg.compiled import compile_with_fallback, use_compile
+from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from autoseg.data.model_folder import CHECKPOINTS, ModelFolder
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Configuration, Plans
+from autoseg.data.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.device import autocast, cpu_count, resolve_device
-from autoseg.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.errors import AutosegError
-from autoseg.loader import BatchLoader
-from autoseg.loss_options import DEFAULT_LOSS, build_loss, loss_needs_weights
-from autoseg.model_folder import CHECKPOINTS, ModelFolder
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Configuration, Plans
-from autoseg.preprocess import plans_key, preprocessed_folder
-from autoseg.progress import History, add_file_log, write_progress
+from autoseg.evaluation.validation import validate_fold
+from autoseg.inference.cascade import input_channels, prepare_previous_stage
+from autoseg.networks.compiled import compile_with_fallback, use_compile
+from autoseg.planning.transfer import load_pretrained, pretrained_checkpoint
+from autoseg.preprocessing.cache import complete_cases
+from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
+from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import to_dict
-from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
-from autoseg.step import OptimizerSettings, TrainingStep
 from autoseg.terminal import progress_bar
-from autoseg.tracking import check_tracking, open_tracker
-from autoseg.transfer import load_pretrained, pretrained_checkpoint
-from autoseg.validation import validate_fold
-from autoseg.weightmap import ensure_weight_maps
+from autoseg.training.augment.elastic import AUGMENTATIONS, ELASTIC
+from autoseg.training.loader import BatchLoader
+from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs_weights
+from autoseg.training.progress import History, add_file_log, write_progress
+from autoseg.training.step import OptimizerSettings, TrainingStep
+from autoseg.training.tracking import check_tracking, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,25 @@ class TrainSettings:
         seed: seeds the data order and augmentation, and the network's initial weights.
         workers: background augmentation processes (None: a choice by device).
         augmentation: ``cpu`` (batchgenerators in the loader), ``device`` (torch on the
-            training device, ``autoseg.augment_device``) or ``auto`` (device on CUDA; on the CPU
-            what ``autoseg.augment_device.AUTO_ON_CPU`` says).
+            training device, ``autoseg.training.augment.pipeline_device``) or ``auto`` (device on
+            CUDA; on the CPU
+            what ``autoseg.training.augment.pipeline_device.AUTO_ON_CPU`` says).
         resume: continue from ``checkpoint_latest.pt``.
         checkpoint_every: save ``checkpoint_latest.pt`` every this many epochs (and at least
             every 5 minutes, and at the end).
         validate: predict and score the validation cases at the end of the fold.
         optimizer: the optimiser's settings.
         pretrained: a checkpoint or model folder whose compatible weights start the training
-            (``autoseg.transfer``); not used when resuming.
+            (``autoseg.planning.transfer``); not used when resuming.
         cpu_bf16: on a CPU with native bf16 instructions, run the network under bf16 autocast
             (about 2x faster, loss curve unchanged within noise); False keeps fp32.
-        loss: registered loss name (``autoseg.loss_options``: ``dice_ce``, ``focal``,
+        loss: registered loss name (``autoseg.training.losses.options``: ``dice_ce``, ``focal``,
             ``dice_focal``, ``border_ce``), with deep supervision.
         augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
             ``augmentations`` (a planner setting) are added.
-        tracking: ``none`` or ``tensorboard`` (``autoseg.tracking``): per-epoch figures.
+        tracking: ``none`` or ``tensorboard`` (``autoseg.training.tracking``): per-epoch figures.
         compile: ``torch.compile`` the network, falling back to eager with one log line if the
-            first step fails (``autoseg.compiled``); None = on CUDA only.
+            first step fails (``autoseg.networks.compiled``); None = on CUDA only.
     """
 
     epochs: int = 1000
@@ -370,7 +372,7 @@ class _Trainer:
             if self.dist.main:
                 self._save("final", self.settings.epochs - 1)
                 self.model.checkpoint(self.fold, "latest").unlink(missing_ok=True)
-                if self.settings.validate and self.split.val:  # autoseg.validation
+                if self.settings.validate and self.split.val:  # autoseg.evaluation.validation
                     val = (self.fold, self.split.val, str(self.device), self.settings.compile)
                     validate_fold(self.dirs, self.plans, self.config, self.model, *val)
             ok = True

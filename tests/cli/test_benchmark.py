@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autoseg.cli import app
-from autoseg.planning import plan_dataset
+from autoseg.cli.commands import app
+from autoseg.planning.runner import plan_dataset
 from tests.synthetic import write_dataset
 
 runner = CliRunner()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import autoseg.benchmark as benchmark
-from autoseg.cli import app
-from autoseg.planning import plan_dataset
-from autoseg.step import TrainingStep
+import autoseg.cli.benchmark as benchmark
+from autoseg.cli.commands import app
+from autoseg.planning.runner import plan_dataset
+from autoseg.training.step import TrainingStep
 from tests.synthetic import write_dataset
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autoseg.cli import app
+from autoseg.cli.commands import app
 from tests.synthetic import write_dataset
 
 runner = CliRunner()
@@ -23,7 +23,7 @@ def invoke(*args: str):
 
 
 def test_help_is_instant_and_does_not_import_torch() -> None:
-    code = "import sys, autoseg.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, autoseg.cli.commands; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     result = invoke("--help")
     assert result.exit_code == 0

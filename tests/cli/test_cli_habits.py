@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg import __version__
-from autoseg.cli import app
-from autoseg.cli_habits import hoist_global_flags
+from autoseg.cli.commands import app
+from autoseg.cli.habits import hoist_global_flags
 
 runner = CliRunner()
 
@@ -44,7 +44,7 @@ class _Captured(Exception):
 @pytest.fixture
 def captured_folds(monkeypatch, tmp_path: Path) -> tuple[list, Path]:
     """Replace the Predictor by a recorder: predict's parsed folds land in the list."""
-    from autoseg.predictor import Predictor
+    from autoseg.inference.predictor import Predictor
 
     seen: list = []
 

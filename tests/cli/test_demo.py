@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autoseg.cli import app
-from autoseg.demo import demo_dataset_path
+from autoseg.cli.commands import app
+from autoseg.cli.demo import demo_dataset_path
 
 
 def _run(home: Path, *extra: str):

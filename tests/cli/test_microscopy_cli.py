@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from autoseg.cli import app
-from autoseg.weightmap import ensure_weight_maps
+from autoseg.cli.commands import app
+from autoseg.preprocessing.weightmap import ensure_weight_maps
 from tests.synthetic_micro import write_micro_dataset
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from autoseg.dataset import load_dataset
+from autoseg.data.dataset import load_dataset
 from autoseg.errors import AutosegError, DatasetError
-from autoseg.fingerprint import compute_fingerprint
+from autoseg.planning.fingerprint import compute_fingerprint
 from tests.synthetic import write_dataset
 
 
@@ -91,7 +91,7 @@ def test_stray_files_ignored_with_warning(
             for name in (".DS_Store", "Thumbs.db", "README.txt", "._case_000.nii.gz"):
                 (d / name).write_bytes(b"junk")
             (d / "subfolder").mkdir()
-    with caplog.at_level(logging.WARNING, logger="autoseg.dataset"):
+    with caplog.at_level(logging.WARNING, logger="autoseg.data.dataset"):
         assert len(load_dataset(nnunet_dataset).cases) == 3
         assert len(load_dataset(msd_dataset).cases) == 3
     text = caplog.text

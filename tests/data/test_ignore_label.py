@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.dataset import load_dataset
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.dataset import load_dataset
+from autoseg.data.plans import Plans
 from autoseg.errors import DatasetError
-from autoseg.evaluate import Evaluation, case_metrics, evaluate_arrays
-from autoseg.fingerprint import inspect_case
-from autoseg.loader import _Sampler
-from autoseg.loss import DiceCELoss, dice_counts
-from autoseg.plans import Plans
-from autoseg.preprocess import PreprocessedCase
+from autoseg.evaluation.evaluate import Evaluation, case_metrics, evaluate_arrays
+from autoseg.planning.fingerprint import inspect_case
+from autoseg.preprocessing.preprocess import PreprocessedCase
+from autoseg.training.loader import _Sampler
+from autoseg.training.losses.dice_ce import DiceCELoss, dice_counts
 from tests.reliability_helpers import cli, shrink_network, tiny_dataset
 
 
@@ -104,7 +104,7 @@ def test_fingerprint_and_sampling_leave_ignore_out(tmp_path: Path) -> None:
     assert inspection.samples[0].size == np.count_nonzero(label == 1)
     assert np.count_nonzero(label == 2) > 0
 
-    from autoseg.plans import Configuration, Normalization
+    from autoseg.data.plans import Configuration, Normalization
 
     config = Configuration(
         "3d_fullres", (1.0,) * 3, (8, 8, 8), 2, ((1, 1, 1),), ((3, 3, 3),), (4,),

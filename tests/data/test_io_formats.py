@@ -1,4 +1,5 @@
-"""PNG/BMP/TIFF reading and writing (autoseg.io_formats behind autoseg.io) and its dataset rules."""
+"""PNG/BMP/TIFF reading and writing (autoseg.data.bitmaps behind autoseg.data.io) and its dataset
+rules."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from autoseg.dataset import load_dataset
+from autoseg.data.dataset import load_dataset
+from autoseg.data.io import read_array, read_image, write_label
 from autoseg.errors import AutosegError, DatasetError
-from autoseg.fingerprint import compute_fingerprint
-from autoseg.io import read_array, read_image, write_label
+from autoseg.planning.fingerprint import compute_fingerprint
 from tests.synthetic_micro import write_micro_dataset
 
 

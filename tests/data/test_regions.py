@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.dataset import load_dataset
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.dataset import load_dataset
+from autoseg.data.regions import Region, region_masks, regions_to_labels
 from autoseg.errors import DatasetError
-from autoseg.evaluate import Evaluation, case_metrics
-from autoseg.region_loss import RegionDiceBCELoss, region_dice_counts
-from autoseg.regions import Region, region_masks, regions_to_labels
+from autoseg.evaluation.evaluate import Evaluation, case_metrics
+from autoseg.training.losses.region import RegionDiceBCELoss, region_dice_counts
 from tests.reliability_helpers import cli, shrink_network, tiny_dataset
 
 REGIONS = (Region("whole", (1, 2), 1), Region("inner", (2,), 2))

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.evaluate import evaluate_arrays
-from autoseg.io import read_array, write_label
-from autoseg.model_folder import ModelFolder
-from autoseg.plans import Plans
+from autoseg.data.io import read_array, write_label
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.plans import Plans
+from autoseg.evaluation.evaluate import evaluate_arrays
+from tests.inference.test_exchange import make_model
 from tests.reliability_helpers import assert_clean_failure, cli, save_nifti, tiny_dataset
-from tests.test_exchange import make_model
 
 LABELS = {0: "background", 1: "blob"}
 

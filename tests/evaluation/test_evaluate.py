@@ -12,7 +12,7 @@ from rich.console import Console
 from scipy.spatial.distance import cdist
 
 from autoseg.errors import DatasetError
-from autoseg.evaluate import Evaluation, case_metrics, evaluate_arrays, evaluate_folders
+from autoseg.evaluation.evaluate import Evaluation, case_metrics, evaluate_arrays, evaluate_folders
 
 
 def _brute_surface(mask: np.ndarray) -> np.ndarray:

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autoseg.cli import app
+from autoseg.cli.commands import app
+from autoseg.data.plans import Plans
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError
-from autoseg.evaluate import Evaluation
-from autoseg.evaluation_labels import read_evaluation_labels
-from autoseg.plans import Plans
-from autoseg.regions import Region
+from autoseg.evaluation.evaluate import Evaluation
+from autoseg.evaluation.labels import read_evaluation_labels
 
 runner = CliRunner()
 
@@ -102,7 +102,7 @@ def test_region_dice_is_scored_on_the_union_of_values_and_differs_from_label_dic
 
 
 def _plans(regions: tuple[Region, ...]) -> Plans:
-    from tests.test_preprocess import config
+    from tests.preprocessing.test_preprocess import config
 
     labels = {0: "background", 1: "label 1", 2: "label 2", 3: "label 3"}
     return Plans("Task98", "default", 8.0, 8, ("MR",), labels, {"3d_fullres": config()}, regions)

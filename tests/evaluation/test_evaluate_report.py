@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autoseg.cli import app
-from autoseg.dataset import read_label_names
+from autoseg.cli.commands import app
+from autoseg.data.dataset import read_label_names
 from autoseg.errors import DatasetError
 
 runner = CliRunner()
@@ -121,8 +121,8 @@ def test_a_bad_dataset_json_is_a_clear_error_and_writes_nothing(tmp_path: Path) 
 
 
 def test_read_label_names_from_a_model_folder(tmp_path: Path) -> None:
-    from autoseg.plans import Plans
-    from tests.test_preprocess import config
+    from autoseg.data.plans import Plans
+    from tests.preprocessing.test_preprocess import config
 
     labels = {0: "background", 1: "liver"}
     plans = Plans("Task99", "default", 8.0, 8, ("CT",), labels, {"3d_fullres": config()})
@@ -134,7 +134,7 @@ def test_read_label_names_from_a_model_folder(tmp_path: Path) -> None:
 
 
 def test_an_evaluation_written_before_the_monai_definitions_says_so(tmp_path: Path) -> None:
-    from autoseg.evaluate import Evaluation
+    from autoseg.evaluation.evaluate import Evaluation
 
     preds, refs = _folders(tmp_path)
     result = runner.invoke(

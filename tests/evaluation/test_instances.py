@@ -7,9 +7,9 @@ import pytest
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from autoseg.cli import app
+from autoseg.cli.commands import app
 from autoseg.errors import AutosegError
-from autoseg.instances import instances_folder, semantic_to_instances
+from autoseg.evaluation.instances import instances_folder, semantic_to_instances
 
 
 def two_cells_with_border() -> np.ndarray:

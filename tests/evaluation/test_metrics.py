@@ -1,4 +1,5 @@
-"""autoseg.metrics by hand: 1D masks with known surfaces, regions, the ignore label, label
+"""autoseg.evaluation.metrics by hand: 1D masks with known surfaces, regions, the ignore label,
+label
 values beyond the dense-box limit, background and negative values (test_evaluate.py and
 test_metrics_monai.py hold the 3D and MONAI comparisons)."""
 
@@ -7,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoseg.metrics import LabelMetrics, case_metrics, surface
-from autoseg.regions import Region
+from autoseg.data.regions import Region
+from autoseg.evaluation.metrics import LabelMetrics, case_metrics, surface
 
 
 def line(n: int, *runs: tuple[int, int], value: int = 1) -> np.ndarray:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image as PILImage
 
-from autoseg.evaluate import Evaluation, evaluate_arrays, evaluate_folders
-from autoseg.metrics_micro import matched_objects, object_metrics
+from autoseg.evaluation.evaluate import Evaluation, evaluate_arrays, evaluate_folders
+from autoseg.evaluation.metrics_microscopy import matched_objects, object_metrics
 
 
 def discs(centres: list[tuple[int, int]], radius: int = 5, shape=(40, 60)) -> np.ndarray:

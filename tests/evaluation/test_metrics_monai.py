@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoseg.metrics import case_metrics
+from autoseg.evaluation.metrics import case_metrics
 
 monai_metrics = pytest.importorskip("monai.metrics")
 torch = pytest.importorskip("torch")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.overlay import pick_slices, save_overlay
+from autoseg.evaluation.overlay import pick_slices, save_overlay
 from tests.reliability_helpers import assert_clean_failure, cli, tiny_dataset
 
 

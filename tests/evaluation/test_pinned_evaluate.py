@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from autoseg.data.regions import Region
 from autoseg.errors import DatasetError
-from autoseg.evaluate import Evaluation, MeanMetrics, evaluate_arrays, evaluate_folders
-from autoseg.regions import Region
+from autoseg.evaluation.evaluate import Evaluation, MeanMetrics, evaluate_arrays, evaluate_folders
 
 SPACING = (1.0, 1.0, 1.0)
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import autoseg
+from autoseg.data.io import read_image
 from autoseg.device import cpu_count
 from autoseg.errors import AutosegError
-from autoseg.io import read_image
-from tests.test_predict import make_model, oblique_nifti
+from tests.inference.test_predict import make_model, oblique_nifti
 
 SPACING_XYZ = (0.9, 1.1, 2.5)  # anisotropic: a swapped axis resamples differently
 

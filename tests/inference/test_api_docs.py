@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.test_predict import make_model
+from tests.inference.test_predict import make_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 

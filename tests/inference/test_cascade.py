@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.cascade_augment import previous_stage_channels
-from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from autoseg.loader import BatchLoader
-from autoseg.model_folder import ModelFolder
-from autoseg.network import build_network
+from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.plans import Plans
+from autoseg.networks.unet import build_network
 from autoseg.planners import Budget, get_planner
-from autoseg.plans import Plans
-from autoseg.preprocess import load_case, preprocessed_folder
+from autoseg.preprocessing.preprocess import load_case, preprocessed_folder
+from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import to_dict
-from autoseg.weightmap import ensure_weight_maps
+from autoseg.training.augment.cascade import previous_stage_channels
+from autoseg.training.loader import BatchLoader
+from tests.planning.test_planners import huge_ct
 from tests.reliability_helpers import assert_clean_failure, cli, shrink_network, tiny_dataset
-from tests.test_planners import huge_ct
 
 CASCADE = "3d_cascade_fullres"
 
@@ -101,9 +101,9 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path, mo
     for channel, label in enumerate(plans.foreground_labels, start=1):
         np.testing.assert_array_equal(image[:, channel], (target[:, 0] == label).astype(np.float32))
     # with border weight maps too: labels, weights and previous stage share the label channels
-    # (not perturbed here, to see them moved together: tests/test_cascade_augment.py)
+    # (not perturbed here, to see them moved together: tests/training/test_cascade_augment.py)
     monkeypatch.setattr(
-        "autoseg.loader.previous_stage_channels",
+        "autoseg.training.loader.previous_stage_channels",
         lambda previous, labels, rng: previous_stage_channels(previous, labels, None),
     )
     ensure_weight_maps(data, ["case_000"])

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoseg import exchange
-from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from autoseg.model_folder import ModelFolder
-from autoseg.network import build_network
-from autoseg.paths import DatasetDirs
-from autoseg.plans import Plans
-from autoseg.postprocess import PostprocessingDecision
+from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from autoseg.data.model_folder import ModelFolder
+from autoseg.data.paths import DatasetDirs
+from autoseg.data.plans import Plans
+from autoseg.inference import exchange
+from autoseg.inference.postprocess import PostprocessingDecision
+from autoseg.networks.unet import build_network
 from autoseg.serial import to_dict
 from tests.reliability_helpers import assert_clean_failure, cli, shrink_network, tiny_dataset
 

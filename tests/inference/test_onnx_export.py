@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.network import build_network
-from autoseg.onnx_export import TOLERANCE, onnx_network
-from autoseg.plans import Plans
-from autoseg.sliding_window import sliding_window_logits
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.plans import Plans
+from autoseg.inference.onnx_export import TOLERANCE, onnx_network
+from autoseg.inference.sliding_window import sliding_window_logits
+from autoseg.networks.unet import build_network
+from tests.inference.test_exchange import make_model
 from tests.reliability_helpers import assert_clean_failure, cli
-from tests.test_exchange import make_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

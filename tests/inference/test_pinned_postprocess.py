@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoseg.postprocess import apply_postprocessing, decide_postprocessing
+from autoseg.inference.postprocess import apply_postprocessing, decide_postprocessing
 
 
 def _case() -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +99,7 @@ def test_absent_label_scores_one_and_is_left_alone() -> None:
 
 
 def test_per_label_step_skips_absent_labels_and_goes_on() -> None:
-    from autoseg.postprocess import keep_largest_component
+    from autoseg.inference.postprocess import keep_largest_component
 
     labels = np.zeros((1, 3, 12), dtype=np.uint8)
     labels[0, :, 0:4] = 2
@@ -119,7 +119,7 @@ def test_decision_errors_name_the_problem() -> None:
         decide_postprocessing([], [1])
     with pytest.raises(ValueError, match="shape"):
         decide_postprocessing([(pred[:, :5], ref, (1.0, 1.0, 1.0))], [1])
-    from autoseg.postprocess import keep_largest_component
+    from autoseg.inference.postprocess import keep_largest_component
 
     with pytest.raises(ValueError, match="positive"):
         keep_largest_component(pred, [0])

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.checkpoint import CheckpointMeta, save_checkpoint
-from autoseg.network import build_network
-from autoseg.plans import Plans
-from autoseg.predictor import Predictor
+from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
+from autoseg.data.plans import Plans
+from autoseg.inference.predictor import Predictor
+from autoseg.inference.sliding_window import sliding_window_logits
+from autoseg.networks.unet import build_network
 from autoseg.serial import to_dict
-from autoseg.sliding_window import sliding_window_logits
-from tests.test_predictor import config as tiny_config
+from tests.inference.test_predictor import config as tiny_config
 
 LABELS = {0: "background", 1: "a", 2: "b"}
 

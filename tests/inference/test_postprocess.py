@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.postprocess import (
+from autoseg.inference.postprocess import (
     PostprocessingDecision,
     apply_postprocessing,
     decide_postprocessing,

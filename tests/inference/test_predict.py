@@ -11,16 +11,16 @@ import pytest
 import torch
 from scipy import ndimage
 
-from autoseg.checkpoint import CheckpointMeta, save_checkpoint
+from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
+from autoseg.data.io import read_image
+from autoseg.data.plans import Configuration, Normalization, Plans
 from autoseg.errors import AutosegError
-from autoseg.inputs import group_input_files
-from autoseg.io import read_image
-from autoseg.network import build_network
-from autoseg.plans import Configuration, Normalization, Plans
-from autoseg.postprocess import PostprocessingDecision
-from autoseg.predictor import Predictor, predict_folder
+from autoseg.inference.inputs import group_input_files
+from autoseg.inference.postprocess import PostprocessingDecision
+from autoseg.inference.predictor import Predictor, predict_folder
+from autoseg.inference.sliding_window import sliding_window_logits
+from autoseg.networks.unet import build_network
 from autoseg.serial import to_dict
-from autoseg.sliding_window import sliding_window_logits
 
 # ---------------------------------------------------------------------------- input files
 
@@ -232,7 +232,7 @@ def test_2d_model_predicts_slices(tmp_path: Path, tile_scale: float) -> None:
 
 def predictor_image(array: np.ndarray, spacing: tuple[float, float, float]):
     """An ``Image`` of a (Z, Y, X) array with an axis-aligned geometry."""
-    from autoseg.io import Geometry, Image
+    from autoseg.data.io import Geometry, Image
 
     affine = np.diag([*reversed(spacing), 1.0])
     geometry = Geometry(

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.shards import select_part
+from autoseg.inference.shards import select_part
+from tests.inference.test_exchange import make_model
 from tests.reliability_helpers import assert_clean_failure, cli
-from tests.test_exchange import make_model
 
 
 def test_parts_are_disjoint_complete_and_independent_of_the_listing() -> None:
@@ -68,8 +68,8 @@ def test_bad_part_and_step_size_are_refused(model: tuple[Path, Path], tmp_path: 
 def test_tile_scale_reaches_the_predictor(
     model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoseg.predictor import Predictor
-    from autoseg.sliding_window import DEFAULT_TILE_SCALE
+    from autoseg.inference.predictor import Predictor
+    from autoseg.inference.sliding_window import DEFAULT_TILE_SCALE
 
     root, folder = model
     made: list[Predictor] = []
@@ -88,7 +88,7 @@ def test_tile_scale_reaches_the_predictor(
 def test_step_size_reaches_the_sliding_window(model: tuple[Path, Path]) -> None:
     import numpy as np
 
-    from autoseg.predictor import Predictor
+    from autoseg.inference.predictor import Predictor
 
     _, folder = model
     dense, sparse = (

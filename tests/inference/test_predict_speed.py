@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.network import build_network
-from autoseg.plans import Plans
-from autoseg.predictor import Predictor
-from autoseg.sliding_window import DEFAULT_TILE_SCALE, sliding_window_positions
-from tests.test_predict import LABELS, tiny_config
+from autoseg.data.plans import Plans
+from autoseg.inference.predictor import Predictor
+from autoseg.inference.sliding_window import DEFAULT_TILE_SCALE, sliding_window_positions
+from autoseg.networks.unet import build_network
+from tests.inference.test_predict import LABELS, tiny_config
 
 
 def _predictor(name: str = "3d_fullres", **kwargs: object) -> Predictor:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-import autoseg.predictor as predictor_module
-from autoseg.checkpoint import CheckpointMeta, save_checkpoint
+import autoseg.inference.predictor as predictor_module
+from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
+from autoseg.data.io import Geometry, Image
+from autoseg.data.plans import Configuration, Normalization, Plans
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError
-from autoseg.io import Geometry, Image
-from autoseg.network import build_network
-from autoseg.plans import Configuration, Normalization, Plans
-from autoseg.postprocess import PostprocessingDecision
-from autoseg.predictor import Predictor
-from autoseg.regions import Region
+from autoseg.inference.postprocess import PostprocessingDecision
+from autoseg.inference.predictor import Predictor
+from autoseg.networks.unet import build_network
 from autoseg.serial import to_dict
 
 LABELS = {0: "background", 1: "a", 2: "b"}

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import autoseg.predictor as predictor_module
-from autoseg.checkpoint import CheckpointMeta, save_checkpoint
-from autoseg.io import Image
-from autoseg.network import build_network
-from autoseg.plans import Plans
-from autoseg.postprocess import PostprocessingDecision
-from autoseg.predictor import Predictor
+import autoseg.inference.predictor as predictor_module
+from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
+from autoseg.data.io import Image
+from autoseg.data.plans import Plans
+from autoseg.inference.postprocess import PostprocessingDecision
+from autoseg.inference.predictor import Predictor
+from autoseg.networks.unet import build_network
 from autoseg.serial import to_dict
-from tests.test_predictor import LABELS, _image, config, image
+from tests.inference.test_predictor import LABELS, _image, config, image
 
 
 def _cascade_plans() -> Plans:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.sliding_window import (
+from autoseg.inference.sliding_window import (
     CPU_VOXELS_PER_FORWARD,
     default_tile_batch,
     gaussian_importance_map,
@@ -381,7 +381,7 @@ def test_slices_pad_in_plane_only_and_tile_every_slice() -> None:
 
 
 def test_importance_map_is_cached_per_patch_and_flag() -> None:
-    from autoseg.sliding_window import _importance
+    from autoseg.inference.sliding_window import _importance
 
     a, b = _importance((8, 6), True, torch.device("cpu")), _importance([8, 6], True, "cpu")
     assert a is b  # made once

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg import compiled
-from autoseg.checkpoint import load_checkpoint
-from autoseg.compiled import CompiledModule, compile_with_fallback, use_compile
-from autoseg.paths import resolve_dataset
-from autoseg.plans import Plans
-from autoseg.train import TrainSettings, train_fold
-from tests.test_predict_speed import _image, _predictor
-from tests.test_train import planned  # noqa: F401 F811 - the fixture
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.paths import resolve_dataset
+from autoseg.data.plans import Plans
+from autoseg.networks import compiled
+from autoseg.networks.compiled import CompiledModule, compile_with_fallback, use_compile
+from autoseg.training.train import TrainSettings, train_fold
+from tests.inference.test_predict_speed import _image, _predictor
+from tests.training.test_train import planned  # noqa: F401 F811 - the fixture
 
 FAILED = "torch.compile failed"
 

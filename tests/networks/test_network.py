@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 
+from autoseg.data.plans import Configuration, Normalization
 from autoseg.errors import AutosegError
-from autoseg.loss import (
+from autoseg.networks.unet import NETWORKS, build_network, count_parameters
+from autoseg.training.losses.dice_ce import (
     DeepSupervisionLoss,
     DiceCELoss,
     deep_supervision_weights,
     downsample_target,
 )
-from autoseg.network import NETWORKS, build_network, count_parameters
-from autoseg.plans import Configuration, Normalization
 
 
 def make_config(

@@ -7,11 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from autoseg.network import _ops, build_network, count_parameters
-from autoseg.network_attention import AttentionGate
+from autoseg.networks.attention import AttentionGate
+from autoseg.networks.unet import _ops, build_network, count_parameters
 from autoseg.planners import Budget, get_planner
-from tests.test_network import CONFIG_2D, CONFIG_3D, expected_shapes
-from tests.test_planners import make_fingerprint
+from tests.networks.test_network import CONFIG_2D, CONFIG_3D, expected_shapes
+from tests.planning.test_planners import make_fingerprint
 
 
 @pytest.mark.parametrize("config", [CONFIG_2D, CONFIG_3D], ids=["2d", "3d"])

@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from autoseg import fingerprint as fp_module
-from autoseg.dataset import Case, DatasetSpec, load_dataset
+from autoseg.data.dataset import Case, DatasetSpec, load_dataset
 from autoseg.errors import DatasetError
-from autoseg.fingerprint import Fingerprint, compute_fingerprint, inspect_case
+from autoseg.planning import fingerprint as fp_module
+from autoseg.planning.fingerprint import Fingerprint, compute_fingerprint, inspect_case
 from autoseg.serial import dumps
 from tests.synthetic import write_dataset
 

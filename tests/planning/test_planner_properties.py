@@ -7,13 +7,13 @@ import math
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from autoseg.data.plans import Configuration, Plans
 from autoseg.planners import Budget, get_planner
 from autoseg.planners.default import SETTINGS as DEFAULT_SETTINGS
 from autoseg.planners.resenc import SETTINGS as RESENC_SETTINGS
 from autoseg.planners.rules import Topology, shrink_step
-from autoseg.plans import Configuration, Plans
 from autoseg.serial import dumps
-from tests.test_planners import check_configuration, make_fingerprint
+from tests.planning.test_planners import check_configuration, make_fingerprint
 
 SETTINGS = {"default": DEFAULT_SETTINGS, "resenc": RESENC_SETTINGS}
 

@@ -11,11 +11,11 @@ import pytest
 
 import autoseg.planners as planners
 import autoseg.registry
+from autoseg.data.plans import Configuration, Plans
 from autoseg.errors import AutosegError
-from autoseg.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.planners import Budget, available_planners, get_planner, register_planner
 from autoseg.planners.rules import derive_topology, estimate_memory, shrink_step
-from autoseg.plans import Configuration, Plans
+from autoseg.planning.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 from autoseg.serial import dumps
 
 CT_STATS = IntensityStats(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from autoseg.data.plans import Plans
 from autoseg.planners import Budget, available_planners, get_planner
-from autoseg.plans import Plans
+from tests.planning.test_planners import check_configuration, hippocampus, huge_ct
 from tests.reliability_helpers import cli, tiny_dataset
-from tests.test_planners import check_configuration, hippocampus, huge_ct
 
 PRESETS = {"resenc-m": 8.0, "resenc-l": 24.0, "resenc-xl": 40.0}
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoseg.checkpoint import load_checkpoint
-from autoseg.network import build_network
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.plans import Plans
+from autoseg.networks.unet import build_network
 from autoseg.planners import Budget, get_planner
-from autoseg.plans import Plans
-from autoseg.transfer import TOPOLOGY_FIELDS, load_pretrained, plans_from
+from autoseg.planning.transfer import TOPOLOGY_FIELDS, load_pretrained, plans_from
+from tests.inference.test_exchange import make_model
+from tests.planning.test_planners import hippocampus, huge_ct
 from tests.reliability_helpers import assert_clean_failure, cli, tiny_dataset
-from tests.test_exchange import make_model
-from tests.test_planners import hippocampus, huge_ct
 
 
 def test_plans_from_keeps_the_topology_and_the_new_data() -> None:

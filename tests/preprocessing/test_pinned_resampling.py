@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import autoseg.resample as rs
-from autoseg.io import Geometry, Image
-from autoseg.plans import Configuration, Normalization
-from autoseg.preprocess import CaseProperties, preprocess_image, restore_probabilities
-from autoseg.resample import resample, resample_labels, target_shape
+import autoseg.preprocessing.resample as rs
+from autoseg.data.io import Geometry, Image
+from autoseg.data.plans import Configuration, Normalization
+from autoseg.preprocessing.preprocess import CaseProperties, preprocess_image, restore_probabilities
+from autoseg.preprocessing.resample import resample, resample_labels, target_shape
 
 
 def _config(spacing: tuple[float, float, float], anisotropic_axis: int | None) -> Configuration:
@@ -103,7 +103,7 @@ def test_probabilities_restore_with_the_nearest_thick_slice() -> None:
 
 def test_probabilities_are_linear_in_plane_when_restored() -> None:
     """X: 2 -> 4 voxels at positions -0.25, 0.25, 0.75, 1.25: p0, .75 p0 + .25 p1, ..., p1."""
-    from autoseg.resample import resample_probabilities
+    from autoseg.preprocessing.resample import resample_probabilities
 
     probs = np.array([[[[0.2, 1.0]]], [[[0.8, 0.0]]]], dtype=np.float32)  # (2, 1, 1, 2)
     out = resample_probabilities(probs, (1, 1, 4))
@@ -115,7 +115,7 @@ def test_probabilities_are_linear_in_plane_when_restored() -> None:
 def test_one_dimensional_and_default_orders() -> None:
     from scipy import ndimage
 
-    from autoseg.resample import resample, resample_image
+    from autoseg.preprocessing.resample import resample, resample_image
 
     line = np.array([0.0, 1.0, 3.0])
     np.testing.assert_allclose(

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from autoseg.dataset import Case, DatasetSpec
+from autoseg.data.dataset import Case, DatasetSpec
+from autoseg.data.io import Geometry, Image
+from autoseg.data.plans import Configuration, Normalization, Plans
 from autoseg.errors import AutosegError
-from autoseg.io import Geometry, Image
-from autoseg.plans import Configuration, Normalization, Plans
-from autoseg.preprocess import (
+from autoseg.preprocessing.preprocess import (
     CaseProperties,
     class_locations,
     load_case,
@@ -26,7 +26,7 @@ from autoseg.preprocess import (
     restore_probabilities,
     run_preprocessing,
 )
-from autoseg.resample import resample, resample_labels, target_shape
+from autoseg.preprocessing.resample import resample, resample_labels, target_shape
 from tests.synthetic import write_dataset
 
 LABELS = {0: "background", 1: "anterior", 2: "posterior"}
@@ -288,7 +288,7 @@ def test_class_locations_point_at_their_label_and_are_reproducible():
 
 def test_class_location_sampling_does_not_depend_on_the_process():
     code = (
-        "import numpy as np; from autoseg.preprocess import class_locations;"
+        "import numpy as np; from autoseg.preprocessing.preprocess import class_locations;"
         "seg = np.ones((8, 9, 10), np.int8);"
         "print(class_locations(seg, 'case_a', max_per_label=5)[1].tolist())"
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from autoseg.resample import resample
+from autoseg.preprocessing.resample import resample
 
 
 @pytest.mark.parametrize("order", [1, 3])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.loader import BatchLoader
-from autoseg.preprocess import load_case, preprocessed_folder, run_preprocessing
-from autoseg.storage import check_storage
+from autoseg.preprocessing.preprocess import load_case, preprocessed_folder, run_preprocessing
+from autoseg.preprocessing.storage import check_storage
+from autoseg.training.loader import BatchLoader
+from tests.preprocessing.test_preprocess import config, plans_of, spec_of
 from tests.synthetic import write_dataset
-from tests.test_preprocess import config, plans_of, spec_of
 
 pytest.importorskip("blosc2")
 IDS = ["case_000", "case_001", "case_002"]

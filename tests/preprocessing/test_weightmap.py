@@ -7,7 +7,7 @@ import json
 import numpy as np
 from scipy import ndimage
 
-from autoseg.weightmap import (
+from autoseg.preprocessing.weightmap import (
     SIGMA,
     W0,
     border_weight_map,

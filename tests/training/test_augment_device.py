@@ -1,4 +1,5 @@
-"""Device augmentation (autoseg.augment_device) against the batchgenerators reference path.
+"""Device augmentation (autoseg.training.augment.pipeline_device) against the batchgenerators
+reference path.
 
 Each transform is run on many small synthetic patches by both paths; the fraction of samples
 (or channels) it touches and the distribution of what it does must agree with the reference,
@@ -29,8 +30,9 @@ from batchgenerators.transforms.spatial_transforms import MirrorTransform, Spati
 from scipy.ndimage import map_coordinates
 from scipy.stats import ks_2samp
 
-from autoseg.augment import sample_size, training_transforms
-from autoseg.augment_device import (
+from autoseg.errors import AutosegError
+from autoseg.training.augment.pipeline import sample_size, training_transforms
+from autoseg.training.augment.pipeline_device import (
     DeviceAugmentation,
     affine_matrices,
     apply_spatial,
@@ -38,7 +40,6 @@ from autoseg.augment_device import (
     resolve_augmentation,
     spatial_matrices,
 )
-from autoseg.errors import AutosegError
 
 CPU = torch.device("cpu")
 PATCH = (8, 8, 8)
@@ -46,7 +47,8 @@ N = 2000  # samples per statistical check
 
 
 def _reference(kind: type, **match) -> object:
-    """The transform of ``kind`` in autoseg.augment's pipeline (the CPU reference)."""
+    """The transform of ``kind`` in autoseg.training.augment.pipeline's pipeline (the CPU
+    reference)."""
     for t in training_transforms(PATCH).transforms:
         if isinstance(t, kind) and all(getattr(t, k) == v for k, v in match.items()):
             return t
@@ -339,9 +341,9 @@ def test_mirroring_each_axis_independently_with_labels() -> None:
 
 # ------------------------------------------------------------------ wiring
 def test_loader_yields_regions_and_the_step_augments_them(tmp_path) -> None:
-    from autoseg.loader import BatchLoader
-    from autoseg.step import TrainingStep
-    from tests.test_data import blob_dataset, make_config
+    from autoseg.training.loader import BatchLoader
+    from autoseg.training.step import TrainingStep
+    from tests.training.test_loader import blob_dataset, make_config
 
     ids = blob_dataset(tmp_path, [(20, 24, 16)] * 2)
     config = dataclasses.replace(

@@ -1,5 +1,6 @@
 """The cascade's previous-stage perturbation (nnU-Net's binary morphology and component removal),
-on the CPU path (autoseg.cascade_augment) and the device path (autoseg.cascade_augment_device)."""
+on the CPU path (autoseg.training.augment.cascade) and the device path
+(autoseg.training.augment.cascade_device)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-import autoseg.cascade_augment as cascade_augment
-from autoseg.cascade_augment import (
+import autoseg.training.augment.cascade as cascade_augment
+from autoseg.training.augment.cascade import (
     NNUNET,
     OPERATORS,
     Morphology,
@@ -25,10 +26,10 @@ from autoseg.cascade_augment import (
     perturb_previous_stage,
     remove_component,
 )
-from autoseg.cascade_augment_device import DevicePreviousStage, morphology_torch
-from autoseg.loader import BatchLoader
-from autoseg.step import TrainingStep
-from tests.test_data import blob_dataset, make_config
+from autoseg.training.augment.cascade_device import DevicePreviousStage, morphology_torch
+from autoseg.training.loader import BatchLoader
+from autoseg.training.step import TrainingStep
+from tests.training.test_loader import blob_dataset, make_config
 
 CPU = torch.device("cpu")
 
@@ -245,7 +246,7 @@ def _cascade_data(tmp_path: Path) -> tuple[list[str], Path]:
 def _unperturbed(monkeypatch) -> None:
     original = cascade_augment.previous_stage_channels
     monkeypatch.setattr(
-        "autoseg.loader.previous_stage_channels",
+        "autoseg.training.loader.previous_stage_channels",
         lambda previous, labels, rng: original(previous, labels, None),
     )
 

@@ -7,14 +7,19 @@ import dataclasses
 import numpy as np
 import torch
 
-from autoseg.augment import training_transforms
-from autoseg.elastic import ElasticTransform, displacement_field, warp
-from autoseg.elastic_device import DeviceElastic
-from autoseg.loader import BatchLoader
-from autoseg.preprocess import CaseProperties, PreprocessedCase, class_locations, save_case
-from autoseg.weightmap import border_weight_map, ensure_weight_maps
+from autoseg.preprocessing.preprocess import (
+    CaseProperties,
+    PreprocessedCase,
+    class_locations,
+    save_case,
+)
+from autoseg.preprocessing.weightmap import border_weight_map, ensure_weight_maps
+from autoseg.training.augment.elastic import ElasticTransform, displacement_field, warp
+from autoseg.training.augment.elastic_device import DeviceElastic
+from autoseg.training.augment.pipeline import training_transforms
+from autoseg.training.loader import BatchLoader
+from tests.networks.test_network import CONFIG_2D
 from tests.synthetic_micro import cells
-from tests.test_network import CONFIG_2D
 
 
 def test_field_is_the_coarse_grid_scaled_at_its_nodes_and_smooth() -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoseg.augment import sample_size
+from autoseg.data.plans import Configuration, Normalization
 from autoseg.errors import AutosegError
-from autoseg.loader import BatchLoader, WorkerError
-from autoseg.plans import Configuration, Normalization
-from autoseg.preprocess import CaseProperties
+from autoseg.preprocessing.preprocess import CaseProperties
 from autoseg.serial import dump_json
+from autoseg.training.augment.pipeline import sample_size
+from autoseg.training.loader import BatchLoader, WorkerError
 
 
 def make_config(patch: tuple[int, ...], batch: int, channels: int = 1) -> Configuration:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoseg.loss import (
+from autoseg.training.losses.dice_ce import (
     DeepSupervisionLoss,
     DiceCELoss,
     deep_supervision_weights,

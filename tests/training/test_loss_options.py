@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError
-from autoseg.loss import DiceCELoss
-from autoseg.loss_options import (
+from autoseg.preprocessing.weightmap import border_weight_map
+from autoseg.training.losses.dice_ce import DiceCELoss
+from autoseg.training.losses.options import (
     LOSSES,
     BorderWeightedCELoss,
     DiceFocalLoss,
@@ -20,11 +22,9 @@ from autoseg.loss_options import (
     loss_needs_weights,
     register_loss,
 )
-from autoseg.regions import Region
-from autoseg.step import OptimizerSettings, TrainingStep
-from autoseg.weightmap import border_weight_map
+from autoseg.training.step import OptimizerSettings, TrainingStep
+from tests.networks.test_network import CONFIG_2D
 from tests.synthetic_micro import cells
-from tests.test_network import CONFIG_2D
 
 
 def _example(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +118,8 @@ def test_a_tiny_cpu_training_with_each_loss_lowers_it(name: str) -> None:
 
 
 def test_ignore_label_and_regions_go_through_build_loss_or_are_refused() -> None:
-    from autoseg.region_loss import RegionDiceBCELoss
-    from autoseg.regions import Region
+    from autoseg.data.regions import Region
+    from autoseg.training.losses.region import RegionDiceBCELoss
 
     # dice_ce with an ignore label: the ignored voxels' logits change nothing
     loss = build_loss("dice_ce", CONFIG_2D, ignore_label=3)

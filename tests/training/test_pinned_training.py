@@ -3,7 +3,8 @@
 The loss of one batch is recomputed here in numpy from the formulas in REFERENCE.md (soft Dice
 with smooth 1e-5 over the foreground classes, per sample or over the batch, plus mean
 cross-entropy; deep-supervision weights 1/2^i with the lowest resolution at 0, normalised;
-targets subsampled with the cumulative strides from index 0), independently of autoseg.loss.
+targets subsampled with the cumulative strides from index 0), independently of
+autoseg.training.losses.dice_ce.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.plans import Configuration, Normalization
-from autoseg.step import TrainingStep
+from autoseg.data.plans import Configuration, Normalization
+from autoseg.training.step import TrainingStep
 
 SMOOTH = 1e-5
 
@@ -92,7 +93,7 @@ def test_training_step_loss_equals_the_hand_computation(batch_dice: bool) -> Non
 
 
 def test_batch_dice_travels_from_the_plans_through_serialisation(tmp_path) -> None:
-    from autoseg.plans import Plans
+    from autoseg.data.plans import Plans
 
     config = _config(True)
     plans = Plans("Task99_X", "default", 8.0, 4, ("MRI",), {0: "bg", 1: "a"}, {config.name: config})

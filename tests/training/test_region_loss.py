@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from autoseg.region_loss import RegionDiceBCELoss, region_dice_counts, region_targets
-from autoseg.regions import Region
+from autoseg.data.regions import Region
+from autoseg.training.losses.region import RegionDiceBCELoss, region_dice_counts, region_targets
 
 REGIONS = (Region("whole", (1, 2), 1), Region("inner", (2,), 2))
 SMOOTH = 1e-5

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoseg.augment_device import resolve_augmentation
-from autoseg.checkpoint import load_checkpoint
+from autoseg.data.checkpoint import load_checkpoint
+from autoseg.data.paths import resolve_dataset
+from autoseg.data.plans import Plans
+from autoseg.data.splits import load_or_create_splits, make_splits, parse_fold
 from autoseg.device import autocast
 from autoseg.errors import AutosegError
-from autoseg.paths import resolve_dataset
-from autoseg.planning import plan_dataset
-from autoseg.plans import Plans
-from autoseg.splits import load_or_create_splits, make_splits, parse_fold
-from autoseg.train import TrainSettings, poly_lr, train_fold
+from autoseg.planning.runner import plan_dataset
+from autoseg.training.augment.pipeline_device import resolve_augmentation
+from autoseg.training.train import TrainSettings, poly_lr, train_fold
 from tests.synthetic import write_dataset
 
 
@@ -128,7 +128,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(planned, monkeypatch
     home, name = planned
     dirs, plans = _load(home, name)
     settings = _fast(epochs=3, iterations=2, checkpoint_every=1)
-    import autoseg.train as train_module
+    import autoseg.training.train as train_module
 
     real_poly = train_module.poly_lr
 
@@ -212,7 +212,7 @@ def test_ddp_two_cpu_processes_with_gloo(planned, tmp_path: Path) -> None:
 @pytest.mark.parametrize("cpu_bf16", [True, False])
 def test_cpu_bf16_autocast_follows_the_setting_and_keeps_weights_fp32(planned, cpu_bf16) -> None:
     from autoseg.device import cpu_has_bf16
-    from autoseg.step import TrainingStep
+    from autoseg.training.step import TrainingStep
 
     home, name = planned
     _, plans = _load(home, name)

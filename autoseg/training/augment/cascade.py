@@ -22,7 +22,8 @@ erosion removes nothing because of it (scipy's ``border_value`` 0 and 1).
 
 Parameters are drawn first (``draw_perturbation``), then applied deterministically
 (``apply_perturbation``), so the CPU path here and the device path of
-``autoseg.cascade_augment_device`` give the same result for the same draws. The morphology uses
+``autoseg.training.augment.cascade_device`` give the same result for the same draws. The morphology
+uses
 the exact Euclidean distance transform (``scipy.ndimage.distance_transform_edt``): a voxel is
 in the dilation by the ball exactly when its squared distance to the mask is at most ``r^2``;
 this costs the same for every radius, some 15 times less than ``binary_dilation`` with a
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from autoseg.cascade import one_hot_channels
+from autoseg.inference.cascade import one_hot_channels
 
 __all__ = [
     "NNUNET",

@@ -1,6 +1,7 @@
 """The cascade's previous-stage perturbation on the training device (``--augmentation device``).
 
-The same draws and the same results as the CPU path of ``autoseg.cascade_augment`` (its module
+The same draws and the same results as the CPU path of ``autoseg.training.augment.cascade`` (its
+module
 docstring has the rules), on tensors:
 
 - Morphology: a voxel is in the dilation of a mask by the ball of radius ``r`` exactly when its
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from autoseg.cascade_augment import (
+from autoseg.training.augment.cascade import (
     NNUNET,
     OPERATORS,
     Perturbation,
@@ -66,7 +67,7 @@ def _erode(mask: torch.Tensor, squared: int) -> torch.Tensor:
 
 
 def morphology_torch(mask: torch.Tensor, operator: str, radius: float) -> torch.Tensor:
-    """``autoseg.cascade_augment.morphology`` on a boolean ``(*S)`` tensor (any device).
+    """``autoseg.training.augment.cascade.morphology`` on a boolean ``(*S)`` tensor (any device).
 
     Raises:
         ValueError: an unknown operator.
@@ -82,7 +83,7 @@ def morphology_torch(mask: torch.Tensor, operator: str, radius: float) -> torch.
 def apply_perturbation_torch(
     onehot: torch.Tensor, perturbation: Perturbation, settings: PerturbationSettings
 ) -> torch.Tensor:
-    """``autoseg.cascade_augment.apply_perturbation`` on a boolean ``(L, *S)`` tensor."""
+    """``autoseg.training.augment.cascade.apply_perturbation`` on a boolean ``(L, *S)`` tensor."""
     out = onehot.clone()
     for m in perturbation.morphology:
         work = out[m.channel]

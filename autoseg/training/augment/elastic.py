@@ -9,7 +9,8 @@ invented; at the border the patch is mirrored.
 
 Off by default, as in nnU-Net; on with ``autoseg train --augment elastic`` or a planner that
 sets it (``Configuration.augmentations``). Each sample is deformed with probability
-``P_ELASTIC``, after the rotation/scaling step. ``autoseg.elastic_device`` does the same on the
+``P_ELASTIC``, after the rotation/scaling step. ``autoseg.training.augment.elastic_device`` does
+the same on the
 training device.
 """
 

@@ -1,4 +1,5 @@
-"""Elastic deformation on the training device (the torch twin of ``autoseg.elastic``).
+"""Elastic deformation on the training device (the torch twin of
+``autoseg.training.augment.elastic``).
 
 Same coarse grid, displacement std and probability as the CPU path. The coarse field is
 upsampled bicubically in 2D, trilinearly in 3D (torch has no 3D cubic interpolation); the image
@@ -11,7 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from autoseg.elastic import DISPLACEMENT_STD, GRID_POINTS, P_ELASTIC, displacement_stds
+from autoseg.training.augment.elastic import (
+    DISPLACEMENT_STD,
+    GRID_POINTS,
+    P_ELASTIC,
+    displacement_stds,
+)
 
 
 class DeviceElastic:
@@ -21,7 +27,7 @@ class DeviceElastic:
         patch_size: the patch (2 or 3 values).
         device: where batches live.
         seed: seeds the parameter stream (a CPU generator: same draws on any device).
-        p_per_sample, std, grid_points: as ``autoseg.elastic``.
+        p_per_sample, std, grid_points: as ``autoseg.training.augment.elastic``.
     """
 
     def __init__(

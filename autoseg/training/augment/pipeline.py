@@ -3,7 +3,8 @@
 The transforms and their probabilities follow nnU-Net's defaults (see docs and
 ``REFERENCE.md``): rotation, scaling, noise, blur, brightness, contrast, low-resolution
 simulation, gamma and mirroring. batchgenerators draws its random numbers from numpy's global
-``np.random`` state; ``autoseg.loader`` swaps a per-loader state in around each call so loaders
+``np.random`` state; ``autoseg.training.loader`` swaps a per-loader state in around each call so
+loaders
 stay deterministic and independent of each other.
 
 Arrays are batches: data ``(B, C, *spatial)`` float32 and seg ``(B, 1, *spatial)`` integers.
@@ -29,7 +30,7 @@ from batchgenerators.transforms.noise_transforms import (
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from autoseg.elastic import ElasticTransform
+from autoseg.training.augment.elastic import ElasticTransform
 
 ROTATION_3D = math.radians(30.0)  # about each axis
 ROTATION_2D = math.pi  # in-plane
@@ -88,7 +89,8 @@ def training_transforms(patch_size: tuple[int, ...], elastic: bool = False) -> A
 
     Args:
         patch_size: output patch, 2 values (2D) or 3 (3D).
-        elastic: add the U-Net paper's elastic deformation (``autoseg.elastic``) after the
+        elastic: add the U-Net paper's elastic deformation (``autoseg.training.augment.elastic``)
+        after the
             rotation/scaling step (off by default, as in nnU-Net).
 
     Returns:

@@ -1,9 +1,10 @@
 """Training augmentation on the training device: nnU-Net's transforms as batched torch code.
 
 The same transforms, ranges and probabilities as the batchgenerators pipeline of
-``autoseg.augment`` (the CPU reference), applied to a whole batch of tensors on the device the
+``autoseg.training.augment.pipeline`` (the CPU reference), applied to a whole batch of tensors on
+the device the
 network trains on (CUDA or CPU). The loader crops the enlarged region of
-``autoseg.augment.sample_size`` on the CPU; ``DeviceAugmentation`` does the rest:
+``autoseg.training.augment.pipeline.sample_size`` on the CPU; ``DeviceAugmentation`` does the rest:
 
 1. spatial: per sample, rotation (p 0.2; +-30 deg about each axis in 3D, +-180 deg in 2D) and
    scaling (p 0.2; 0.7-1.4, half the draws below 1) as ONE affine ``grid_sample`` of the region
@@ -38,8 +39,14 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from autoseg.augment import P_ROTATION, P_SCALE, ROTATION_2D, ROTATION_3D, SCALE_RANGE
 from autoseg.errors import AutosegError
+from autoseg.training.augment.pipeline import (
+    P_ROTATION,
+    P_SCALE,
+    ROTATION_2D,
+    ROTATION_3D,
+    SCALE_RANGE,
+)
 
 P_NOISE, NOISE_STD = 0.1, (0.0, 0.1)
 P_BLUR, P_BLUR_CHANNEL, BLUR_SIGMA = 0.2, 0.5, (0.5, 1.0)
@@ -233,7 +240,7 @@ class DeviceAugmentation:
 
     Args:
         patch_size: the network's patch (2 or 3 values); inputs are regions of
-            ``autoseg.augment.sample_size(patch_size, True)``.
+            ``autoseg.training.augment.pipeline.sample_size(patch_size, True)``.
         device: where the batches live.
         seed: see ``reseed``.
         cpu_threads: on the CPU, torch threads while augmenting (None: leave torch's setting).

@@ -177,7 +177,8 @@ def downsample_target(
 
     Args:
         target: ``(B, 1, *S)`` label map.
-        num_outputs: how many outputs (``num_stages - 1`` for the networks of autoseg.network).
+        num_outputs: how many outputs (``num_stages - 1`` for the networks of
+        autoseg.networks.unet).
         strides: per stage, per axis strides (``config.strides``); the first is all ones.
 
     Returns:

@@ -1,20 +1,25 @@
 """The losses chosen by name (``autoseg train --loss NAME``), each with deep supervision.
 
-- ``dice_ce`` (default): soft Dice + cross-entropy (``autoseg.loss.DiceCELoss``), nnU-Net's.
+- ``dice_ce`` (default): soft Dice + cross-entropy
+(``autoseg.training.losses.dice_ce.DiceCELoss``), nnU-Net's.
 - ``focal``: focal loss ``-alpha_k (1 - p_t)**gamma log p_t`` (gamma 2, alpha 1 per class),
   averaged over voxels: down-weights the many easy voxels, for rare small objects.
 - ``dice_focal``: soft Dice + focal.
 - ``border_ce``: cross-entropy weighted per voxel by the U-Net paper's border weight map
-  (``autoseg.weightmap``), for touching objects that must stay apart; it needs the weight maps,
+  (``autoseg.preprocessing.weightmap``), for touching objects that must stay apart; it needs the
+  weight maps,
   which the trainer computes once per preprocessed case.
 
 Losses are registered by decorator in the one registry rule (``autoseg.registry``; plug-ins:
 entry points of group ``autoseg.losses``). A builder takes the configuration and returns the
 per-output loss ``(logits, target[, weight]) -> scalar``; ``build_loss`` wraps it in the
-deep-supervision sum of ``autoseg.loss``. With an ignore label (``Plans.ignore_label``) or
+deep-supervision sum of ``autoseg.training.losses.dice_ce``. With an ignore label
+(``Plans.ignore_label``) or
 region-based labels (``Plans.regions``) only ``dice_ce`` is available: it becomes Dice + CE
-without the unannotated voxels, or Dice + BCE per region (``autoseg.region_loss``); the other
-losses are refused for such datasets. Like ``autoseg.loss``, everything is float32 and free
+without the unannotated voxels, or Dice + BCE per region (``autoseg.training.losses.region``); the
+other
+losses are refused for such datasets. Like ``autoseg.training.losses.dice_ce``, everything is
+float32 and free
 of host synchronisation.
 """
 
@@ -26,18 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoseg.data.plans import Configuration
+from autoseg.data.regions import Region
 from autoseg.errors import AutosegError
-from autoseg.loss import (
+from autoseg.registry import Registry
+from autoseg.training.losses.dice_ce import (
     DeepSupervisionLoss,
     DiceCELoss,
     deep_supervision_weights,
     one_hot,
     soft_dice,
 )
-from autoseg.plans import Configuration
-from autoseg.region_loss import RegionDiceBCELoss
-from autoseg.regions import Region
-from autoseg.registry import Registry
+from autoseg.training.losses.region import RegionDiceBCELoss
 
 __all__ = [
     "LOSSES",

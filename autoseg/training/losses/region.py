@@ -1,9 +1,9 @@
-"""Loss and pseudo-Dice counts of region-based training (``autoseg.regions``).
+"""Loss and pseudo-Dice counts of region-based training (``autoseg.data.regions``).
 
 The network has one output per region; a region's target is the set of voxels whose label is
 one of its values. Loss = (1 - mean soft Dice over regions, on sigmoid probabilities) + binary
 cross-entropy with logits (mean over voxels and regions), as nnU-Net trains regions. Computed in
-float32 without host synchronisation, like ``autoseg.loss``.
+float32 without host synchronisation, like ``autoseg.training.losses.dice_ce``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoseg.regions import Region
+from autoseg.data.regions import Region
 
 __all__ = ["RegionDiceBCELoss", "region_dice_counts", "region_targets"]
 

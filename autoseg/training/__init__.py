@@ -1,0 +1,3 @@
+"""Training one fold: the loop, the step, batches, progress and tracking; augmentation in
+``augment/`` and losses in ``losses/``.
+"""
