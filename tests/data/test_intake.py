@@ -284,3 +284,31 @@ def test_dicom_series_is_one_more_source(tmp_path: Path) -> None:
     plan = plan_intake(tmp_path / "i", tmp_path / "l", tmp_path / "D", IntakeOptions(("CT",)))
     assert not plan.problems and plan.ending == ".nii.gz"
     assert plan.cases[0].pair.images[0].path == series
+
+
+def test_labels_beside_images_in_one_folder(tmp_path: Path) -> None:
+    """BraTS style: one folder, channels named, the label with _seg."""
+    rng = np.random.default_rng(5)
+    for case in ("b1", "b2"):
+        image, label = _case(rng)
+        for channel in ("t1", "t1ce"):
+            save_nifti(image, tmp_path / "all" / f"{case}_{channel}.nii.gz")
+        save_nifti(label, tmp_path / "all" / f"{case}_seg.nii.gz")
+    out = tmp_path / "Dataset009_Brats"
+    folder = tmp_path / "all"
+    result = init(folder, folder, "-o", out, "--channel", "T1", "--channel", "T1ce")
+    assert result.exit_code == 0, result.output
+    spec = load_dataset(out)
+    assert [c.case_id for c in spec.cases] == ["b1", "b2"]
+    first = spec.cases[0].images
+    assert first[1].read_bytes() == (folder / "b1_t1ce.nii.gz").read_bytes()
+
+
+def test_a_4d_label_is_refused(tmp_path: Path) -> None:
+    image, label = _case(np.random.default_rng(6))
+    save_nifti(image, tmp_path / "i" / "a.nii.gz")
+    save_nifti(np.stack([label, label], -1), tmp_path / "l" / "a.nii.gz")
+    result = init(tmp_path / "i", tmp_path / "l", "-o", tmp_path / "D", "--channel", "CT")
+    assert_clean_failure(
+        result, str(tmp_path / "l" / "a.nii.gz"), "2 channels; a label map has one"
+    )
