@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from autoseg.data.dataset import MAX_LABEL_VALUE
 from autoseg.data.io import read_array, read_image, strip_ending
 from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
@@ -98,6 +99,9 @@ def label_statistics(
 ) -> list[LabelStatistics]:
     """Statistics of every label of ``names`` (and any other foreground value found).
 
+    Each label is measured inside its bounding box (``scipy.ndimage.find_objects``), so the
+    memory beyond the two arrays is that of the largest label's box.
+
     Args:
         labels: ``(Z, Y, X)`` integer label map.
         image: ``(C, Z, Y, X)`` (or ``(Z, Y, X)``) intensities on the same grid.
@@ -110,7 +114,8 @@ def label_statistics(
         One ``LabelStatistics`` per label, by label value.
 
     Raises:
-        ValueError: the image and the label map have different grids, or negative labels.
+        ValueError: the image and the label map have different grids; labels that are not
+            integers from 0 to ``MAX_LABEL_VALUE``.
     """
     labels = np.asarray(labels)
     image = np.asarray(image)
@@ -118,34 +123,28 @@ def label_statistics(
         image = image[None]
     if image.shape[1:] != labels.shape:
         raise ValueError(f"image grid {image.shape[1:]} differs from the labels' {labels.shape}")
-    flat = np.ascontiguousarray(labels).ravel()
-    if flat.size and flat.min() < 0:
-        raise ValueError("negative label values")
-    counts = np.bincount(flat) if flat.size else np.zeros(1, np.int64)
-    found = {int(v) for v in np.flatnonzero(counts) if v > 0}
-    values = sorted(set(names) | found)
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"label values of type {labels.dtype}; expected integers")
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    if low < 0 or high > MAX_LABEL_VALUE:
+        raise ValueError(f"label values {low}..{high}; expected 0..{MAX_LABEL_VALUE}")
+    boxes = ndimage.find_objects(labels.view(np.uint8) if labels.dtype == bool else labels)
+    found = {i + 1 for i, box in enumerate(boxes) if box is not None}
     voxel_ml = math.prod(float(s) for s in spacing) / 1000.0
-    boxes = ndimage.find_objects(labels.astype(np.intp, copy=False)) if found else []
     structure = np.ones((3,) * labels.ndim, dtype=bool)  # full connectivity
-    means: list[np.ndarray] = []
-    stds: list[np.ndarray] = []
-    n = len(counts)
-    for channel in image:
-        values_c = np.ascontiguousarray(channel, dtype=np.float64).ravel()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.bincount(flat, weights=values_c, minlength=n) / counts
-            # two passes: the deviations from each label's mean, not E[x^2] - E[x]^2
-            squared = np.bincount(flat, weights=(values_c - mean[flat]) ** 2, minlength=n)
-        stds.append(np.sqrt(squared / np.maximum(counts, 1)))
-        means.append(mean)
-        del values_c
     rows: list[LabelStatistics] = []
-    for value in values:
-        count = int(counts[value]) if value < n else 0
-        components = 0
-        if count:
+    for value in sorted(set(names) | found):
+        count, components = 0, 0
+        means: list[float | None] = [None] * image.shape[0]
+        stds: list[float | None] = [None] * image.shape[0]
+        if value in found:
             box = boxes[value - 1]
-            components = int(ndimage.label(labels[box] == value, structure=structure)[1])
+            mask = labels[box] == value
+            count = int(np.count_nonzero(mask))
+            components = int(ndimage.label(mask, structure=structure)[1])
+            for c, channel in enumerate(image):
+                inside = channel[box][mask].astype(np.float64)  # two-pass std in float64
+                means[c], stds[c] = float(inside.mean()), float(inside.std())
         rows.append(
             LabelStatistics(
                 case=case,
@@ -154,8 +153,8 @@ def label_statistics(
                 voxel_count=count,
                 volume_ml=count * voxel_ml,
                 components=components,
-                intensity_mean=tuple(float(m[value]) if count else None for m in means),
-                intensity_std=tuple(float(s[value]) if count else None for s in stds),
+                intensity_mean=tuple(means),
+                intensity_std=tuple(stds),
             )
         )
     return rows
@@ -173,15 +172,18 @@ def case_statistics(
         AutosegError: a file cannot be read, or the prediction's grid is not the image's.
     """
     labels, geometry = read_array(prediction)
-    if labels.ndim != 3 or labels.dtype.kind not in "biu":
-        raise AutosegError(f"{prediction}: not a label map (expected one channel of integers)")
+    if labels.ndim != 3:
+        raise AutosegError(f"{prediction}: not a label map (expected one channel)")
     image = read_image(list(image_files))
     if image.array.shape[1:] != labels.shape:
         raise AutosegError(
             f"{prediction}: grid {labels.shape} differs from its input {image_files[0]} "
             f"({image.array.shape[1:]}); statistics need the prediction on the input's grid"
         )
-    return label_statistics(labels, image.array, geometry.spacing, names, case)
+    try:
+        return label_statistics(labels, image.array, geometry.spacing, names, case)
+    except ValueError as exc:
+        raise AutosegError(f"{prediction}: {exc}") from exc
 
 
 def predicted_statistics(
@@ -206,6 +208,7 @@ def predicted_statistics(
         log.warning("no prediction to measure: no statistics written")
         return None
     names = output_label_names(plans)
+    log.info("statistics of %d case(s)", len(inputs))
     rows: list[LabelStatistics] = []
     for prediction in sorted(inputs, key=lambda p: p.name):
         rows += case_statistics(prediction, inputs[prediction], names, strip_ending(prediction))

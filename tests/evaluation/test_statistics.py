@@ -139,3 +139,12 @@ def test_predict_without_stats_writes_none(tmp_path: Path) -> None:
     result = cli("predict", "-i", tmp_path / "in", "-o", out, "-m", model, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert not list(out.glob("statistics*"))
+
+
+def test_a_prediction_on_another_grid_is_refused(tmp_path: Path) -> None:
+    from autoseg.errors import AutosegError
+
+    save_nifti(np.zeros((4, 5, 6), np.float32), tmp_path / "image.nii.gz")
+    save_nifti(np.zeros((4, 5, 7), np.uint8), tmp_path / "pred.nii.gz")
+    with pytest.raises(AutosegError, match="pred.nii.gz: grid .* differs from its input"):
+        case_statistics(tmp_path / "pred.nii.gz", [tmp_path / "image.nii.gz"], {1: "a"}, "c")
