@@ -33,7 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.data.bitmaps import ENDINGS as BITMAP_ENDINGS
-from autoseg.data.dataset import MAX_LABEL_VALUE
+from autoseg.data.intake_checks import (
+    GeometryDifference,
+    compare_grids,
+    label_names,
+    label_values,
+)
 from autoseg.data.io import Geometry
 from autoseg.data.pairing import Pair, Pairing, Unmatched, label_suffix, pair_sources
 from autoseg.data.sources import FILE, ImageSource, list_sources, read_source
@@ -41,7 +46,7 @@ from autoseg.errors import AutosegError, Problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CaseCheck", "GeometryDifference", "IntakeOptions", "IntakePlan", "plan_intake"]
+__all__ = ["CaseCheck", "IntakeOptions", "IntakePlan", "plan_intake"]
 
 COPIED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", *BITMAP_ENDINGS)
 CONVERTED_ENDING = ".nii.gz"
@@ -71,22 +76,6 @@ class IntakeOptions:
     geometry_tolerance: float = 0.5
     skip_unmatched: bool = False
     overwrite: bool = False
-
-
-@dataclass(frozen=True)
-class GeometryDifference:
-    """How a label's header differs from its image's (same shape).
-
-    Attributes:
-        changes: ``(field, label's value, image's value)`` for spacing, origin, direction.
-        shift_voxels: the largest distance, in image voxels along any axis, between where a
-            label voxel lies and the image voxel it would be put on.
-        fixable: ``shift_voxels`` is within the tolerance.
-    """
-
-    changes: tuple[tuple[str, str, str], ...]
-    shift_voxels: float
-    fixable: bool
 
 
 @dataclass(frozen=True)
@@ -192,7 +181,15 @@ def plan_intake(images: Path, labels: Path, output: Path, options: IntakeOptions
             cases.append(case)
     if not pairing.cases and not problems:
         problems.append(Problem(str(images), "no image sources found"))
-    found = _label_names(cases, labels, options, problems)
+    holders: dict[int, list[str]] = {}
+    for case in cases:
+        for value in case.values:
+            holders.setdefault(value, []).append(case.pair.label.path.name)
+    found = (
+        label_names(holders, labels, options.binarize, options.label_names, problems)
+        if cases
+        else {}
+    )
     ending = _ending(cases)
     ignored_entries = tuple(Unmatched(path, why) for path, why in ignored)
     return IntakePlan(
@@ -296,10 +293,17 @@ def _check_case(pair: Pair, options: IntakeOptions, problems: list[Problem]) -> 
     difference = None
     if read is not None:
         label, geometry = read
-        values = _label_values(pair.label, label, problems)
+        values = label_values(str(pair.label.path), label, problems)
         del label
         if image_geometry is not None:
-            difference = _compare(pair, geometry, image_geometry, options, problems)
+            difference = compare_grids(
+                str(pair.label.path),
+                geometry,
+                image_geometry,
+                options.fix_geometry,
+                options.geometry_tolerance,
+                problems,
+            )
     if len(problems) > before:
         return None
     return CaseCheck(pair, in_source, values, difference)
@@ -311,148 +315,6 @@ def _read(source: ImageSource, problems: list[Problem]) -> tuple[np.ndarray, Geo
     except AutosegError as exc:
         problems.append(Problem(str(source.path), str(exc).removeprefix(f"{source.path}: ")))
         return None
-
-
-def _label_values(source: ImageSource, label: np.ndarray, problems: list[Problem]) -> tuple:
-    where = str(source.path)
-    if label.ndim == 4:
-        problems.append(Problem(where, f"{label.shape[0]} channels; a label map has one"))
-        return ()
-    values = np.unique(label)
-    if label.dtype.kind == "f":
-        bad = values[~np.isfinite(values) | (values != np.round(values))]
-        if bad.size:
-            examples = ", ".join(f"{v:.6g}" for v in bad[:3])
-            problems.append(Problem(where, f"non-integer label values ({examples}, ...)"))
-            return ()
-    if values.size and values[0] < 0:
-        problems.append(Problem(where, f"negative label values ({values[0]:.6g}, ...)"))
-        return ()
-    return tuple(int(v) for v in values)
-
-
-def _compare(
-    pair: Pair,
-    label: Geometry,
-    image: Geometry,
-    options: IntakeOptions,
-    problems: list[Problem],
-) -> GeometryDifference | None:
-    """None when ``autoseg plan`` accepts the label's grid as the image's; else the difference
-    (a problem unless ``fix_geometry`` and within the tolerance)."""
-    where = str(pair.label.path)
-    if label.shape != image.shape:
-        problems.append(
-            Problem(where, f"shape {label.shape} differs from its image's {image.shape}")
-        )
-        return None
-    close = np.allclose(label.spacing, image.spacing, rtol=1e-4, atol=1e-4)
-    if close and label.same_grid(image):  # the rule of autoseg.planning.fingerprint
-        return None
-    difference = geometry_difference(label, image, options.geometry_tolerance)
-    listed = "; ".join(f"{f} {a} vs image's {b}" for f, a, b in difference.changes)
-    shift = f"label voxels up to {difference.shift_voxels:.3g} image voxels away"
-    if not options.fix_geometry:
-        problems.append(
-            Problem(
-                where,
-                f"header differs from its image's: {listed} ({shift}); "
-                "--fix-geometry gives the label its image's header",
-            )
-        )
-    elif not difference.fixable:
-        problems.append(
-            Problem(
-                where,
-                f"header differs from its image's: {listed}; {shift}, more than "
-                f"--geometry-tolerance {options.geometry_tolerance:g}: not fixed (the "
-                "label may be flipped or drawn on another grid; resample it onto the image)",
-            )
-        )
-    return difference
-
-
-def geometry_difference(label: Geometry, image: Geometry, tolerance: float) -> GeometryDifference:
-    """How far the label's voxels lie from the image voxels of the same index, and what in the
-    headers differs (spacing, origin, direction)."""
-    a_label, a_image = np.array(label.affine), np.array(image.affine)
-    corners = np.array(
-        [
-            [i, j, k, 1.0]
-            for i in (0, image.shape[2] - 1)
-            for j in (0, image.shape[1] - 1)
-            for k in (0, image.shape[0] - 1)
-        ]
-    ).T  # (4, 8): voxel (i, j, k) of the 8 corners
-    try:
-        moved = np.linalg.solve(a_image, a_label @ corners)
-        shift = float(np.abs(moved[:3] - corners[:3]).max())
-    except np.linalg.LinAlgError:
-        shift = math.inf
-    changes = []
-    if not np.allclose(label.spacing, image.spacing, rtol=1e-4, atol=1e-4):
-        changes.append(("spacing", _numbers(label.spacing), _numbers(image.spacing)))
-    if not np.allclose(a_label[:3, 3], a_image[:3, 3], atol=1e-3):
-        changes.append(("origin", _numbers(a_label[:3, 3]), _numbers(a_image[:3, 3])))
-    d_label = a_label[:3, :3] / np.linalg.norm(a_label[:3, :3], axis=0)
-    d_image = a_image[:3, :3] / np.linalg.norm(a_image[:3, :3], axis=0)
-    if not np.allclose(d_label, d_image, atol=1e-4):
-        changes.append(("direction", _numbers(d_label.T.ravel()), _numbers(d_image.T.ravel())))
-    return GeometryDifference(tuple(changes), shift, shift <= tolerance)
-
-
-def _numbers(values: Sequence[float] | np.ndarray) -> str:
-    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
-
-
-def _label_names(
-    cases: Sequence[CaseCheck], folder: Path, options: IntakeOptions, problems: list[Problem]
-) -> dict[int, str]:
-    """The dataset.json labels from the values of every label file."""
-    holders: dict[int, list[str]] = {}
-    for case in cases:
-        for value in case.values:
-            holders.setdefault(value, []).append(case.pair.label.path.name)
-    values = sorted(holders)
-    if options.binarize:
-        values = [0, 1] if any(v for v in values) else [0]
-    elif values and values[-1] > MAX_LABEL_VALUE and values == list(range(len(values))):
-        problems.append(
-            Problem(str(folder), f"{len(values)} label values: at most {MAX_LABEL_VALUE + 1}")
-        )
-        return {}
-    elif values != list(range(len(values))):
-        odd = [v for i, v in enumerate(values) if v != i]
-        files = sorted({f for v in odd for f in holders[v]})
-        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-        message = (
-            f"label values {', '.join(map(str, values[:8]))}{' ...' if len(values) > 8 else ''}"
-            f" are not consecutive 0..N (in {shown})"
-        )
-        if 255 in values:
-            message += (
-                "; 0/255 looks like a binary mask saved as an 8-bit picture: --binarize writes "
-                "every non-zero value as 1"
-            )
-        else:
-            message += "; relabel them to 0, 1, 2, ... (a dataset.json declares 0..N)"
-        problems.append(Problem(str(folder), message))
-        return {}
-    if cases and values[-1:] == [0]:
-        problems.append(Problem(str(folder), "every label map is empty (only 0)"))
-        return {}
-    foreground = values[1:]
-    if options.label_names and len(options.label_names) != len(foreground):
-        problems.append(
-            Problem(
-                str(folder),
-                f"{len(options.label_names)} --label name(s) for {len(foreground)} label value(s) "
-                f"found ({', '.join(map(str, foreground))})",
-            )
-        )
-        return {}
-    names = list(options.label_names) or [f"label_{v}" for v in foreground]
-    return {0: "background", **dict(zip(foreground, names, strict=True))}
 
 
 def _ending(cases: Sequence[CaseCheck]) -> str:
