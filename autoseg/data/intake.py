@@ -218,6 +218,12 @@ def _check_request(images: Path, labels: Path, output: Path, options: IntakeOpti
         c.strip() for c in options.channels
     ):
         raise AutosegError(f"--channel names must be distinct and non-empty: {options.channels}")
+    names = [n.strip().lower() for n in options.label_names]
+    if len(set(names)) != len(names) or not all(names) or "background" in names:
+        raise AutosegError(
+            f"--label names must be distinct and non-empty, for labels 1, 2, ... in order "
+            f"('background' is label 0's): {options.label_names}"
+        )
     if not (0 <= options.geometry_tolerance < math.inf):
         raise AutosegError(f"--geometry-tolerance {options.geometry_tolerance}: must be >= 0")
     for folder in (images, labels):

@@ -24,10 +24,11 @@ import numpy as np
 
 from autoseg.data.bitmaps import ENDINGS as BITMAP_ENDINGS
 from autoseg.data.bitmaps import companion_files, sidecar_path
+from autoseg.data.dataset import load_dataset
 from autoseg.data.intake import CaseCheck, IntakePlan
 from autoseg.data.io import Geometry, nifti_image, write_label
 from autoseg.data.sources import FILE, ImageSource, read_source
-from autoseg.errors import DatasetError
+from autoseg.errors import DatasetError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ def write_intake(plan: IntakePlan) -> IntakeResult:
         _write_json(staging / REPORT, report)
         if fixes:
             _write_fixes(staging / GEOMETRY_FIXES, fixes)
+        _check_loadable(staging, output)
         _move_into_place(staging, output)
     finally:
         if staging.exists():
@@ -98,6 +100,17 @@ def write_intake(plan: IntakePlan) -> IntakeResult:
     return IntakeResult(
         output, len(plan.cases), output / REPORT, output / GEOMETRY_FIXES if fixes else None
     )
+
+
+def _check_loadable(staging: Path, output: Path) -> None:
+    """Read the staged folder back with autoseg's loader; its problems name the output."""
+    try:
+        load_dataset(staging)
+    except DatasetError as exc:
+        problems = [
+            Problem(p.path.replace(str(staging), str(output)), p.message) for p in exc.problems
+        ]
+        raise DatasetError(problems, what="dataset it would write (nothing written)") from None
 
 
 def _write_case(plan: IntakePlan, case: CaseCheck, root: Path) -> tuple[dict, list[list[str]]]:

@@ -312,3 +312,14 @@ def test_a_4d_label_is_refused(tmp_path: Path) -> None:
     assert_clean_failure(
         result, str(tmp_path / "l" / "a.nii.gz"), "2 channels; a label map has one"
     )
+
+
+def test_label_names_are_checked(tmp_path: Path) -> None:
+    images, labels = habits(tmp_path)
+    args = (images, labels, "-o", tmp_path / "D", "--channel", "CT")
+    assert_clean_failure(init(*args, "--label", "a", "--label", "A"), "distinct")
+    assert_clean_failure(init(*args, "--label", "background"), "'background' is label 0's")
+    assert_clean_failure(init(*args, "--label", "a", "--label", "b"), "2 --label name(s) for 1")
+    # a name the loader refuses (looks like the ignore label) stops before the rename
+    assert_clean_failure(init(*args, "--label", "Ignore "), str(tmp_path / "D" / "dataset.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels"]
