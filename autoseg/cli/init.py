@@ -115,7 +115,7 @@ def print_plan(plan: IntakePlan) -> None:
     console = _console()
     table = Table(title=f"{plan.name}: {len(plan.cases)} case(s)", title_justify="left")
     for column in ("case", "image(s)", "label", "values", "writing"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for case in plan.cases:
         pair = case.pair
         notes = f" ({'; '.join(pair.notes)})" if pair.notes else ""
@@ -129,8 +129,8 @@ def print_plan(plan: IntakePlan) -> None:
     console.print(table)
     if plan.pairing.unmatched or plan.ignored:
         left = Table(title="not matched", title_justify="left")
-        left.add_column("source")
-        left.add_column("why")
+        left.add_column("source", overflow="fold")
+        left.add_column("why", overflow="fold")
         for entry in (*plan.pairing.unmatched, *plan.ignored):
             left.add_row(escape(str(entry.path)), escape(entry.reason))
         console.print(left)
