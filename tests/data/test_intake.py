@@ -50,16 +50,14 @@ def init(*args: object):
 def test_init_then_plan_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # the table's names unwrapped
     images, labels = habits(tmp_path)
-    before = snapshot(tmp_path)
+    before = (snapshot(images), snapshot(labels))
     out = tmp_path / "datasets" / "Dataset007_Habits"
     result = init(images, labels, "-o", out, "--channel", "MRI", "--label", "lesion")
     assert result.exit_code == 0, result.output
     table = result.output[: result.output.index("written:")]
     for name in ("patient 1.nii.gz", "patient 1_seg.nii.gz", "p2-labels.nii.gz", "patient_1"):
         assert name in table  # the table comes before anything is written
-    assert snapshot(tmp_path / "images") == {
-        k.removeprefix("images/"): v for k, v in before.items() if k.startswith("images/")
-    }
+    assert (snapshot(images), snapshot(labels)) == before  # the inputs are only read
     spec = load_dataset(out)  # autoseg's loader reads it back
     assert [c.case_id for c in spec.cases] == ["p2", "p3", "p4", "patient_1"]
     assert spec.channels == ("MRI",) and spec.labels == {0: "background", 1: "lesion"}
@@ -156,6 +154,7 @@ def test_geometry_listed_then_fixed_with_a_report(tmp_path: Path) -> None:
     drift = np.diag([0.8, 0.8, 2.0, 1.0])
     drift[:3, 3] = (-50.2, 20, 7)  # the origin a quarter voxel off
     images, labels = _mismatched(tmp_path, drift)
+    before = snapshot(labels)
     out = tmp_path / "Dataset004_Geo"
     args = (images, labels, "-o", out, "--channel", "CT")
     result = init(*args)
@@ -173,6 +172,7 @@ def test_geometry_listed_then_fixed_with_a_report(tmp_path: Path) -> None:
     assert row["before"].startswith("(-50.2")
     assert float(row["max_shift_voxels"]) == pytest.approx(0.25, abs=1e-4)
     assert cli("plan", out, "--home", tmp_path / "h", "--no-preprocess").exit_code == 0
+    assert snapshot(labels) == before  # a new file, the source label untouched
 
 
 def test_flipped_or_distant_label_is_not_fixed(tmp_path: Path) -> None:

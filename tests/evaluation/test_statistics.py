@@ -120,6 +120,12 @@ def test_predict_stats_end_to_end(tmp_path: Path) -> None:
         else:
             assert entry["intensity_mean"][0] == pytest.approx(want["mean"], rel=1e-6)
     assert any(int(r["voxel_count"]) for r in rows)  # the random model predicts something
+    # outputs already there (skipped) are measured too: the statistics cover the folder
+    (out / "statistics.csv").unlink()
+    result = cli(*args, "--no-tta", "--stats")
+    assert result.exit_code == 0 and "3 skipped" in result.output, result.output
+    with open(out / "statistics.csv", newline="") as fh:
+        assert list(csv.DictReader(fh)) == rows
 
     # a share of a --parts run writes its own pair, with its cases only
     shared = tmp_path / "shared"
