@@ -4,6 +4,7 @@ item 5)."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def habits(root: Path) -> tuple[Path, Path]:
         ("p4", "p4_mask"),
     ]:
         image, label = _case(rng)
-        save_nifti(image, images / f"{image_name}.nii.gz", spacing=(0.8, 0.8, 2.0))
+        path = save_nifti(image, images / f"{image_name}.nii.gz", spacing=(0.8, 0.8, 2.0))
+        raw = gzip.decompress(path.read_bytes())  # as another tool writes it: a gzip time
+        path.write_bytes(gzip.compress(raw, compresslevel=9, mtime=1234))
         save_nifti(label, labels / f"{label_name}.nii.gz", spacing=(0.8, 0.8, 2.0))
     return images, labels
 
@@ -63,6 +66,7 @@ def test_init_then_plan_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert spec.channels == ("MRI",) and spec.labels == {0: "background", 1: "lesion"}
     copied = out / "imagesTr" / "patient_1_0000.nii.gz"
     assert copied.read_bytes() == (images / "patient 1.nii.gz").read_bytes()  # bytes copied
+    assert copied.read_bytes()[4:8] == (1234).to_bytes(4, "little")  # not a rewrite
     report = json.loads((out / "init_report.json").read_text())
     sources = {c["case"]: c["label"] for c in report["cases"]}
     assert sources["p2"] == str(labels / "p2-labels.nii.gz")
