@@ -180,7 +180,8 @@ def plan_intake(images: Path, labels: Path, output: Path, options: IntakeOptions
         if case is not None:
             cases.append(case)
     if not pairing.cases and not problems:
-        problems.append(Problem(str(images), "no image sources found"))
+        what = "no image pairs with a label" if image_sources else "no image sources found"
+        problems.append(Problem(str(images), what))
     holders: dict[int, list[str]] = {}
     for case in cases:
         for value in case.values:

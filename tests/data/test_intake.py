@@ -327,3 +327,14 @@ def test_label_names_are_checked(tmp_path: Path) -> None:
     # a name the loader refuses (looks like the ignore label) stops before the rename
     assert_clean_failure(init(*args, "--label", "Ignore "), str(tmp_path / "D" / "dataset.json"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels"]
+
+
+def test_nothing_to_write_is_refused(tmp_path: Path) -> None:
+    save_nifti(np.zeros(SHAPE, np.float32), tmp_path / "i" / "a.nii.gz")
+    (tmp_path / "l").mkdir()
+    args = (tmp_path / "i", tmp_path / "l", "-o", tmp_path / "D", "--channel", "CT")
+    assert_clean_failure(init(*args, "--skip-unmatched"), "no image pairs with a label")
+    (tmp_path / "e").mkdir()
+    empty = (tmp_path / "e", tmp_path / "l", "-o", tmp_path / "D", "--channel", "CT")
+    assert_clean_failure(init(*empty), "no image sources found")
+    assert not (tmp_path / "D").exists()
