@@ -19,6 +19,7 @@ import typer
 
 from autoseg import __version__
 from autoseg.cli.habits import HabitGroup
+from autoseg.cli.init import register_init_command
 from autoseg.cli.models import register_model_commands
 from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt, PlannerOpt
 from autoseg.cli.options import console as _console
@@ -123,6 +124,9 @@ def detect_gpu_memory_gb() -> float | None:
     if not torch.cuda.is_available():
         return None
     return round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 1)
+
+
+register_init_command(app, user_errors)  # init (autoseg.cli.init): first in --help
 
 
 @app.command()

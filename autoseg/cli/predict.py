@@ -84,6 +84,15 @@ def predict(
         int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
     ] = 1,
     compile: CompileOpt = None,
+    stats: Annotated[
+        bool,
+        typer.Option(
+            "--stats",
+            help="Also write statistics.csv and statistics.json: per case and label the volume "
+            "(ml), voxels, connected components (26-connected) and the image's mean/std inside "
+            "(HU for CT). With --parts: statistics.part<i>of<n>.csv/.json.",
+        ),
+    ] = False,
 ) -> None:
     """Predict images with a trained model; outputs keep each input's format and exact geometry."""
     from autoseg.data.model_folder import find_model_folders
@@ -141,6 +150,12 @@ def predict(
         f"{len(report.written)} written to {output}"
         + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
     )
+    if stats:
+        from autoseg.evaluation.statistics import predicted_statistics
+
+        paths = predicted_statistics(report.inputs, predictor.plans, output, part, parts)
+        if paths:
+            console.print("statistics: " + ", ".join(map(str, paths)))
     if report.failed:
         _err(
             f"{len(report.failed)} case(s) failed:\n" + "\n".join(f"  - {p}" for p in report.failed)

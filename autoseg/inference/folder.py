@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,11 +60,14 @@ class PredictionReport:
         written: label maps written (one per case, in case order).
         failed: cases that could not be read or grouped, with the reason; the others went on.
         skipped: existing outputs left untouched (``overwrite=False``).
+        inputs: the input files of each written or skipped output (output -> channel files),
+            so that what was predicted from what is known (``predict --stats`` reads them).
     """
 
     written: tuple[Path, ...]
     failed: tuple[Problem, ...]
     skipped: tuple[Path, ...] = ()
+    inputs: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
 
 
 def predict_folder(
@@ -211,4 +214,10 @@ def predict_folder(
     if created and not written and not any(output_dir.iterdir()):
         output_dir.rmdir()  # every case failed: leave no empty folder behind
     log.info("%d case(s) written to %s, %d failed", len(written), output_dir, len(failed))
-    return PredictionReport(tuple(written), tuple(failed), tuple(skipped))
+    done = set(written) | set(skipped)
+    inputs = {
+        targets_of[case][0]: tuple(files)
+        for case, files in cases.items()
+        if targets_of[case][0] in done
+    }
+    return PredictionReport(tuple(written), tuple(failed), tuple(skipped), inputs)
