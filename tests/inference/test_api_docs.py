@@ -11,7 +11,7 @@ import pytest
 
 from tests.inference.test_predict import make_model
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
 def python_blocks(text: str) -> list[str]:

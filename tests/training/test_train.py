@@ -176,7 +176,7 @@ def test_ddp_two_cpu_processes_with_gloo(planned, tmp_path: Path) -> None:
         "2",
         "--master_port",
         "29517",
-        str(Path(__file__).with_name("ddp_rank_weights.py")),
+        str(Path(__file__).parents[1] / "ddp_rank_weights.py"),
         "train",
         name,
         "3d_fullres",
