@@ -233,8 +233,20 @@ def train(
         ),
     ] = "none",
     compile: CompileOpt = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Stop early when the smoothed validation pseudo-Dice has not improved for N "
+            "epochs (final checkpoint as usual). Default: off.",
+        ),
+    ] = None,
 ) -> None:
-    """Train one fold of a planned configuration."""
+    """Train one fold of a planned configuration.
+
+    SIGTERM or SIGUSR1 (a scheduler's pre-emption) saves checkpoint_latest.pt after the current
+    iteration and exits with code 75; --resume continues from exactly there.
+    """
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.data.plans import Plans
     from autoseg.data.splits import parse_fold
@@ -259,6 +271,7 @@ def train(
         augment=tuple(augment or ()),
         tracking=tracking,
         compile=compile,
+        patience=patience,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")

@@ -56,6 +56,7 @@ from autoseg.training.loader import BatchLoader
 from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs_weights
 from autoseg.training.progress import History, add_file_log, write_progress
 from autoseg.training.step import OptimizerSettings, TrainingStep
+from autoseg.training.stopping import StoppingMixin, StopRequests
 from autoseg.training.tracking import check_tracking, open_tracker
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class TrainSettings:
         tracking: ``none`` or ``tensorboard`` (``autoseg.training.tracking``): per-epoch figures.
         compile: ``torch.compile`` the network, falling back to eager with one log line if the
             first step fails (``autoseg.networks.compiled``); None = on CUDA only.
+        patience: stop early when the smoothed (EMA) validation pseudo-Dice has not improved
+            for this many epochs, saving the final checkpoint as usual; None = never.
     """
 
     epochs: int = 1000
@@ -111,6 +114,7 @@ class TrainSettings:
     augment: tuple[str, ...] = ()
     tracking: str = "none"
     compile: bool | None = None
+    patience: int | None = None
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -186,7 +190,7 @@ def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:
     return split
 
 
-class _Trainer:
+class _Trainer(StoppingMixin):
     """State of one fold's training; ``run`` is the only entry point."""
 
     def __init__(
@@ -261,9 +265,11 @@ class _Trainer:
                 self.step.model = compile_with_fallback(self.step.model, example, backward=True)
         self.history = History()
         self.start_epoch = 0
+        self.start_iteration, self.resumed_losses = 0, ()  # a run stopped by a signal
+        self._stop = StopRequests()
         self._published = False
 
-    def _meta(self, epoch: int) -> CheckpointMeta:
+    def _meta(self, epoch: int, iteration: int = 0, losses=()) -> CheckpointMeta:
         return CheckpointMeta(
             configuration=self.config.name,
             fold=self.fold,
@@ -276,10 +282,15 @@ class _Trainer:
             augmentation=self.step.augmentation,
             loss=self.settings.loss,
             autoseg_version=__version__,
+            iteration=iteration,
+            iteration_losses=tuple(losses),
         )
 
-    def _save(self, checkpoint: str, epoch: int) -> None:
+    def _save(self, checkpoint: str, epoch: int, iteration: int = 0, losses=()) -> None:
         """Save a checkpoint (``final``, ``best`` or ``latest``); rank 0 only.
+
+        ``iteration`` and ``losses``: the part of epoch ``epoch + 1`` already trained (a stop
+        signal arrived there).
 
         The model folder's ``plans.json`` is published with the first checkpoint: a run that
         fails before one leaves nothing that looks like a model.
@@ -293,7 +304,7 @@ class _Trainer:
             self.model.checkpoint(self.fold, checkpoint),
             self.step.network.state_dict(),
             self.step.optimizer.state_dict(),
-            self._meta(epoch),
+            self._meta(epoch, iteration, losses),
         )
 
     def _restore(self) -> None:
@@ -320,6 +331,7 @@ class _Trainer:
         self.history = History.from_dict(ckpt.meta.history)
         self.history.truncate(self.start_epoch)
         log.info("resumed %s at epoch %d", source, self.start_epoch)
+        self._resume_inside_epoch(ckpt.meta)
 
     def _load_pretrained(self, source: str) -> None:
         report = load_pretrained(self.step.network, source, self.config.name)
@@ -368,9 +380,16 @@ class _Trainer:
                 self.tracker = open_tracker(
                     self.settings.tracking, self.fold_dir, self.label_names, self.start_epoch
                 )
-            self._epochs()
+            with self._stop:  # SIGTERM/SIGUSR1: save and leave after the current iteration
+                log.info(
+                    "training epochs %d-%d, %d iterations each (SIGTERM/SIGUSR1: save and stop)",
+                    self.start_epoch,
+                    self.settings.epochs - 1,
+                    self.settings.iterations,
+                )
+                self._epochs()
             if self.dist.main:
-                self._save("final", self.settings.epochs - 1)
+                self._save("final", len(self.history.train_loss) - 1)
                 self.model.checkpoint(self.fold, "latest").unlink(missing_ok=True)
                 if self.settings.validate and self.split.val:  # autoseg.evaluation.validation
                     val = (self.fold, self.split.val, str(self.device), self.settings.compile)
@@ -429,6 +448,8 @@ class _Trainer:
                 log.info("epoch %d: %s lr %.5f", epoch, info, lr)
                 if self._checkpoint_epoch(epoch, best, time.monotonic() - last_save > 300):
                     last_save = time.monotonic()
+                if self._patience_exhausted(epoch):
+                    break
 
     def _train_epoch(self, epoch: int, advance) -> list[float]:
         """``iterations`` training steps on augmented batches seeded by ``(seed, epoch)``."""
@@ -442,10 +463,16 @@ class _Trainer:
             self.step.elastic.reseed(seed)
         if self.step.previous_stage is not None:
             self.step.previous_stage.reseed(seed)
+        first = self.start_iteration if epoch == self.start_epoch else 0
+        if first:
+            losses = list(self.resumed_losses)
         with self._loader(self.split.train, seed, augment=True) as loader:
-            for _ in range(s.iterations):
+            self._skip_iterations(loader, first, advance)
+            for i in range(first, s.iterations):
                 losses.append(self.step.train_batch(next(loader)))
                 advance()
+                if self._stop_requested():
+                    self._preempt(epoch, i + 1, losses)
         return losses
 
     def _validate_epoch(self) -> tuple[float, list[float]]:
