@@ -51,7 +51,10 @@ def predict(
         Path | None,
         typer.Option("-m", "--model", help="A model folder (models/<planner>/<config>)."),
     ] = None,
-    planner: Annotated[str | None, typer.Option("--planner", help="Planner of the model.")] = None,
+    planner: Annotated[
+        str | None,
+        typer.Option("--plans", "--planner", help="Plans of the model (planner or named plan)."),
+    ] = None,
     checkpoint: Annotated[
         str, typer.Option("--checkpoint", help="final, best or a file name.")
     ] = "final",
@@ -112,7 +115,7 @@ def predict(
                 f"  {c.parent.parent.parent.name} -c {c.name} --planner {c.parent.name}"
                 for c in candidates
             )
-            raise AutosegError(f"several trained models; choose with -d/-c/--planner:\n{listing}")
+            raise AutosegError(f"several trained models; choose with -d/-c/--plans:\n{listing}")
         model = candidates[0]
     fold_list = [f.strip() for f in folds.split(",")] if folds else None
     predictor = Predictor.from_folder(

@@ -203,7 +203,7 @@ class _Trainer(StoppingMixin):
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = select_split(dirs, fold, case_ids)
-        self.model = ModelFolder(dirs.model_folder(plans.planner, config_name))
+        self.model = ModelFolder(dirs.model_folder(plans.plans_name, config_name))
         self.fold_dir = self.model.fold_dir(fold)
         self.device = resolve_device(settings.device)
         self.dist, self.device = _init_distributed(self.device)
