@@ -209,6 +209,7 @@ def evaluate(
             reference,
         )
     named = read_evaluation_labels(dataset_json) if dataset_json is not None else None
+    ignore = _ignore_beside(reference) if named is None else None
     evaluation = evaluate_folders(
         predictions,
         reference,
@@ -217,6 +218,7 @@ def evaluate(
         workers=_workers(workers),
         chill=chill,
         regions=named.regions if named else (),
+        ignore=ignore,
     )
     evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())
@@ -246,3 +248,28 @@ def instances(
         f"{len(report.written)} written to {output} ({total} objects)"
         + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
     )
+
+
+def _ignore_beside(reference: Path) -> int | None:
+    """Without --dataset-json: the ignore label of the dataset.json beside the reference folder
+    (the dataset layout's ``labelsTr``/``labelsTs``), so that its voxels are never scored as a
+    class; None when there is no such file or it names no ignore label."""
+    from autoseg.data.dataset import read_label_names
+    from autoseg.data.ignore import ignore_label
+    from autoseg.errors import AutosegError
+
+    meta = reference.resolve().parent / "dataset.json"
+    if not meta.is_file():
+        return None
+    try:
+        value = ignore_label(read_label_names(meta))
+    except AutosegError:  # not a readable dataset.json: evaluate as without one
+        return None
+    if value is not None:
+        logging.getLogger("autoseg").warning(
+            "label value %d is the 'ignore' label of %s: its voxels are left out (pass "
+            "--dataset-json to score by that file's labels)",
+            value,
+            meta,
+        )
+    return value

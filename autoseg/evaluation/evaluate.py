@@ -371,6 +371,23 @@ def _image_files(folder: Path, role: str, problems: list[Problem]) -> dict[str, 
     return files
 
 
+def _warn_never_predicted(
+    infos: Mapping[Path, _FileInfo], refs: list[Path], preds: list[Path], ignore: int | None
+) -> None:
+    """Warn about label values of the references that no prediction holds (an ignore label
+    scored as a class looks like this)."""
+    in_refs = {v for path in refs for v in infos[path].values}
+    in_preds = {v for path in preds for v in infos[path].values}
+    never = sorted(in_refs - in_preds - {0} - ({ignore} if ignore is not None else set()))
+    if never:
+        logger.warning(
+            "label value(s) %s are in the references but in no prediction: scored as classes "
+            "(Dice 0). If one is an ignore label (sparse annotation), pass --dataset-json with "
+            "the dataset.json that names it 'ignore', so that its voxels are left out",
+            never,
+        )
+
+
 def _map(fn: Callable[..., T], args: list[tuple], workers: int) -> list[T]:
     """``[fn(*a) for a in args]``, in ``workers`` processes when more than one."""
     if workers <= 1 or len(args) <= 1:
@@ -387,6 +404,7 @@ def evaluate_folders(
     workers: int = 1,
     chill: bool = False,
     regions: Sequence[Region] = (),
+    ignore: int | None = None,
 ) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the reference of the same case id.
 
@@ -407,6 +425,11 @@ def evaluate_folders(
             otherwise a reference without prediction is an error. A prediction without
             reference is always one.
         regions: score these regions instead of labels (``case_metrics``).
+        ignore: without ``labels``, a label value to leave out as the ignore label (its
+            reference voxels are not scored, the value is not a class).
+
+    Without ``labels``, a value found in the references but in no prediction is logged as a
+    warning: it is scored as a class, and if it is an ignore label it should not be.
 
     Returns:
         The evaluation.
@@ -445,14 +468,15 @@ def evaluate_folders(
 
     if labels is None:
         found = {v for info in infos.values() for v in info.values}
-        names = {v: str(v) for v in sorted(found) if v != 0}
+        names = {v: str(v) for v in sorted(found) if v not in (0, ignore)}
+        _warn_never_predicted(infos, [refs[c] for c in common], [preds[c] for c in common], ignore)
     else:
         names = _label_names(labels)
         unscored = sorted({v for i in infos.values() for v in i.values} - set(names) - {0})
         if unscored:
             logger.warning("label value(s) %s are in the files but not scored", unscored)
     logger.info("evaluating %d case(s), labels %s", len(common), list(names))
-    ignore = _ignore_of(labels)
+    ignore = _ignore_of(labels) if labels is not None else ignore
     if regions:
         names = _region_names(regions)
     regions = tuple(regions)
