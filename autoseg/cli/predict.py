@@ -20,6 +20,15 @@ from autoseg.cli.options import console as _console
 from autoseg.cli.options import cpu_workers as _workers
 from autoseg.cli.options import err as _err
 
+ObjectsOpt = Annotated[
+    str,
+    typer.Option(
+        "--objects",
+        help="2D objects: foreground (connected components of each label) or background (the "
+        "regions a label separates: cells between membranes, as ISBI 2012 scores EM).",
+    ),
+]
+
 __all__ = ["register_predict_commands"]
 
 
@@ -184,6 +193,7 @@ def evaluate(
         bool,
         typer.Option("--chill", help="Score only the cases that have a prediction (as nnU-Net)."),
     ] = False,
+    objects: ObjectsOpt = "foreground",
 ) -> None:
     """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
     HD95 and NSD per case and label (per region for a region-based --dataset-json), with means."""
@@ -219,6 +229,7 @@ def evaluate(
         chill=chill,
         regions=named.regions if named else (),
         ignore=ignore,
+        objects=objects,
     )
     evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())
@@ -238,11 +249,12 @@ def instances(
         int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")
     ] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+    objects: ObjectsOpt = "foreground",
 ) -> None:
     """Split semantic predictions into objects: an instance label map per file (same format)."""
     from autoseg.evaluation.instances import instances_folder
 
-    report = instances_folder(predictions, output, border_label, min_size, overwrite)
+    report = instances_folder(predictions, output, border_label, min_size, overwrite, objects)
     total = sum(report.objects.values())
     _console().print(
         f"{len(report.written)} written to {output} ({total} objects)"
