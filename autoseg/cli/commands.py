@@ -169,9 +169,18 @@ def train(
     tracking: Annotated[
         str,
         typer.Option(
-            "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
+            "--tracking",
+            help="none, tensorboard (fold_<k>/tensorboard; needs tensorboard) or mlflow (a run "
+            "per fold; needs the mlflow extra).",
         ),
     ] = "none",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else file:<home>/mlruns).",
+        ),
+    ] = None,
     compile: CompileOpt = None,
     patience: Annotated[
         int | None,
@@ -210,6 +219,7 @@ def train(
         loss=loss,
         augment=tuple(augment or ()),
         tracking=tracking,
+        tracking_uri=tracking_uri,
         compile=compile,
         patience=patience,
     )

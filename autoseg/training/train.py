@@ -57,7 +57,7 @@ from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs
 from autoseg.training.progress import History, add_file_log, write_progress
 from autoseg.training.step import OptimizerSettings, TrainingStep
 from autoseg.training.stopping import StoppingMixin, StopRequests
-from autoseg.training.tracking import check_tracking, open_tracker
+from autoseg.training.tracking import TrackedRun, check_tracking, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,10 @@ class TrainSettings:
             ``dice_focal``, ``border_ce``), with deep supervision.
         augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
             ``augmentations`` (a planner setting) are added.
-        tracking: ``none`` or ``tensorboard`` (``autoseg.training.tracking``): per-epoch figures.
+        tracking: ``none``, ``tensorboard`` or ``mlflow`` (``autoseg.training.tracking``):
+            per-epoch figures (MLflow: also parameters and the fold's files).
+        tracking_uri: where MLflow runs go; None: ``$MLFLOW_TRACKING_URI``, else
+            ``file:<home>/mlruns``.
         compile: ``torch.compile`` the network, falling back to eager with one log line if the
             first step fails (``autoseg.networks.compiled``); None = on CUDA only.
         patience: stop early when the smoothed (EMA) validation pseudo-Dice has not improved
@@ -113,6 +116,7 @@ class TrainSettings:
     loss: str = DEFAULT_LOSS
     augment: tuple[str, ...] = ()
     tracking: str = "none"
+    tracking_uri: str | None = None
     compile: bool | None = None
     patience: int | None = None
 
@@ -378,7 +382,11 @@ class _Trainer(StoppingMixin):
                 self._load_pretrained(self.settings.pretrained)
             if self.dist.main:
                 self.tracker = open_tracker(
-                    self.settings.tracking, self.fold_dir, self.label_names, self.start_epoch
+                    self.settings.tracking,
+                    self.fold_dir,
+                    self.label_names,
+                    self.start_epoch,
+                    self._tracked_run(),
                 )
             with self._stop:  # SIGTERM/SIGUSR1: save and leave after the current iteration
                 log.info(
@@ -394,6 +402,11 @@ class _Trainer(StoppingMixin):
                 if self.settings.validate and self.split.val:  # autoseg.evaluation.validation
                     val = (self.fold, self.split.val, str(self.device), self.settings.compile)
                     validate_fold(self.dirs, self.plans, self.config, self.model, *val)
+                if self.tracker is not None:
+                    files = [self.fold_dir / f for f in ("progress.png", "progress.json")]
+                    self.tracker.artifacts(
+                        [self.model.plans, *files, self.model.summary(self.fold)]
+                    )
             ok = True
         finally:
             if self.tracker is not None:
@@ -406,6 +419,36 @@ class _Trainer(StoppingMixin):
             if self.dist.world > 1:
                 dist.destroy_process_group()
         return self.fold_dir
+
+    def _tracked_run(self) -> TrackedRun:
+        """What the tracker logs about this fold (its parameters, names, where)."""
+        s, c = self.settings, self.config
+        params = {
+            "dataset": self.plans.dataset_name,
+            "plans": self.plans.plans_name,
+            "planner": self.plans.planner,
+            "configuration": c.name,
+            "fold": self.fold,
+            "seed": s.seed,
+            "autoseg_version": __version__,
+            "epochs": s.epochs,
+            "iterations": s.iterations,
+            "loss": s.loss,
+            "patch_size": "x".join(map(str, c.patch_size)),
+            "batch_size": c.batch_size,
+            "spacing": "x".join(f"{v:g}" for v in c.spacing),
+        }
+        name = f"{self.plans.dataset_name}/{self.plans.plans_name}/{c.name}/fold_{self.fold}"
+        return TrackedRun(
+            fold_dir=self.fold_dir,
+            label_names=tuple(self.label_names),
+            start_epoch=self.start_epoch,
+            name=name,
+            experiment=f"autoseg/{self.plans.dataset_name}",
+            params=params,
+            uri=s.tracking_uri,
+            home=self.dirs.work.parent,
+        )
 
     def _remove_unfinished(self) -> None:
         """After a failure before any checkpoint: remove what the run wrote (log, progress)."""
