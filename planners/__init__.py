@@ -25,6 +25,7 @@ from autoseg.registry import Registry
 
 if TYPE_CHECKING:
     from autoseg.data.plans import Plans
+    from autoseg.planners.rules import PlannerSettings
     from autoseg.planning.fingerprint import Fingerprint
 
 ENTRY_POINT_GROUP = "autoseg.planners"
@@ -89,3 +90,19 @@ def get_planner(name: str) -> PlannerFn:
         AutosegError: no planner has that name (the message lists the available ones).
     """
     return PLANNERS.get(name)
+
+
+def planner_settings(name: str) -> PlannerSettings:
+    """The settings (``planners.rules.PlannerSettings``) of planner ``name``, which named plans
+    re-plan with; a planner exposes them as the attribute ``settings`` of its function.
+
+    Raises:
+        AutosegError: unknown planner, or one without settings (its plans cannot be overridden).
+    """
+    settings = getattr(get_planner(name), "settings", None)
+    if settings is None:
+        raise AutosegError(
+            f"planner {name} does not expose its rules (a 'settings' attribute): its plans "
+            "cannot be overridden with --patch-size/--batch-size/--spacing"
+        )
+    return settings

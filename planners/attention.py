@@ -23,3 +23,6 @@ def plan(fingerprint: Fingerprint, budget: Budget | None = None) -> Plans:
         budget: GPU memory and minimum feature-map size (default: 8 GiB, 8 voxels).
     """
     return plan_with_settings(fingerprint, budget or Budget(), SETTINGS)
+
+
+plan.settings = SETTINGS  # type: ignore[attr-defined] - read by planner_settings

@@ -48,6 +48,9 @@ def plan(fingerprint: Fingerprint, budget: Budget | None = None) -> Plans:
     return plan_with_settings(fingerprint, budget or Budget(), SETTINGS)
 
 
+plan.settings = SETTINGS  # type: ignore[attr-defined] - read by planner_settings
+
+
 def _register_preset(name: str, gpu_memory_gb: float) -> None:
     settings = dataclasses.replace(SETTINGS, name=name, max_dataset_fraction=1.0)
 
@@ -68,6 +71,7 @@ def _register_preset(name: str, gpu_memory_gb: float) -> None:
         f"Plans for a residual-encoder U-Net on a {gpu_memory_gb:g} GiB GPU, whatever the "
         "budget passed (only its minimum feature-map size is used)."
     )
+    plan_preset.settings = settings  # type: ignore[attr-defined]
     register_planner(name)(plan_preset)
 
 

@@ -43,6 +43,7 @@ def test_planners_import_nothing_above_planning() -> None:
     code = (
         "import sys, autoseg.planners as p; p.get_planner('default');"
         "import autoseg.planners.resenc, autoseg.planners.attention, autoseg.planners.microscopy;"
+        "import autoseg.planners.overrides;"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(("
         "'autoseg.training', 'autoseg.inference', 'autoseg.evaluation', 'autoseg.cli',"
         "'autoseg.networks', 'autoseg.api'))))"

@@ -386,7 +386,7 @@ def run_benchmark(
     return BenchmarkResult(
         dataset=dirs.name,
         configuration=configuration,
-        planner=plans.planner,
+        planner=plans.plans_name,
         device=str(torch_device),
         device_name=device_name,
         patch_size=tuple(config.patch_size),

@@ -21,10 +21,11 @@ from autoseg import __version__
 from autoseg.cli.habits import HabitGroup
 from autoseg.cli.init import register_init_command
 from autoseg.cli.models import register_model_commands
-from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt, PlannerOpt
+from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt, PlansOpt
 from autoseg.cli.options import console as _console
 from autoseg.cli.options import cpu_workers as _workers
 from autoseg.cli.options import err as _err
+from autoseg.cli.plans import register_plan_commands
 from autoseg.cli.predict import register_predict_commands
 
 app = typer.Typer(
@@ -115,72 +116,9 @@ def _main(
     set_progress(not quiet)
 
 
-def detect_gpu_memory_gb() -> float | None:
-    """Total memory of the first CUDA GPU in GB, or None without one."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    return round(torch.cuda.get_device_properties(0).total_memory / 1024**3, 1)
-
-
 register_init_command(app, user_errors)  # init (autoseg.cli.init): first in --help
-
-
-@app.command()
-@user_errors
-def plan(
-    dataset: Annotated[str, typer.Argument(help="Dataset folder, or the name of a known one.")],
-    home: HomeOpt = None,
-    planner: PlannerOpt = "default",
-    gpu_memory: Annotated[
-        float | None, typer.Option("--gpu-memory", help="GPU memory budget in GB.")
-    ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
-    preprocess: Annotated[
-        bool, typer.Option("--preprocess/--no-preprocess", help="Preprocess after planning.")
-    ] = True,
-    replan: Annotated[
-        bool,
-        typer.Option(
-            "--replan", help="Replace what the home holds for another dataset of this name."
-        ),
-    ] = False,
-    plans_from: Annotated[
-        str | None,
-        typer.Option("--plans-from", help="Reuse this planned dataset's network topology."),
-    ] = None,
-    border_weights: Annotated[
-        bool,
-        typer.Option(
-            "--border-weights", help="Also compute the border weight maps of --loss border_ce."
-        ),
-    ] = False,
-    storage: Annotated[
-        str,
-        typer.Option(
-            "--storage", help="Preprocessed arrays: npy (fastest) or blosc2 (compressed, extra)."
-        ),
-    ] = "npy",
-) -> None:
-    """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
-    from autoseg.planning.runner import plan_dataset
-
-    summary = plan_dataset(
-        dataset,
-        home=home,
-        planner=planner,
-        gpu_memory_gb=gpu_memory if gpu_memory is not None else detect_gpu_memory_gb() or 8.0,
-        workers=_workers(workers),
-        preprocess=preprocess,
-        replan=replan,
-        plans_from=plans_from,
-        border_weights=border_weights,
-        storage=storage,
-    )
-    summary.print(_console())
+# plan, plans (autoseg.cli.plans): first in --help, as in the order of work
+register_plan_commands(app, user_errors)
 
 
 @app.command()
@@ -196,7 +134,7 @@ def train(
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last run.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    planner: PlannerOpt = "default",
+    planner: PlansOpt = "default",
     workers: Annotated[
         int | None, typer.Option("--workers", help="Augmentation processes (default: by device).")
     ] = None,
@@ -233,12 +171,33 @@ def train(
     tracking: Annotated[
         str,
         typer.Option(
-            "--tracking", help="none, or tensorboard (fold_<k>/tensorboard; needs tensorboard)."
+            "--tracking",
+            help="none, tensorboard (fold_<k>/tensorboard; needs tensorboard) or mlflow (a run "
+            "per fold; needs the mlflow extra).",
         ),
     ] = "none",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else file:<home>/mlruns).",
+        ),
+    ] = None,
     compile: CompileOpt = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Stop early when the smoothed validation pseudo-Dice has not improved for N "
+            "epochs (final checkpoint as usual). Default: off.",
+        ),
+    ] = None,
 ) -> None:
-    """Train one fold of a planned configuration."""
+    """Train one fold of a planned configuration.
+
+    SIGTERM or SIGUSR1 (a scheduler's pre-emption) saves checkpoint_latest.pt after the current
+    iteration and exits with code 75; --resume continues from exactly there.
+    """
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.data.plans import Plans
     from autoseg.data.splits import parse_fold
@@ -262,7 +221,9 @@ def train(
         loss=loss,
         augment=tuple(augment or ()),
         tracking=tracking,
+        tracking_uri=tracking_uri,
         compile=compile,
+        patience=patience,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")
@@ -278,7 +239,7 @@ def benchmark(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or name (planned).")],
     configuration: Annotated[str, typer.Argument(help="2d, 3d_fullres or 3d_lowres.")],
     home: HomeOpt = None,
-    planner: PlannerOpt = "default",
+    planner: PlansOpt = "default",
     device: DeviceOpt = "auto",
     iterations: Annotated[int, typer.Option(min=1, help="Timed training iterations.")] = 50,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed iterations before timing.")] = 5,
@@ -321,13 +282,17 @@ def benchmark(
 def find_best(
     dataset: Annotated[str, typer.Argument(help="Dataset folder or name.")],
     home: HomeOpt = None,
+    plans: Annotated[
+        str | None,
+        typer.Option("--plans", "--planner", help="Only models of these plans (default: all)."),
+    ] = None,
 ) -> None:
     """The best trained configuration by cross-validation Dice, and how to predict with it."""
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.evaluation.crossval import find_best_configuration
 
     dirs = resolve_dataset(dataset, resolve_home(home))
-    find_best_configuration(dirs).print(_console())
+    find_best_configuration(dirs, plans).print(_console())
 
 
 @app.command()

@@ -4,7 +4,8 @@ Three rewrites of the argument list, done by :class:`HabitGroup` (the ``autoseg`
 
 - The global flags ``-v/--verbose``, ``-q/--quiet`` and ``--debug`` may stand anywhere
   (``autoseg predict ... -q``); they are moved in front of the command, where click expects them.
-- ``-f 0 1 2`` (nnU-Net's form) is read as ``-f 0,1,2`` by every command with a ``folds`` option.
+- ``-f 0 1 2`` (nnU-Net's form) is read as ``-f 0,1,2`` by every command with a ``folds`` option;
+  likewise ``--patch-size 128 128 128`` and ``--spacing 1 1 1`` (read as ``128,128,128``).
 - An nnU-Net flag that has another name here is refused with a one-line hint
   (``-chk best`` -> "no such option -chk: did you mean --checkpoint?") instead of being
   parsed as something else (click would read ``-chk`` as ``-c hk``).
@@ -51,6 +52,9 @@ NNUNET_FLAGS = {
     "-pfile": "did you mean --dataset-json?",
 }
 _FOLD = re.compile(r"^(\d+|all)$")
+_NUMBER = re.compile(r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf)$", re.IGNORECASE)
+#: options taking several values, by parameter name: what a value looks like
+LIST_OPTIONS = {"folds": _FOLD, "patch_size": _NUMBER, "spacing": _NUMBER}
 
 
 def _option_names(command: typer.core.TyperCommand) -> set[str]:
@@ -71,14 +75,19 @@ def hoist_global_flags(args: Sequence[str]) -> list[str]:
 
 
 def rewrite_command_args(command: typer.core.TyperCommand, args: Sequence[str]) -> list[str]:
-    """The command's arguments with nnU-Net's fold lists joined; nnU-Net flags refused.
+    """The command's arguments with value lists joined (``LIST_OPTIONS``); nnU-Net flags refused.
 
     Raises:
         UsageError: an nnU-Net flag (or an ``--under_score`` spelling) this command does
             not have, with a hint naming the option to use.
     """
     names = _option_names(command)
-    fold_opts = {opt for p in command.params if p.name == "folds" for opt in getattr(p, "opts", ())}
+    list_opts = {
+        opt: LIST_OPTIONS[p.name]
+        for p in command.params
+        if p.name in LIST_OPTIONS
+        for opt in getattr(p, "opts", ())
+    }
     out: list[str] = []
     i, end = 0, (args.index("--") if "--" in args else len(args))
     while i < len(args):
@@ -95,10 +104,10 @@ def rewrite_command_args(command: typer.core.TyperCommand, args: Sequence[str]) 
                 hint = f"did you mean {dashed}?"
             if hint is not None:
                 raise UsageError(f"no such option {flag}: {hint}")
-        if token in fold_opts:
+        if token in list_opts:
             values = []
             i += 1
-            while i < end and _FOLD.match(args[i]):
+            while i < end and list_opts[token].match(args[i]):
                 values.append(args[i])
                 i += 1
             out.append(token)

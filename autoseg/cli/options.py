@@ -8,13 +8,30 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["CompileOpt", "DeviceOpt", "HomeOpt", "PlannerOpt", "console", "cpu_workers", "err"]
+__all__ = [
+    "CompileOpt",
+    "DeviceOpt",
+    "HomeOpt",
+    "PlannerOpt",
+    "PlansOpt",
+    "console",
+    "cpu_workers",
+    "err",
+]
 
 HomeOpt = Annotated[
     Path | None,
     typer.Option("--home", help="Working folder (default: $AUTOSEG_HOME, else ./autoseg_home)."),
 ]
 PlannerOpt = Annotated[str, typer.Option("--planner", help="Planner whose plans to use.")]
+PlansOpt = Annotated[
+    str,
+    typer.Option(
+        "--plans",
+        "--planner",
+        help="Plans to use: a planner's automatic plans, or a named plan (autoseg plan --name).",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cuda or cpu.")]
 CompileOpt = Annotated[
     bool | None,

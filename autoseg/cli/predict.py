@@ -20,6 +20,15 @@ from autoseg.cli.options import console as _console
 from autoseg.cli.options import cpu_workers as _workers
 from autoseg.cli.options import err as _err
 
+ObjectsOpt = Annotated[
+    str,
+    typer.Option(
+        "--objects",
+        help="2D objects: foreground (connected components of each label) or background (the "
+        "regions a label separates: cells between membranes, as ISBI 2012 scores EM).",
+    ),
+]
+
 __all__ = ["register_predict_commands"]
 
 
@@ -51,7 +60,10 @@ def predict(
         Path | None,
         typer.Option("-m", "--model", help="A model folder (models/<planner>/<config>)."),
     ] = None,
-    planner: Annotated[str | None, typer.Option("--planner", help="Planner of the model.")] = None,
+    planner: Annotated[
+        str | None,
+        typer.Option("--plans", "--planner", help="Plans of the model (planner or named plan)."),
+    ] = None,
     checkpoint: Annotated[
         str, typer.Option("--checkpoint", help="final, best or a file name.")
     ] = "final",
@@ -121,7 +133,7 @@ def predict(
                 f"  {c.parent.parent.parent.name} -c {c.name} --planner {c.parent.name}"
                 for c in candidates
             )
-            raise AutosegError(f"several trained models; choose with -d/-c/--planner:\n{listing}")
+            raise AutosegError(f"several trained models; choose with -d/-c/--plans:\n{listing}")
         model = candidates[0]
     fold_list = [f.strip() for f in folds.split(",")] if folds else None
     predictor = Predictor.from_folder(
@@ -196,6 +208,7 @@ def evaluate(
         bool,
         typer.Option("--chill", help="Score only the cases that have a prediction (as nnU-Net)."),
     ] = False,
+    objects: ObjectsOpt = "foreground",
 ) -> None:
     """Score predictions against references (-r REF -p PRED): Dice, IoU, precision, recall,
     HD95 and NSD per case and label (per region for a region-based --dataset-json), with means."""
@@ -221,6 +234,7 @@ def evaluate(
             reference,
         )
     named = read_evaluation_labels(dataset_json) if dataset_json is not None else None
+    ignore = _ignore_beside(reference) if named is None else None
     evaluation = evaluate_folders(
         predictions,
         reference,
@@ -229,6 +243,8 @@ def evaluate(
         workers=_workers(workers),
         chill=chill,
         regions=named.regions if named else (),
+        ignore=ignore,
+        objects=objects,
     )
     evaluation = dataclasses.replace(evaluation, command=command_line())
     evaluation.print_table(_console())
@@ -248,13 +264,39 @@ def instances(
         int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")
     ] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
+    objects: ObjectsOpt = "foreground",
 ) -> None:
     """Split semantic predictions into objects: an instance label map per file (same format)."""
     from autoseg.evaluation.instances import instances_folder
 
-    report = instances_folder(predictions, output, border_label, min_size, overwrite)
+    report = instances_folder(predictions, output, border_label, min_size, overwrite, objects)
     total = sum(report.objects.values())
     _console().print(
         f"{len(report.written)} written to {output} ({total} objects)"
         + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
     )
+
+
+def _ignore_beside(reference: Path) -> int | None:
+    """Without --dataset-json: the ignore label of the dataset.json beside the reference folder
+    (the dataset layout's ``labelsTr``/``labelsTs``), so that its voxels are never scored as a
+    class; None when there is no such file or it names no ignore label."""
+    from autoseg.data.dataset import read_label_names
+    from autoseg.data.ignore import ignore_label
+    from autoseg.errors import AutosegError
+
+    meta = reference.resolve().parent / "dataset.json"
+    if not meta.is_file():
+        return None
+    try:
+        value = ignore_label(read_label_names(meta))
+    except AutosegError:  # not a readable dataset.json: evaluate as without one
+        return None
+    if value is not None:
+        logging.getLogger("autoseg").warning(
+            "label value %d is the 'ignore' label of %s: its voxels are left out (pass "
+            "--dataset-json to score by that file's labels)",
+            value,
+            meta,
+        )
+    return value

@@ -44,6 +44,9 @@ class CheckpointMeta:
         checkpoints
             written before losses had names (they trained ``dice_ce``).
         autoseg_version: the version that wrote it.
+        iteration: training iterations already done in epoch ``epoch + 1`` (a checkpoint saved
+            on a stop signal, ``autoseg.training.preemption``); 0 when that epoch has not begun.
+        iteration_losses: the training losses of those iterations.
     """
 
     configuration: str = ""
@@ -57,6 +60,8 @@ class CheckpointMeta:
     augmentation: str = ""
     loss: str = ""
     autoseg_version: str = ""
+    iteration: int = 0
+    iteration_losses: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

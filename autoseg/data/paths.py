@@ -39,14 +39,25 @@ class DatasetDirs:
     def fingerprint(self) -> Path:
         return self.work / "fingerprint.json"
 
+    # One rule names plans and models: a plans name (``Plans.plans_name``) is a planner's name
+    # (its automatic plans) or a named plan's (``autoseg plan --name``, never a planner's);
+    # ``plans.json`` / ``plans_<name>.json`` and ``models/<name>/<configuration>/`` follow it.
     def plans(self, planner: str = DEFAULT_PLANNER) -> Path:
+        """The plans file of the plans name ``planner``."""
         return self.work / ("plans.json" if planner == DEFAULT_PLANNER else f"plans_{planner}.json")
+
+    def plans_names(self) -> list[str]:
+        """Every plans name with a plans file here, sorted (``default`` first)."""
+        names = [p.name[len("plans_") : -len(".json")] for p in self.work.glob("plans_*.json")]
+        default = [DEFAULT_PLANNER] if self.plans().is_file() else []
+        return default + sorted(n for n in names if n != DEFAULT_PLANNER)
 
     @property
     def splits(self) -> Path:
         return self.work / "splits.json"
 
     def model_folder(self, planner: str, configuration: str) -> Path:
+        """The model folder of a configuration of the plans name ``planner``."""
         return self.work / "models" / planner / configuration
 
     def require_raw(self) -> Path:
@@ -61,8 +72,9 @@ class DatasetDirs:
         path = self.plans(planner)
         if not path.is_file():
             raise AutosegError(
-                f"{path}: no plans for dataset '{self.name}' (planner '{planner}'); "
-                f"run `autoseg plan {self.name}` first"
+                f"{path}: no plans for dataset '{self.name}' named '{planner}'; "
+                f"run `autoseg plan {self.name}` first (`autoseg plans {self.name}` lists the "
+                "plans there are)"
             )
         return path
 

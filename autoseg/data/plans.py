@@ -115,6 +115,8 @@ class Plans:
         labels: label value -> name, background (0) included; keys are strings in JSON.
         configurations: name -> configuration.
         regions: for a region-based dataset, its regions (one sigmoid output each), else empty.
+        name: a named plan's name (``autoseg plan --name``: the planner's plans with a patch,
+            batch or spacing of the user's); empty for a planner's automatic plans.
     """
 
     dataset_name: str
@@ -125,6 +127,13 @@ class Plans:
     labels: dict[int, str]
     configurations: dict[str, Configuration] = field(default_factory=dict)
     regions: tuple[Region, ...] = ()
+    name: str = ""
+
+    @property
+    def plans_name(self) -> str:
+        """What names these plans in the home: the named plan's name, else the planner's
+        (``autoseg.data.paths.DatasetDirs.plans`` and ``model_folder`` take it)."""
+        return self.name or self.planner
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:

@@ -183,15 +183,22 @@ class BestConfiguration:
             console.print("predict with:\n" + "\n".join(f"  {c}" for c in commands))
 
 
-def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
+def find_best_configuration(dirs: DatasetDirs, plans: str | None = None) -> BestConfiguration:
     """Rank every trained configuration of a dataset by its mean validation Dice.
 
+    Args:
+        dirs: the dataset.
+        plans: only the models of this plans name (a planner's or a named plan's); None: all.
+
     Raises:
-        AutosegError: the dataset's last ``autoseg plan`` did not finish.
+        AutosegError: the dataset's last ``autoseg plan`` did not finish, or ``plans`` names
+            no plans of the dataset.
     """
     require_planned(dirs.work, dirs.name)
+    if plans is not None:
+        dirs.require_plans(plans)
     results = []
-    for model in find_model_folders(dirs.work.parent, dirs.work.name):
+    for model in find_model_folders(dirs.work.parent, dirs.work.name, planner=plans):
         folder = model.path
         summaries = [(k, model.summary(k)) for k in CV_FOLDS]
         found = [(k, Evaluation.from_json(p)) for k, p in summaries if p.is_file()]
@@ -211,14 +218,15 @@ def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
                 dice_per_label=per_label,
             )
         )
-    return BestConfiguration(dataset=dirs.name, results=tuple(results), pooled=_pooled_scores(dirs))
+    pooled = _pooled_scores(dirs, plans)
+    return BestConfiguration(dataset=dirs.name, results=tuple(results), pooled=pooled)
 
 
-def _pooled_scores(dirs: DatasetDirs) -> tuple[EnsembleScore, ...]:
+def _pooled_scores(dirs: DatasetDirs, plans: str | None) -> tuple[EnsembleScore, ...]:
     """Single complete configurations and every pair, on their pooled CV probabilities."""
     models = [
         m
-        for m in find_model_folders(dirs.work.parent, dirs.work.name)
+        for m in find_model_folders(dirs.work.parent, dirs.work.name, planner=plans)
         if len(m.validated_folds()) == NUM_FOLDS and m.plans.is_file()
     ]
     if len(models) < 2:

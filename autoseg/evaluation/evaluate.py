@@ -37,6 +37,7 @@ from autoseg.evaluation.metrics_microscopy import (
     ObjectMeans,
     ObjectMetrics,
     case_objects,
+    check_objects,
     mean_object_metrics,
     object_table,
 )
@@ -252,6 +253,7 @@ def evaluate_arrays(
     labels: Sequence[int] | Mapping[int, str],
     nsd_tolerance_mm: float = 1.0,
     regions: Sequence[Region] = (),
+    objects: str = "foreground",
 ) -> Evaluation:
     """Score in-memory predictions (the trainer's validation cases, for instance).
 
@@ -262,6 +264,7 @@ def evaluate_arrays(
             voxels of a label named ``ignore`` (see ``case_metrics``).
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         regions: score regions instead of labels (named by the regions).
+        objects: how 2D maps' objects are read (``metrics_microscopy.label_object_metrics``).
 
     Returns:
         The evaluation.
@@ -276,7 +279,7 @@ def evaluate_arrays(
         CaseResult(
             str(case_id),
             case_metrics(pred, ref, list(names), spacing, nsd_tolerance_mm, ignore, regions),
-            _objects(pred, ref, list(names), ignore, regions),
+            _objects(pred, ref, list(names), ignore, regions, objects),
         )
         for case_id, pred, ref, spacing in pairs
     ]
@@ -330,12 +333,13 @@ def _score_files(
     tol: float,
     ignore: int | None = None,
     regions: tuple[Region, ...] = (),
+    objects: str = "foreground",
 ) -> CaseResult:
     pred, _ = read_array(pred_path)
     ref, geometry = read_array(ref_path)
     pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
     metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore, regions)
-    return CaseResult(case_id, metrics, _objects(pred, ref, labels, ignore, regions))
+    return CaseResult(case_id, metrics, _objects(pred, ref, labels, ignore, regions, objects))
 
 
 def _objects(
@@ -344,13 +348,14 @@ def _objects(
     labels: Sequence[int],
     ignore: int | None,
     regions: Sequence[Region],
+    objects: str = "foreground",
 ) -> dict[int, ObjectMetrics]:
     """The object metrics of a 2D case, ignored voxels background in both maps; none for
     region-based labels (the object metrics score label values, not regions)."""
     if regions:
         return {}
     pred, ref = mask_ignored(pred, ref, ignore)
-    return case_objects(pred, ref, [v for v in labels if v != ignore])
+    return case_objects(pred, ref, [v for v in labels if v != ignore], objects)
 
 
 def _image_files(folder: Path, role: str, problems: list[Problem]) -> dict[str, Path]:
@@ -371,6 +376,23 @@ def _image_files(folder: Path, role: str, problems: list[Problem]) -> dict[str, 
     return files
 
 
+def _warn_never_predicted(
+    infos: Mapping[Path, _FileInfo], refs: list[Path], preds: list[Path], ignore: int | None
+) -> None:
+    """Warn about label values of the references that no prediction holds (an ignore label
+    scored as a class looks like this)."""
+    in_refs = {v for path in refs for v in infos[path].values}
+    in_preds = {v for path in preds for v in infos[path].values}
+    never = sorted(in_refs - in_preds - {0} - ({ignore} if ignore is not None else set()))
+    if never:
+        logger.warning(
+            "label value(s) %s are in the references but in no prediction: scored as classes "
+            "(Dice 0). If one is an ignore label (sparse annotation), pass --dataset-json with "
+            "the dataset.json that names it 'ignore', so that its voxels are left out",
+            never,
+        )
+
+
 def _map(fn: Callable[..., T], args: list[tuple], workers: int) -> list[T]:
     """``[fn(*a) for a in args]``, in ``workers`` processes when more than one."""
     if workers <= 1 or len(args) <= 1:
@@ -387,6 +409,8 @@ def evaluate_folders(
     workers: int = 1,
     chill: bool = False,
     regions: Sequence[Region] = (),
+    ignore: int | None = None,
+    objects: str = "foreground",
 ) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the reference of the same case id.
 
@@ -407,6 +431,14 @@ def evaluate_folders(
             otherwise a reference without prediction is an error. A prediction without
             reference is always one.
         regions: score these regions instead of labels (``case_metrics``).
+        ignore: without ``labels``, a label value to leave out as the ignore label (its
+            reference voxels are not scored, the value is not a class).
+        objects: how the objects of 2D maps are read: ``foreground`` (a label's connected
+            components) or ``background`` (the components of what the label separates: cells
+            between membranes); ``metrics_microscopy``.
+
+    Without ``labels``, a value found in the references but in no prediction is logged as a
+    warning: it is scored as a class, and if it is an ignore label it should not be.
 
     Returns:
         The evaluation.
@@ -414,6 +446,7 @@ def evaluate_folders(
     Raises:
         DatasetError: every problem with the inputs, each naming its file.
     """
+    check_objects(objects)  # before anything is read
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     problems: list[Problem] = []
     preds = _image_files(pred_dir, "prediction", problems)
@@ -445,18 +478,22 @@ def evaluate_folders(
 
     if labels is None:
         found = {v for info in infos.values() for v in info.values}
-        names = {v: str(v) for v in sorted(found) if v != 0}
+        names = {v: str(v) for v in sorted(found) if v not in (0, ignore)}
+        _warn_never_predicted(infos, [refs[c] for c in common], [preds[c] for c in common], ignore)
     else:
         names = _label_names(labels)
         unscored = sorted({v for i in infos.values() for v in i.values} - set(names) - {0})
         if unscored:
             logger.warning("label value(s) %s are in the files but not scored", unscored)
     logger.info("evaluating %d case(s), labels %s", len(common), list(names))
-    ignore = _ignore_of(labels)
+    ignore = _ignore_of(labels) if labels is not None else ignore
     if regions:
         names = _region_names(regions)
     regions = tuple(regions)
-    args = [(c, preds[c], refs[c], list(names), nsd_tolerance_mm, ignore, regions) for c in common]
+    args = [
+        (c, preds[c], refs[c], list(names), nsd_tolerance_mm, ignore, regions, objects)
+        for c in common
+    ]
     cases = _map(_score_files, args, workers)
     evaluation = _summarise(cases, names, nsd_tolerance_mm, regions)
     logger.info("mean Dice over labels: %.4f", evaluation.mean_dice)

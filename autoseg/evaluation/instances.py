@@ -8,6 +8,10 @@ U-Net paper's data), that class separates the objects: it is left out of the com
 then handed to the nearest object, so objects get their full extent back. Components smaller
 than ``min_size`` voxels are dropped (set to 0).
 
+``objects="background"`` reads a membrane map the other way round (the ISBI 2012 EM task): the
+objects are the connected components of the background (value 0, the pixels no class claims),
+the cells between the membranes; the membranes stay 0 and separate them.
+
 ``instances_folder`` (``autoseg instances PREDICTIONS OUTPUT``) does it for a folder of
 predicted label maps and writes each instance map in its input's format and geometry; it never
 writes over its inputs.
@@ -25,6 +29,7 @@ from scipy import ndimage
 
 from autoseg.data.io import file_ending, read_array, write_label
 from autoseg.errors import AutosegError
+from autoseg.evaluation.metrics_microscopy import check_objects
 from autoseg.inference.inputs import refuse_outputs_that_are_inputs
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,7 @@ def semantic_to_instances(
     foreground: Sequence[int] | None = None,
     border_label: int | None = None,
     min_size: int = 0,
+    objects: str = "foreground",
 ) -> np.ndarray:
     """Instance label map of a semantic label map.
 
@@ -43,14 +49,26 @@ def semantic_to_instances(
         foreground: the object classes (default: every value > 0 except ``border_label``).
         border_label: the class separating touching objects, or None.
         min_size: components with fewer voxels are removed.
+        objects: ``foreground`` (the classes' components) or ``background`` (the components of
+            the value-0 pixels: cells between membranes; ``foreground`` and ``border_label``
+            are then not used).
 
     Returns:
-        int32 array of ``labels``' shape: 0 background, 1..N the objects.
+        int32 array of ``labels``' shape: 0 background (or membrane), 1..N the objects.
+
+    Raises:
+        AutosegError: an unknown ``objects``, or ``background`` with a border label.
     """
     labels = np.asarray(labels)
-    values = [int(v) for v in np.unique(labels) if v > 0 and v != border_label]
-    wanted = [int(v) for v in foreground] if foreground is not None else values
-    objects, count = ndimage.label(np.isin(labels, wanted))
+    if check_objects(objects) == "background":
+        if border_label is not None:
+            raise AutosegError("--objects background takes no --border-label (membranes separate)")
+        mask = labels == 0
+    else:
+        values = [int(v) for v in np.unique(labels) if v > 0 and v != border_label]
+        wanted = [int(v) for v in foreground] if foreground is not None else values
+        mask = np.isin(labels, wanted)
+    objects, count = ndimage.label(mask)
     if min_size > 1 and count:
         sizes = np.bincount(objects.ravel())
         keep = sizes >= min_size
@@ -82,13 +100,18 @@ def instances_folder(
     border_label: int | None = None,
     min_size: int = 0,
     overwrite: bool = False,
+    objects: str = "foreground",
 ) -> InstancesReport:
     """Write the instance map of every label map in ``input_dir`` to ``output_dir``.
 
     Raises:
         AutosegError: the input folder is missing or empty, an output would replace an input,
-            or a file cannot be read or written (the message names it).
+            or a file cannot be read or written (the message names it); an unknown
+            ``objects`` (``semantic_to_instances``).
     """
+    check_objects(objects)
+    if objects == "background" and border_label is not None:
+        raise AutosegError("--objects background takes no --border-label (membranes separate)")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise AutosegError(f"{input_dir}: folder not found")
@@ -97,7 +120,7 @@ def instances_folder(
         raise AutosegError(f"{input_dir}: no label maps found")
     targets = [output_dir / f.name for f in files]
     refuse_outputs_that_are_inputs(files, targets)
-    written, skipped, objects = [], [], {}
+    written, skipped, counts = [], [], {}
     for source, target in zip(files, targets, strict=True):
         if target.exists() and not overwrite:
             skipped.append(target)
@@ -105,10 +128,12 @@ def instances_folder(
         data, geometry = read_array(source)
         if data.ndim != 3 or data.dtype.kind not in "uib":
             raise AutosegError(f"{source}: expected an integer label map, found {data.dtype}")
-        instances = semantic_to_instances(data, border_label=border_label, min_size=min_size)
+        instances = semantic_to_instances(
+            data, border_label=border_label, min_size=min_size, objects=objects
+        )
         write_label(instances, geometry, target)
         written.append(target)
-        objects[source.name] = int(instances.max(initial=0))
+        counts[source.name] = int(instances.max(initial=0))
     if skipped:
         log.warning("%d existing output(s) kept (overwrite to replace them)", len(skipped))
-    return InstancesReport(tuple(written), tuple(skipped), objects)
+    return InstancesReport(tuple(written), tuple(skipped), counts)

@@ -11,6 +11,11 @@ label's mask in the prediction and in the reference:
 - ``detection_f1``: objects matched one-to-one at IoU > 0.5 (at that threshold a match is
   unique); ``2 TP / (2 TP + FP + FN)`` over the objects.
 
+``objects="background"`` (``evaluate --objects background``) reads the objects the other way
+round, as the ISBI 2012 challenge scores membrane maps: the objects of label ``v`` are the
+connected components of the pixels that are *not* ``v`` (the cells between the membranes), and
+the label's own pixels (the membranes) separate them. The pixel error is the same either way.
+
 Empty cases never give NaN: both without objects: errors 0, F1 1; one side empty: Rand error 1,
 F1 0; objects of single pixels (no pixel pair in one object): Rand error 0.
 ``autoseg.evaluation.evaluate`` computes these next to Dice, IoU and HD95 when the label maps are
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 OBJECT_METRIC_NAMES = ("pixel_error", "rand_error", "detection_f1")
+#: how a label's objects are read: its connected components, or those of what it separates
+OBJECT_READINGS = ("foreground", "background")
 IOU_THRESHOLD = 0.5
 
 
@@ -112,10 +119,31 @@ def object_metrics(pred: np.ndarray, ref: np.ndarray) -> ObjectMetrics:
     return ObjectMetrics(pixel_error, rand, f1, n_pred, n_ref, matched)
 
 
+def check_objects(objects: str) -> str:
+    """``objects`` if it is a known reading (``OBJECT_READINGS``).
+
+    Raises:
+        AutosegError: any other value, naming ``--objects``.
+    """
+    if objects not in OBJECT_READINGS:
+        raise AutosegError(f"--objects {objects}: choose {' or '.join(OBJECT_READINGS)}")
+    return objects
+
+
 def label_object_metrics(
-    pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]
+    pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], objects: str = "foreground"
 ) -> dict[int, ObjectMetrics]:
-    """``object_metrics`` of each label in ``labels`` of two label maps (same shape)."""
+    """``object_metrics`` of each label in ``labels`` of two label maps (same shape).
+
+    Args:
+        pred, ref: label maps.
+        labels: the label values to score.
+        objects: ``foreground``: a label's objects are its connected components;
+            ``background``: those of the pixels that are not that label (cells between
+            membranes).
+    """
+    if check_objects(objects) == "background":
+        return {int(v): object_metrics(pred != v, ref != v) for v in labels}
     return {int(v): object_metrics(pred == v, ref == v) for v in labels}
 
 
@@ -132,12 +160,13 @@ def mean_object_metrics(per_case: Sequence[dict[int, ObjectMetrics]]) -> dict[in
 
 
 def case_objects(
-    pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]
+    pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], objects: str = "foreground"
 ) -> dict[int, ObjectMetrics]:
-    """The object metrics of a case whose ``(Z, Y, X)`` label maps are 2D (Z = 1), else none."""
+    """The object metrics of a case whose ``(Z, Y, X)`` label maps are 2D (Z = 1), else none
+    (``objects``: as ``label_object_metrics``)."""
     if pred.ndim != 3 or pred.shape[0] != 1:
         return {}
-    return label_object_metrics(pred[0], ref[0], labels)
+    return label_object_metrics(pred[0], ref[0], labels, objects)
 
 
 def object_table(means: Mapping[int, ObjectMeans], names: Mapping[int, str]) -> Table:

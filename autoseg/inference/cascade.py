@@ -57,7 +57,7 @@ def cv_predictions(dirs: DatasetDirs, plans: Plans, config: Configuration) -> di
     Raises:
         AutosegError: not all 5 folds of the previous stage are validated.
     """
-    lowres = ModelFolder(dirs.model_folder(plans.planner, config.previous_stage or ""))
+    lowres = ModelFolder(dirs.model_folder(plans.plans_name, config.previous_stage or ""))
     missing = [k for k in CV_FOLDS if k not in lowres.validated_folds()]
     if missing:
         raise AutosegError(
@@ -83,7 +83,7 @@ def prepare_previous_stage(dirs: DatasetDirs, plans: Plans, config: Configuratio
     Raises:
         AutosegError: the previous stage is not cross-validated, or a case has no prediction.
     """
-    folder = ModelFolder(dirs.model_folder(plans.planner, config.name))
+    folder = ModelFolder(dirs.model_folder(plans.plans_name, config.name))
     out, index_path = folder.previous_stage_dir, folder.previous_stage_index
     spec = load_dataset(dirs.require_raw())
     sources = cv_predictions(dirs, plans, config)

@@ -144,7 +144,7 @@ def export_model(
         manifest = ExportManifest(
             format_version=FORMAT_VERSION,
             dataset=plans.dataset_name,
-            planner=plans.planner,
+            planner=plans.plans_name,
             configuration=folder.name,
             folds=chosen,
             checkpoint=checkpoint_file(checkpoint),

@@ -321,6 +321,8 @@ class Predictor:
                     mirror_axes=mirror_axes,
                     tile_batch=self.tile_batch(tile),
                 )
+                if i and total.device != logits.device:  # a fold ran out of device memory
+                    total, logits = total.cpu(), logits.cpu()
                 total = logits if i == 0 else total.add_(logits)
                 del logits
             # mean over folds and softmax in place: (K, Z, Y, X) is the largest array here

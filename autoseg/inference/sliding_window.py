@@ -11,6 +11,11 @@ image, the accumulators and the importance map stay on the image's device, so on
 goes back to the host between tiles. Autocast (bf16) is the caller's choice: the network output
 is cast to float32 before it is accumulated.
 
+Out of GPU memory (``torch.OutOfMemoryError``) while tiling, the case still finishes: the
+accumulators move to host memory (logged once per process) and the tiles that were not yet added
+are run again, their logits copied to the host; if memory runs out again, the tile batch is
+halved down to one tile. Only an error with one tile per pass and host accumulators propagates.
+
 The network is fully convolutional, so at inference a tile may be larger than the training
 patch: ``inference_tile_size`` widens an axis that the image overruns by a little (at most
 ``max_scale`` of the patch; the predictor's default is ``DEFAULT_TILE_SCALE`` in 3D and 1, no
@@ -27,12 +32,16 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+
+log = logging.getLogger(__name__)
+_oom_logged = [False]  # one message per process, however many cases run out of memory
 
 __all__ = [
     "CPU_VOXELS_PER_FORWARD",
@@ -202,38 +211,99 @@ def _accumulate_tiles(
         importance: float32 ``tile_shape`` weights on the image's device.
 
     Returns:
-        float32 ``(K, *S)`` logits on the image's device.
+        float32 ``(K, *S)`` logits on the image's device (in host memory after an
+        out-of-memory error on the device).
     """
     spatial = tuple(image.shape[1:])
-    logits = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=image.device)
-    weight = torch.zeros(spatial, dtype=torch.float32, device=image.device)
-    share = importance / len(flips)  # each flip contributes its share of the tile's weight
+    logits, weight = _accumulators(num_classes, spatial, image.device)
     jobs = [(corner, flip) for corner in corners for flip in flips]  # tile-major
-    for first in range(0, len(jobs), max(1, tile_batch)):
-        chunk = jobs[first : first + max(1, tile_batch)]
-        windows = [
-            tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))
-            for corner, _ in chunk
-        ]
-        inputs = []
-        for window, (_, flip) in zip(windows, chunk, strict=True):
-            tile = image[(slice(None), *window)]  # (C, *tile)
-            inputs.append(tile.flip([a + 1 for a in flip]) if flip else tile)
-        out = network(torch.stack(inputs))  # (B, K, *tile)
-        if isinstance(out, (list, tuple)):  # a network left in deep-supervision mode
-            out = out[0]
-        if tuple(out.shape) != (len(chunk), num_classes, *tile_shape):
-            raise ValueError(
-                f"network returned {tuple(out.shape)}, expected "
-                f"{(len(chunk), num_classes, *tile_shape)}"
-            )
-        out = out.float()
-        for b, (window, (_, flip)) in enumerate(zip(windows, chunk, strict=True)):
-            tile_logits = out[b].flip([a + 1 for a in flip]) if flip else out[b]  # (K, *tile)
-            logits[(slice(None), *window)] += tile_logits * share
-            if not flip:
-                weight[window] += importance
+    batch, first, on_host = max(1, tile_batch), 0, False
+    while first < len(jobs):
+        chunk = jobs[first : first + batch]
+        try:
+            for _ in _add_tiles(network, image, chunk, tile_shape, num_classes, logits, weight,
+                                importance, len(flips)):  # fmt: skip
+                first += 1  # this tile is in the sums: a retry starts after it
+        except torch.OutOfMemoryError:
+            if on_host and batch == 1:
+                raise
+            if not on_host:
+                logits, weight = _to_host(logits, weight)
+                on_host = True
+            else:
+                batch = max(1, batch // 2)
+                log.debug("out of memory again: %d tile(s) per pass", batch)
     return logits.div_(weight)  # in place: no second (K, *S) array
+
+
+def _accumulators(
+    num_classes: int, spatial: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed logits ``(K, *S)`` and weights ``(*S)`` on ``device``, on the host when the
+    device has no room for them."""
+    try:
+        logits = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=device)
+        return logits, torch.zeros(spatial, dtype=torch.float32, device=device)
+    except torch.OutOfMemoryError:
+        return _to_host(torch.zeros((num_classes, *spatial)), torch.zeros(spatial))
+
+
+def _to_host(logits: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """After an out-of-memory error: the accumulators in host memory, logged once."""
+    device = logits.device
+    logits, weight = logits.cpu(), weight.cpu()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if not _oom_logged[0]:
+        _oom_logged[0] = True
+        megabytes = (logits.numel() + weight.numel()) * 4 / 2**20
+        log.warning(
+            "out of memory on %s while predicting: the sums of the tiles (%s, %.0f MB) are kept "
+            "in host memory from now on; the case finishes, more slowly (logged once)",
+            device, "x".join(map(str, logits.shape)), megabytes,
+        )  # fmt: skip
+    return logits, weight
+
+
+def _add_tiles(
+    network: Network,
+    image: torch.Tensor,
+    chunk: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+    tile_shape: Sequence[int],
+    num_classes: int,
+    logits: torch.Tensor,
+    weight: torch.Tensor,
+    importance: torch.Tensor,
+    num_flips: int,
+):
+    """Run one forward pass over ``chunk`` (corner, flip) and add each tile to the sums,
+    yielding after each one (what may run out of memory comes before a tile's sums change)."""
+    windows = [
+        tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))
+        for corner, _ in chunk
+    ]
+    inputs = []
+    for window, (_, flip) in zip(windows, chunk, strict=True):
+        tile = image[(slice(None), *window)]  # (C, *tile)
+        inputs.append(tile.flip([a + 1 for a in flip]) if flip else tile)
+    out = network(torch.stack(inputs))  # (B, K, *tile)
+    if isinstance(out, (list, tuple)):  # a network left in deep-supervision mode
+        out = out[0]
+    if tuple(out.shape) != (len(chunk), num_classes, *tile_shape):
+        raise ValueError(
+            f"network returned {tuple(out.shape)}, expected "
+            f"{(len(chunk), num_classes, *tile_shape)}"
+        )
+    out = out.float().to(logits.device)
+    importance = importance.to(logits.device)
+    share = importance / num_flips  # each flip contributes its share of the tile's weight
+    for b, (window, (_, flip)) in enumerate(zip(windows, chunk, strict=True)):
+        tile_logits = out[b].flip([a + 1 for a in flip]) if flip else out[b]  # (K, *tile)
+        contribution = tile_logits * share
+        logits[(slice(None), *window)] += contribution
+        if not flip:
+            weight[window] += importance
+        yield
 
 
 def sliding_window_logits(

@@ -19,7 +19,8 @@ from autoseg.data.dataset import load_dataset
 from autoseg.data.paths import DatasetDirs, record_source, resolve_dataset, resolve_home
 from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.planners import Budget, get_planner
+from autoseg.planners import Budget, available_planners, get_planner, planner_settings
+from autoseg.planners.overrides import Overrides, check_name, override_plans, plans_diff
 from autoseg.planning.fingerprint import compute_fingerprint
 from autoseg.planning.transfer import plans_from as transfer_plans
 from autoseg.preprocessing.cache import dataset_sources, invalidate_markers
@@ -39,10 +40,12 @@ class PlanSummary:
     num_cases: int
     plans: Plans
     seconds: float
+    diff: tuple[str, ...] = ()  # a named plan: what it changes in the automatic plans
 
     def print(self, console) -> None:
+        named = f"plans '{self.plans.name}' of " if self.plans.name else ""
         table = Table(
-            title=f"{self.dataset}: {self.num_cases} cases, planner "
+            title=f"{self.dataset}: {self.num_cases} cases, {named}planner "
             f"'{self.plans.planner}', {self.plans.gpu_memory_gb:g} GB GPU budget"
         )
         for column in (
@@ -66,6 +69,10 @@ class PlanSummary:
                 f"{c.estimated_memory_gb:.1f}",
             )
         console.print(table)
+        if self.plans.name:
+            console.print(f"changes against the automatic plans of '{self.plans.planner}':")
+            for line in self.diff or ("none",):
+                console.print(f"  {line}")
         console.print(f"written to {self.work} in {self.seconds:.1f} s")
 
 
@@ -81,6 +88,7 @@ def plan_dataset(
     plans_from: str | None = None,
     border_weights: bool = False,
     storage: str = "npy",
+    overrides: Overrides | None = None,
 ) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases
     (with ``border_weights``, also their border weight maps for ``--loss border_ce``).
@@ -92,6 +100,9 @@ def plan_dataset(
         plans_from: a dataset folder or name, already planned with ``planner``, whose network
             topology the configurations take (``autoseg.planning.transfer.plans_from``), so that its
             trained weights fit for ``train --pretrained``.
+        overrides: write named plans (``planners.overrides``) beside the automatic ones,
+            checked before anything is written; only their configuration is preprocessed, and
+            the automatic plans are written only when the home has none yet.
 
     Raises:
         AutosegError / DatasetError: the dataset has problems (all reported at once), the
@@ -112,6 +123,11 @@ def plan_dataset(
     plans = planner_fn(fingerprint, Budget(gpu_memory_gb=gpu_memory_gb))
     if source is not None:
         plans = transfer_plans(source, plans)
+    automatic, diff = plans, ()
+    if overrides is not None:  # checked before anything is written
+        plans = override_plans(fingerprint, automatic, planner_settings(planner), overrides)
+        diff = tuple(plans_diff(automatic, plans))
+        _check_named(dirs, plans)
     sources = dataset_sources(spec, workers)
     if replan:
         _start_afresh(dirs)
@@ -124,7 +140,9 @@ def plan_dataset(
     dirs.work.mkdir(parents=True, exist_ok=True)
     record_source(dirs)
     fingerprint.to_json(dirs.fingerprint)
-    plans.to_json(dirs.plans(planner))
+    if overrides is None or not dirs.plans(planner).is_file():
+        automatic.to_json(dirs.plans(planner))
+    plans.to_json(dirs.plans(plans.plans_name))
     if preprocess:
         run_preprocessing(
             spec, plans, list(plans.configurations), dirs.work, workers, sources, storage
@@ -139,7 +157,21 @@ def plan_dataset(
         num_cases=len(spec.cases),
         plans=plans,
         seconds=time.perf_counter() - t0,
+        diff=diff,
     )
+
+
+def _check_named(dirs: DatasetDirs, plans: Plans) -> None:
+    """Refuse a plan name that a planner owns, or one whose trained models other plans made."""
+    check_name(plans.name, available_planners())
+    path = dirs.plans(plans.name)
+    models = dirs.work / "models" / plans.name
+    trained = path.is_file() and models.is_dir() and any(models.iterdir())
+    if trained and Plans.from_json(path) != plans:
+        raise AutosegError(
+            f"--name {plans.name}: {models} holds models trained with other plans of this "
+            "name; choose another --name (or move that folder away)"
+        )
 
 
 def _start_afresh(dirs: DatasetDirs) -> None:

@@ -47,6 +47,13 @@ class History:
             return True
         return False
 
+    def epochs_since_best(self) -> int:
+        """Epochs recorded after the one with the best EMA pseudo-Dice (0: the last one)."""
+        if not self.ema_dice:
+            return 0
+        best = max(range(len(self.ema_dice)), key=lambda i: (self.ema_dice[i], -i))
+        return len(self.ema_dice) - 1 - best
+
     def truncate(self, epochs: int) -> None:
         """Keep the first ``epochs`` entries (history after the checkpoint is discarded)."""
         for name in ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time"):

@@ -56,7 +56,8 @@ from autoseg.training.loader import BatchLoader
 from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs_weights
 from autoseg.training.progress import History, add_file_log, write_progress
 from autoseg.training.step import OptimizerSettings, TrainingStep
-from autoseg.training.tracking import check_tracking, open_tracker
+from autoseg.training.stopping import StoppingMixin, StopRequests
+from autoseg.training.tracking import TrackedRun, check_tracking, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,14 @@ class TrainSettings:
             ``dice_focal``, ``border_ce``), with deep supervision.
         augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
             ``augmentations`` (a planner setting) are added.
-        tracking: ``none`` or ``tensorboard`` (``autoseg.training.tracking``): per-epoch figures.
+        tracking: ``none``, ``tensorboard`` or ``mlflow`` (``autoseg.training.tracking``):
+            per-epoch figures (MLflow: also parameters and the fold's files).
+        tracking_uri: where MLflow runs go; None: ``$MLFLOW_TRACKING_URI``, else
+            ``file:<home>/mlruns``.
         compile: ``torch.compile`` the network, falling back to eager with one log line if the
             first step fails (``autoseg.networks.compiled``); None = on CUDA only.
+        patience: stop early when the smoothed (EMA) validation pseudo-Dice has not improved
+            for this many epochs, saving the final checkpoint as usual; None = never.
     """
 
     epochs: int = 1000
@@ -110,7 +116,9 @@ class TrainSettings:
     loss: str = DEFAULT_LOSS
     augment: tuple[str, ...] = ()
     tracking: str = "none"
+    tracking_uri: str | None = None
     compile: bool | None = None
+    patience: int | None = None
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -186,7 +194,7 @@ def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:
     return split
 
 
-class _Trainer:
+class _Trainer(StoppingMixin):
     """State of one fold's training; ``run`` is the only entry point."""
 
     def __init__(
@@ -199,7 +207,7 @@ class _Trainer:
         self.config: Configuration = plans.configuration(config_name)
         self.data_folder, case_ids = preprocessed_cases(dirs, self.config)
         self.split = select_split(dirs, fold, case_ids)
-        self.model = ModelFolder(dirs.model_folder(plans.planner, config_name))
+        self.model = ModelFolder(dirs.model_folder(plans.plans_name, config_name))
         self.fold_dir = self.model.fold_dir(fold)
         self.device = resolve_device(settings.device)
         self.dist, self.device = _init_distributed(self.device)
@@ -261,9 +269,11 @@ class _Trainer:
                 self.step.model = compile_with_fallback(self.step.model, example, backward=True)
         self.history = History()
         self.start_epoch = 0
+        self.start_iteration, self.resumed_losses = 0, ()  # a run stopped by a signal
+        self._stop = StopRequests()
         self._published = False
 
-    def _meta(self, epoch: int) -> CheckpointMeta:
+    def _meta(self, epoch: int, iteration: int = 0, losses=()) -> CheckpointMeta:
         return CheckpointMeta(
             configuration=self.config.name,
             fold=self.fold,
@@ -276,10 +286,15 @@ class _Trainer:
             augmentation=self.step.augmentation,
             loss=self.settings.loss,
             autoseg_version=__version__,
+            iteration=iteration,
+            iteration_losses=tuple(losses),
         )
 
-    def _save(self, checkpoint: str, epoch: int) -> None:
+    def _save(self, checkpoint: str, epoch: int, iteration: int = 0, losses=()) -> None:
         """Save a checkpoint (``final``, ``best`` or ``latest``); rank 0 only.
+
+        ``iteration`` and ``losses``: the part of epoch ``epoch + 1`` already trained (a stop
+        signal arrived there).
 
         The model folder's ``plans.json`` is published with the first checkpoint: a run that
         fails before one leaves nothing that looks like a model.
@@ -293,7 +308,7 @@ class _Trainer:
             self.model.checkpoint(self.fold, checkpoint),
             self.step.network.state_dict(),
             self.step.optimizer.state_dict(),
-            self._meta(epoch),
+            self._meta(epoch, iteration, losses),
         )
 
     def _restore(self) -> None:
@@ -320,6 +335,7 @@ class _Trainer:
         self.history = History.from_dict(ckpt.meta.history)
         self.history.truncate(self.start_epoch)
         log.info("resumed %s at epoch %d", source, self.start_epoch)
+        self._resume_inside_epoch(ckpt.meta)
 
     def _load_pretrained(self, source: str) -> None:
         report = load_pretrained(self.step.network, source, self.config.name)
@@ -366,15 +382,31 @@ class _Trainer:
                 self._load_pretrained(self.settings.pretrained)
             if self.dist.main:
                 self.tracker = open_tracker(
-                    self.settings.tracking, self.fold_dir, self.label_names, self.start_epoch
+                    self.settings.tracking,
+                    self.fold_dir,
+                    self.label_names,
+                    self.start_epoch,
+                    self._tracked_run(),
                 )
-            self._epochs()
+            with self._stop:  # SIGTERM/SIGUSR1: save and leave after the current iteration
+                log.info(
+                    "training epochs %d-%d, %d iterations each (SIGTERM/SIGUSR1: save and stop)",
+                    self.start_epoch,
+                    self.settings.epochs - 1,
+                    self.settings.iterations,
+                )
+                self._epochs()
             if self.dist.main:
-                self._save("final", self.settings.epochs - 1)
+                self._save("final", len(self.history.train_loss) - 1)
                 self.model.checkpoint(self.fold, "latest").unlink(missing_ok=True)
                 if self.settings.validate and self.split.val:  # autoseg.evaluation.validation
                     val = (self.fold, self.split.val, str(self.device), self.settings.compile)
                     validate_fold(self.dirs, self.plans, self.config, self.model, *val)
+                if self.tracker is not None:
+                    files = [self.fold_dir / f for f in ("progress.png", "progress.json")]
+                    self.tracker.artifacts(
+                        [self.model.plans, *files, self.model.summary(self.fold)]
+                    )
             ok = True
         finally:
             if self.tracker is not None:
@@ -387,6 +419,36 @@ class _Trainer:
             if self.dist.world > 1:
                 dist.destroy_process_group()
         return self.fold_dir
+
+    def _tracked_run(self) -> TrackedRun:
+        """What the tracker logs about this fold (its parameters, names, where)."""
+        s, c = self.settings, self.config
+        params = {
+            "dataset": self.plans.dataset_name,
+            "plans": self.plans.plans_name,
+            "planner": self.plans.planner,
+            "configuration": c.name,
+            "fold": self.fold,
+            "seed": s.seed,
+            "autoseg_version": __version__,
+            "epochs": s.epochs,
+            "iterations": s.iterations,
+            "loss": s.loss,
+            "patch_size": "x".join(map(str, c.patch_size)),
+            "batch_size": c.batch_size,
+            "spacing": "x".join(f"{v:g}" for v in c.spacing),
+        }
+        name = f"{self.plans.dataset_name}/{self.plans.plans_name}/{c.name}/fold_{self.fold}"
+        return TrackedRun(
+            fold_dir=self.fold_dir,
+            label_names=tuple(self.label_names),
+            start_epoch=self.start_epoch,
+            name=name,
+            experiment=f"autoseg/{self.plans.dataset_name}",
+            params=params,
+            uri=s.tracking_uri,
+            home=self.dirs.work.parent,
+        )
 
     def _remove_unfinished(self) -> None:
         """After a failure before any checkpoint: remove what the run wrote (log, progress)."""
@@ -429,6 +491,8 @@ class _Trainer:
                 log.info("epoch %d: %s lr %.5f", epoch, info, lr)
                 if self._checkpoint_epoch(epoch, best, time.monotonic() - last_save > 300):
                     last_save = time.monotonic()
+                if self._patience_exhausted(epoch):
+                    break
 
     def _train_epoch(self, epoch: int, advance) -> list[float]:
         """``iterations`` training steps on augmented batches seeded by ``(seed, epoch)``."""
@@ -442,10 +506,16 @@ class _Trainer:
             self.step.elastic.reseed(seed)
         if self.step.previous_stage is not None:
             self.step.previous_stage.reseed(seed)
+        first = self.start_iteration if epoch == self.start_epoch else 0
+        if first:
+            losses = list(self.resumed_losses)
         with self._loader(self.split.train, seed, augment=True) as loader:
-            for _ in range(s.iterations):
+            self._skip_iterations(loader, first, advance)
+            for i in range(first, s.iterations):
                 losses.append(self.step.train_batch(next(loader)))
                 advance()
+                if self._stop_requested():
+                    self._preempt(epoch, i + 1, losses)
         return losses
 
     def _validate_epoch(self) -> tuple[float, list[float]]:
