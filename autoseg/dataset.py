@@ -28,11 +28,14 @@ from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
 from autoseg.io_formats import is_sidecar
 from autoseg.regions import Region, is_region_based, parse_regions
+from autoseg.serial import NAME_MAX
 
 log = logging.getLogger(__name__)
 
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
 MAX_LABEL_VALUE = 255  # preprocessed label maps are uint8
+# the longest name autoseg gives a case's files is CASE.img.b2nd / CASE.seg.b2nd (preprocessed)
+LONGEST_CASE_SUFFIX = ".img.b2nd"
 
 
 def split_channel_suffix(stem: str) -> tuple[str, int] | None:
@@ -148,6 +151,8 @@ def load_dataset(path: str | Path) -> DatasetSpec:
         raise DatasetError(problems, what=f"dataset {root}")
     if not cases and not problems:
         problems.add(root / "imagesTr", "no training cases found")
+    for case in cases:
+        _check_case_id_length(case, problems)
     declared = meta.get("numTraining")
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
         problems.meta(f"'numTraining' must be an integer, got {declared!r}")
@@ -165,6 +170,18 @@ def load_dataset(path: str | Path) -> DatasetSpec:
         file_ending=ending or ".nii.gz",
         regions=regions,
     )
+
+
+def _check_case_id_length(case: Case, problems: _Problems) -> None:
+    """A case id must leave room for the longest file name autoseg derives from it."""
+    size = len(case.case_id.encode("utf-8", "surrogateescape"))
+    if size + len(LONGEST_CASE_SUFFIX) > NAME_MAX:
+        problems.add(
+            case.images[0],
+            f"case id is {size} bytes long; autoseg's preprocessed files "
+            f"(CASE{LONGEST_CASE_SUFFIX}) need at most {NAME_MAX - len(LONGEST_CASE_SUFFIX)} "
+            f"to stay within the {NAME_MAX}-byte file-name limit: give the case a shorter name",
+        )
 
 
 # --- dataset.json ------------------------------------------------------------------------------
@@ -342,6 +359,15 @@ def _msd_cases(meta: dict[str, Any], problems: _Problems) -> tuple[Case, ...]:
             problems.meta(f"duplicate case id {case_id!r} in training[{first}] and {where}")
             continue
         first_entry[case_id] = i
+        if strip_ending(label) != case_id:
+            log.warning(
+                "%s: %s pairs image %s with label %s (different names); check that they belong "
+                "together",
+                problems.json,
+                where,
+                image.name,
+                label.name,
+            )
         cases.append(Case(case_id=case_id, images=(image,), label=label))
     for folder in ("imagesTr", "labelsTr"):
         unlisted = [f.name for f in _image_files(problems.root / folder) if f not in listed]

@@ -8,7 +8,7 @@ with ``autoseg.predictor.Predictor``'s case stages (``CasePredictor``).
 
 from __future__ import annotations
 
-import glob
+import errno
 import itertools
 import logging
 from collections import deque
@@ -30,6 +30,7 @@ from autoseg.inputs import (
 )
 from autoseg.io import Geometry, Image, read_image, write_label
 from autoseg.probability_files import save_probabilities as write_probabilities
+from autoseg.serial import temp_files
 from autoseg.shards import select_part
 from autoseg.terminal import progress_bar
 
@@ -139,7 +140,7 @@ def predict_folder(
         else:
             todo.append((case, files, out))
             for target in targets:  # temp files of a run that was killed
-                for stale in output_dir.glob(f".{glob.escape(target.name)}.*.part"):
+                for stale in temp_files(target):
                     stale.unlink(missing_ok=True)
     if skipped:
         log.warning(
@@ -154,22 +155,35 @@ def predict_folder(
         image = read_image(files)
         return (image.geometry, *predictor.preprocess(image, case))  # the image is let go
 
-    def export(probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path) -> Path:
+    def export(
+        probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path
+    ) -> Path | Problem:
         labels, restored = predictor.finalize(probs, props)
         del probs
-        if save_probabilities:
-            write_probabilities(
-                restored,
-                predictor.label_values,
-                output_dir / f"{case}.npz",
-                regions=bool(predictor.regions),
-            )
-        del restored
-        write_label(labels, geometry, out)  # last: its presence marks the case done
+        try:
+            if save_probabilities:
+                write_probabilities(
+                    restored,
+                    predictor.label_values,
+                    output_dir / f"{case}.npz",
+                    regions=bool(predictor.regions),
+                )
+            del restored
+            write_label(labels, geometry, out)  # last: its presence marks the case done
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:  # a full disk stops the run; a name, one case
+                raise
+            log.warning("case %s not written: %s: file name too long", case, exc.filename)
+            return Problem(str(exc.filename), "file name too long for this file system")
         return out
 
     written: list[Path] = []
     failed = list(problems)
+
+    def collect(done: Future) -> None:
+        result = done.result()
+        (failed if isinstance(result, Problem) else written).append(result)
+
     bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
     with (
         bar,
@@ -205,9 +219,9 @@ def predict_folder(
             del probs  # the export holds it, until it is written
             writes[-1].add_done_callback(lambda _: bar.advance(task))
             while len(writes) > workers:  # bound the memory held by finished cases
-                written.append(writes.popleft().result())
+                collect(writes.popleft())
         while writes:
-            written.append(writes.popleft().result())
+            collect(writes.popleft())
     if created and not written and not any(output_dir.iterdir()):
         output_dir.rmdir()  # every case failed: leave no empty folder behind
     log.info("%d case(s) written to %s, %d failed", len(written), output_dir, len(failed))

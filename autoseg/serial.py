@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -108,15 +109,42 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n"
 
 
+NAME_MAX = 255  # bytes in one file name on the common file systems (ext4, xfs, btrfs, APFS)
+_TEMP_EXTRA = len(".") + len(".XXXXXXXX.part")
+
+
+def temp_stem(name: str) -> str:
+    """The ``NAME`` of the temp files ``.NAME.XXXXXXXX.part`` of a file named ``name``.
+
+    ``name`` itself when the temp name fits in ``NAME_MAX`` bytes; else its start, cut to fit,
+    with ``~`` and 8 hex digits of its hash (so two long names still get different stems).
+    """
+    room = NAME_MAX - _TEMP_EXTRA
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    start = raw[: room - len(digest) - 1].decode("utf-8", "ignore")  # no half characters
+    return f"{start}~{digest}"
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """The temp files of ``path`` that a killed run left (``atomic_output``'s names)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(temp_stem(path.name))}.*.part"))
+
+
 def _open_temp(path: Path) -> tuple[int, str]:
     """Create and open a new temp file beside ``path``: ``.NAME.XXXXXXXX.part``.
 
-    Unlike ``tempfile.mkstemp`` (always mode 0600), the file gets the permissions a plain
-    ``open`` gives (0666 less the umask), and keeps them when renamed to ``path``.
+    ``NAME`` is ``temp_stem(path.name)``: a name near the file-system limit gets a shortened
+    temp name. Unlike ``tempfile.mkstemp`` (always mode 0600), the file gets the permissions a
+    plain ``open`` gives (0666 less the umask), and keeps them when renamed to ``path``.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    stem = temp_stem(path.name)
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
+        tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.part"
         try:
             return os.open(tmp, flags, 0o666), str(tmp)
         except FileExistsError:
