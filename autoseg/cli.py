@@ -20,7 +20,7 @@ import typer
 from autoseg import __version__
 from autoseg.cli_habits import HabitGroup
 from autoseg.cli_models import register_model_commands
-from autoseg.cli_options import CompileOpt, DeviceOpt, HomeOpt, PlannerOpt
+from autoseg.cli_options import MAX_SEED, CompileOpt, DeviceOpt, HomeOpt, PlannerOpt, number_in
 from autoseg.cli_options import console as _console
 from autoseg.cli_options import cpu_workers as _workers
 from autoseg.cli_options import err as _err
@@ -132,9 +132,12 @@ def plan(
     home: HomeOpt = None,
     planner: PlannerOpt = "default",
     gpu_memory: Annotated[
-        float | None, typer.Option("--gpu-memory", help="GPU memory budget in GB.")
+        float | None,
+        typer.Option(
+            "--gpu-memory", callback=number_in(0, low_open=True), help="GPU memory budget in GB."
+        ),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
     preprocess: Annotated[
         bool, typer.Option("--preprocess/--no-preprocess", help="Preprocess after planning.")
     ] = True,
@@ -191,10 +194,11 @@ def train(
     val_iterations: Annotated[int, typer.Option(min=1, help="Validation batches/epoch.")] = 50,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last run.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 0,
     planner: PlannerOpt = "default",
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Augmentation processes (default: by device).")
+        int | None,
+        typer.Option("--workers", min=0, help="Augmentation processes (default: by device)."),
     ] = None,
     augmentation: AugmentationOpt = "auto",
     validate: Annotated[
@@ -336,9 +340,9 @@ def demo(
     iterations: Annotated[
         int | None, typer.Option(min=1, help="Iterations per epoch (default: the demo's).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 0,
     device: DeviceOpt = "auto",
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
 ) -> None:
     """Plan, train, predict and evaluate on real hippocampus MRI shipped in the package."""
     from autoseg.demo import DemoSettings, run_demo

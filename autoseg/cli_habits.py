@@ -50,7 +50,7 @@ NNUNET_FLAGS = {
     "-djfile": "did you mean --dataset-json?",
     "-pfile": "did you mean --dataset-json?",
 }
-_FOLD = re.compile(r"^(\d+|all)$")
+_FOLD = re.compile(r"^([0-9]+|all)$")
 
 
 def _option_names(command: typer.core.TyperCommand) -> set[str]:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from autoseg.cli_options import CompileOpt, DeviceOpt, HomeOpt
+from autoseg.cli_options import CompileOpt, DeviceOpt, HomeOpt, number_in
 from autoseg.cli_options import console as _console
 from autoseg.cli_options import cpu_workers as _workers
 from autoseg.cli_options import err as _err
@@ -65,19 +65,26 @@ def predict(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
     step_size: Annotated[
-        float, typer.Option("--step-size", help="Sliding-window step, fraction of the patch.")
+        float,
+        typer.Option(
+            "--step-size",
+            callback=number_in(0, 1, low_open=True),
+            help="Sliding-window step, fraction of the patch (0 to 1).",
+        ),
     ] = 0.5,
     tile_scale: Annotated[
         float | None,
         typer.Option(
             "--tile-scale",
+            callback=number_in(1, 2),
             help="Largest tile edge as a multiple of the patch's, 1 to 2 (1: the training "
             "patch; default 1.25 in 3D, 1 in 2D).",
         ),
     ] = None,
-    part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
+    part: Annotated[int, typer.Option("--part", min=0, help="This process's share (0-based).")] = 0,
     parts: Annotated[
-        int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
+        int,
+        typer.Option("--parts", min=1, help="Shares the cases are split into (one per machine)."),
     ] = 1,
     io_workers: Annotated[
         int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
@@ -174,8 +181,10 @@ def evaluate(
             "a region-based one scores its regions.",
         ),
     ] = None,
-    nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+    nsd_tolerance: Annotated[
+        float, typer.Option(callback=number_in(0, low_open=True), help="NSD tolerance in mm.")
+    ] = 1.0,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
     chill: Annotated[
         bool,
         typer.Option("--chill", help="Score only the cases that have a prediction (as nnU-Net)."),
@@ -226,7 +235,12 @@ def instances(
     output: Annotated[Path, typer.Argument(help="Folder for the instance label maps.")],
     border_label: Annotated[
         int | None,
-        typer.Option("--border-label", help="Class that separates touching objects, if trained."),
+        typer.Option(
+            "--border-label",
+            min=1,
+            max=2**31 - 1,
+            help="Class that separates touching objects, if trained.",
+        ),
     ] = None,
     min_size: Annotated[
         int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")

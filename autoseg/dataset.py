@@ -28,11 +28,11 @@ from autoseg.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.io_formats import ENDINGS as MICROSCOPY_ENDINGS
 from autoseg.io_formats import is_sidecar
 from autoseg.regions import Region, is_region_based, parse_regions
-from autoseg.serial import NAME_MAX
+from autoseg.serial import NAME_MAX, ascii_int
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+_CHANNEL_SUFFIX = re.compile(r"(.+)_([0-9]{4})")
 MAX_LABEL_VALUE = 255  # preprocessed label maps are uint8
 # the longest name autoseg gives a case's files is CASE.img.b2nd / CASE.seg.b2nd (preprocessed)
 LONGEST_CASE_SUFFIX = ".img.b2nd"
@@ -206,7 +206,7 @@ def read_label_names(path: str | Path) -> dict[int, str]:
     if meta is not None:
         value = meta.get("labels")
         keys = value.keys() if isinstance(value, dict) else ()
-        layout = "msd" if keys and all(str(k).strip().isdigit() for k in keys) else "nnunet"
+        layout = "msd" if keys and all(_index(k) is not None for k in keys) else "nnunet"
         labels = _labels(meta, layout, problems)
     if problems or labels is None:
         raise DatasetError(problems, what="dataset.json")
@@ -250,6 +250,12 @@ def _read_meta(problems: _Problems) -> dict[str, Any] | None:
     return meta
 
 
+def _index(key: Any) -> int | None:
+    """A dataset.json key that is a non-negative integer in ASCII digits (``"0"``, ``"12"``)."""
+    value = ascii_int(key) if isinstance(key, str) else None
+    return value if value is not None and value >= 0 and "+" not in key else None
+
+
 def _channel_names(meta: dict[str, Any], key: str, problems: _Problems) -> tuple[str, ...] | None:
     """``{"0": "CT", "1": "T2"}`` -> ``("CT", "T2")``."""
     value = meta.get(key)
@@ -259,10 +265,11 @@ def _channel_names(meta: dict[str, Any], key: str, problems: _Problems) -> tuple
         return None
     names: dict[int, str] = {}
     for k, v in value.items():
-        if not (isinstance(k, str) and k.strip().isdigit() and isinstance(v, str)):
+        index = _index(k)
+        if index is None or not isinstance(v, str):
             problems.meta(f"'{key}': entry {k!r}: {v!r} must map an index to a name")
             return None
-        names[int(k)] = v
+        names[index] = v
     if sorted(names) != list(range(len(names))):
         problems.meta(f"'{key}' indices must be 0..{len(names) - 1}, got {sorted(names)}")
         return None
@@ -279,8 +286,8 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
         return None
     if layout == "msd":
         pairs = [(v, k) for k, v in value.items()]
-        bad = [k for k, v in value.items() if not (k.strip().isdigit() and isinstance(v, str))]
-        pairs = [(n, int(k)) for n, k in pairs if k not in bad]
+        bad = [k for k, v in value.items() if _index(k) is None or not isinstance(v, str)]
+        pairs = [(n, _index(k)) for n, k in pairs if k not in bad]
     else:
         if is_region_based(meta):  # label values of the maps; the regions: parse_regions
             _, names, region_problems = parse_regions(meta)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -409,8 +410,14 @@ def evaluate_folders(
         The evaluation.
 
     Raises:
+        AutosegError: ``nsd_tolerance_mm`` is not a positive, finite number; or, without
+            ``labels``, no file holds a label other than 0 (nothing to score).
         DatasetError: every problem with the inputs, each naming its file.
     """
+    if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm > 0):
+        raise AutosegError(
+            f"NSD tolerance {nsd_tolerance_mm:g} mm: must be a positive, finite number"
+        )
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     problems: list[Problem] = []
     preds = _image_files(pred_dir, "prediction", problems)
@@ -443,6 +450,11 @@ def evaluate_folders(
     if labels is None:
         found = {v for info in infos.values() for v in info.values}
         names = {v: str(v) for v in sorted(found) if v != 0}
+        if not names:
+            raise AutosegError(
+                f"{ref_dir}, {pred_dir}: nothing to score: no reference or prediction holds a "
+                "label other than 0 (background); name the labels to score with --dataset-json"
+            )
     else:
         names = _label_names(labels)
         unscored = sorted({v for i in infos.values() for v in i.values} - set(names) - {0})

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 from autoseg import __version__
 from autoseg.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.errors import AutosegError
-from autoseg.model_folder import ModelFolder, checkpoint_file
+from autoseg.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
 from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
@@ -121,7 +121,7 @@ def export_model(
     if archive.exists() and not overwrite:
         raise AutosegError(f"{archive}: exists; choose another name or pass --overwrite")
     available = folder.folds_with(checkpoint)
-    chosen = tuple(available) if folds is None else tuple(str(f) for f in folds)
+    chosen = tuple(available) if folds is None else named_folds(folds)
     if not chosen:
         raise folder.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
     missing = [f for f in chosen if f not in available]
@@ -201,7 +201,7 @@ def _check_members(archive: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipI
         if stat.S_ISLNK(mode):
             raise _refuse(archive, f"member {info.filename!r} is a symbolic link")
         if info.is_dir():
-            if not re.fullmatch(r"fold_(\d+|all)/", info.filename):
+            if not re.fullmatch(r"fold_([0-9]+|all)/", info.filename):
                 raise _refuse(archive, f"unexpected folder {info.filename!r}")
             continue
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded (Python, DOS)
@@ -261,7 +261,7 @@ def _manifest(
     for what in ("dataset", "planner", "configuration"):
         if not _SAFE_NAME.fullmatch(getattr(manifest, what)):
             raise _refuse(archive, f"{what} name {getattr(manifest, what)!r} is not a safe name")
-    if not manifest.folds or not all(re.fullmatch(r"\d+|all", f) for f in manifest.folds):
+    if not manifest.folds or not all(re.fullmatch(r"[0-9]+|all", f) for f in manifest.folds):
         raise _refuse(archive, f"folds {list(manifest.folds)} are not fold names")
     if not re.fullmatch(r"checkpoint_[A-Za-z0-9_]+\.pt", manifest.checkpoint):
         raise _refuse(archive, f"checkpoint name {manifest.checkpoint!r} is not a safe name")

@@ -26,7 +26,7 @@ from autoseg.compiled import compile_with_fallback, use_compile
 from autoseg.device import autocast, inference_settings, resolve_device
 from autoseg.errors import AutosegError
 from autoseg.io import Geometry, Image
-from autoseg.model_folder import ModelFolder, checkpoint_file
+from autoseg.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.network import build_network
 from autoseg.plans import Configuration, Plans
 from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
@@ -168,7 +168,7 @@ class Predictor:
         available = folder.folds_with(checkpoint)
         if not available:
             raise folder.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
-        chosen = folder.default_folds(checkpoint) if folds is None else tuple(map(str, folds))
+        chosen = folder.default_folds(checkpoint) if folds is None else named_folds(folds)
         missing = [f for f in chosen if f not in available]
         if missing:
             raise AutosegError(

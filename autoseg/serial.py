@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import types
 import typing
@@ -23,6 +24,18 @@ from typing import Any, TypeVar
 from autoseg.errors import AutosegError
 
 T = TypeVar("T")
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def ascii_int(text: str) -> int | None:
+    """The integer ``text`` spells with ASCII digits (an optional sign, spaces around), else None.
+
+    The one rule for numbers written as text: fold names, dataset.json and plans.json keys.
+    ``str.isdigit`` accepts superscripts such as '²' that ``int`` refuses (a traceback), and
+    ``int`` accepts Arabic-Indic and other Unicode digits that no autoseg name holds.
+    """
+    text = text.strip()
+    return int(text) if _ASCII_INT.fullmatch(text) else None
 
 
 def to_dict(obj: Any) -> Any:
@@ -74,6 +87,8 @@ def _build(tp: Any, value: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise TypeError(f"expected an integer, got {value!r}")
+        if isinstance(value, str) and ascii_int(value) is None:
+            raise ValueError(f"expected an integer, got {value!r}")
         return int(value)
     if tp is str:
         if not isinstance(value, str):
