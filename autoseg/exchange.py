@@ -25,6 +25,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,12 +41,13 @@ from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportManifest", "export_model", "import_model", "read_manifest"]
+__all__ = ["ExportManifest", "export_model", "import_model", "name_problem", "read_manifest"]
 
 FORMAT_VERSION = 1
 MAX_JSON_BYTES = 16 * 1024**2  # plans, manifest, summaries, decision
 MAX_CHECKPOINT_BYTES = 8 * 1024**3  # a 3D ResEnc-XL fold is well under 2 GB
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_NAME_BYTES = 200  # a folder name, with room for the staging names beside it
+_NOT_IN_NAMES = set('/\\<>:"|?*')  # separators, and what Windows refuses in file names
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same model gives the same archive bytes
 _REL = ModelFolder(Path())  # member names are paths relative to the model folder
 _MANIFEST = _REL.export_manifest.as_posix()
@@ -81,6 +83,29 @@ class ExportManifest:
             names.add(_REL.checkpoint(fold, self.checkpoint).as_posix())
             names.add(_REL.summary(fold).as_posix())
         return names
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a folder of an exchanged model (dataset, planner or
+    configuration), or None when it can: the one rule of both ``export`` and ``import``.
+
+    A name is one folder name that every common file system takes: not empty, at most
+    ``MAX_NAME_BYTES`` bytes of UTF-8, not starting with a dot (hidden, and the staging
+    folders' prefix), not ending in a space or dot, and without separators, control
+    characters or ``<>:"|?*``. Spaces and letters of any script are fine.
+    """
+    if not isinstance(name, str) or not name:
+        return "an empty name"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    if name.startswith("."):
+        return "starts with a dot"
+    if name != name.rstrip(" ."):
+        return "ends with a space or a dot"
+    bad = sorted({c for c in name if c in _NOT_IN_NAMES or unicodedata.category(c)[0] == "C"})
+    if bad:
+        return f"holds {', '.join(map(repr, bad))}"
+    return None
 
 
 def _limit(name: str) -> int:
@@ -130,6 +155,14 @@ def export_model(
             f"{folder.path}: no {checkpoint_file(checkpoint)} for fold(s) {', '.join(missing)}"
         )
     plans = Plans.from_json(folder.plans)
+    for what, name in (
+        ("dataset", plans.dataset_name),
+        ("planner", plans.planner),
+        ("configuration", folder.name),
+    ):
+        problem = name_problem(name)
+        if problem is not None:  # import would refuse the archive: write none
+            raise AutosegError(f"{folder.path}: {what} name {name!r} cannot be exported: {problem}")
     with tempfile.TemporaryDirectory(prefix="autoseg-export-") as tmp:
         staged: dict[str, Path] = {_REL.plans.as_posix(): folder.plans}
         if folder.postprocessing.is_file():
@@ -259,8 +292,9 @@ def _manifest(
     if manifest.format_version != FORMAT_VERSION:
         raise _refuse(archive, f"format version {manifest.format_version} is not supported")
     for what in ("dataset", "planner", "configuration"):
-        if not _SAFE_NAME.fullmatch(getattr(manifest, what)):
-            raise _refuse(archive, f"{what} name {getattr(manifest, what)!r} is not a safe name")
+        problem = name_problem(getattr(manifest, what))
+        if problem is not None:
+            raise _refuse(archive, f"{what} name {getattr(manifest, what)!r}: {problem}")
     if not manifest.folds or not all(re.fullmatch(r"[0-9]+|all", f) for f in manifest.folds):
         raise _refuse(archive, f"folds {list(manifest.folds)} are not fold names")
     if not re.fullmatch(r"checkpoint_[A-Za-z0-9_]+\.pt", manifest.checkpoint):
