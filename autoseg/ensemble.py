@@ -23,6 +23,7 @@ from autoseg.inputs import refuse_outputs_that_are_inputs
 from autoseg.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
 from autoseg.model_folder import ModelFolder
 from autoseg.probability_files import load_probabilities, probability_files, probability_header
+from autoseg.serial import remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def ensemble_folders(
             log.warning("case %s not written: %s", case, exc)
             continue
         _, geometry = read_array(_label_map_of(inputs[0], case))
+        remove_temp_files(targets[case])  # of a killed run
         write_label(to_label_map(probs, labels), geometry, targets[case])
         written.append(targets[case])
     if skipped:

@@ -39,7 +39,7 @@ from autoseg.metrics_micro import (
     object_table,
 )
 from autoseg.regions import Region
-from autoseg.serial import atomic_write_text, dump_json, load_json, to_dict
+from autoseg.serial import atomic_write_text, dump_json, load_json, remove_temp_files, to_dict
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -159,6 +159,7 @@ class Evaluation:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = tuple(folder / n for n in REPORT_FILES)
+        remove_temp_files(*paths)  # of a killed run
         self.to_json(paths[0])
         self.to_csv(paths[1])
         self.summary_to_csv(paths[2])

@@ -16,6 +16,7 @@ filled on the CPU, and only then is the folder renamed into place.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -37,7 +38,15 @@ from autoseg.errors import AutosegError
 from autoseg.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
-from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
+from autoseg.serial import (
+    atomic_output,
+    dumps,
+    file_sha256,
+    folder_for_output,
+    from_dict,
+    remove_temp_files,
+    temp_stem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +152,8 @@ def export_model(
         raise folder.not_a_model("no plans.json")
     if archive.resolve().is_relative_to(folder.path):
         raise AutosegError(f"{archive}: write the archive outside the model folder")
+    if archive.is_dir():
+        raise AutosegError(f"{archive}: is a folder; give the .zip file to write")
     if archive.exists() and not overwrite:
         raise AutosegError(f"{archive}: exists; choose another name or pass --overwrite")
     available = folder.folds_with(checkpoint)
@@ -163,37 +174,44 @@ def export_model(
         problem = name_problem(name)
         if problem is not None:  # import would refuse the archive: write none
             raise AutosegError(f"{folder.path}: {what} name {name!r} cannot be exported: {problem}")
-    with tempfile.TemporaryDirectory(prefix="autoseg-export-") as tmp:
-        staged: dict[str, Path] = {_REL.plans.as_posix(): folder.plans}
-        if folder.postprocessing.is_file():
-            staged[_REL.postprocessing.as_posix()] = folder.postprocessing
-        for fold in chosen:
-            ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
-            slim = Path(tmp) / f"fold_{fold}.pt"
-            save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
-            staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim
-            if folder.summary(fold).is_file():
-                staged[_REL.summary(fold).as_posix()] = folder.summary(fold)
-        manifest = ExportManifest(
-            format_version=FORMAT_VERSION,
-            dataset=plans.dataset_name,
-            planner=plans.planner,
-            configuration=folder.name,
-            folds=chosen,
-            checkpoint=checkpoint_file(checkpoint),
-            files={name: file_sha256(path) for name, path in sorted(staged.items())},
-            autoseg_version=__version__,
-        )
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            atomic_output(archive) as (fd, _),
-            os.fdopen(fd, "wb") as fh,
-            zipfile.ZipFile(fh, "w") as zf,
-        ):
-            zf.writestr(_zip_info(_MANIFEST), dumps(manifest))
-            for name, path in sorted(staged.items()):
-                with path.open("rb") as src, zf.open(_zip_info(name), "w", force_zip64=True) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+    with folder_for_output(archive.parent):
+        remove_temp_files(archive)  # the temp archive and staging folder of a killed export
+        # staged beside the archive, under a temp name of the archive's: the next export finds it
+        with tempfile.TemporaryDirectory(
+            prefix=f".{temp_stem(archive.name)}.", suffix=".part", dir=archive.parent
+        ) as tmp:
+            staged: dict[str, Path] = {_REL.plans.as_posix(): folder.plans}
+            if folder.postprocessing.is_file():
+                staged[_REL.postprocessing.as_posix()] = folder.postprocessing
+            for fold in chosen:
+                ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
+                slim = Path(tmp) / f"fold_{fold}.pt"
+                save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
+                staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim
+                if folder.summary(fold).is_file():
+                    staged[_REL.summary(fold).as_posix()] = folder.summary(fold)
+            manifest = ExportManifest(
+                format_version=FORMAT_VERSION,
+                dataset=plans.dataset_name,
+                planner=plans.planner,
+                configuration=folder.name,
+                folds=chosen,
+                checkpoint=checkpoint_file(checkpoint),
+                files={name: file_sha256(path) for name, path in sorted(staged.items())},
+                autoseg_version=__version__,
+            )
+            with (
+                atomic_output(archive) as (fd, _),
+                os.fdopen(fd, "wb") as fh,
+                zipfile.ZipFile(fh, "w") as zf,
+            ):
+                zf.writestr(_zip_info(_MANIFEST), dumps(manifest))
+                for name, path in sorted(staged.items()):
+                    with (
+                        path.open("rb") as src,
+                        zf.open(_zip_info(name), "w", force_zip64=True) as dst,
+                    ):
+                        shutil.copyfileobj(src, dst, 1 << 20)
     log.info("exported %s (folds %s) to %s", folder.path, ",".join(chosen), archive)
     return manifest
 
@@ -354,35 +372,64 @@ def import_model(archive: str | Path, home: Path, overwrite: bool = False) -> Pa
         manifest = _manifest(archive, zf, files)
         dirs = DatasetDirs(name=manifest.dataset, raw=None, work=Path(home) / manifest.dataset)
         target = ModelFolder(dirs.model_folder(manifest.planner, manifest.configuration))
+        _recover_killed_import(target.path)
         if target.path.exists() and not overwrite:
             raise AutosegError(
                 f"{target.path}: a model is already there; remove it or pass --overwrite"
             )
-        target.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.path.parent / f".{target.name}.import-{secrets.token_hex(4)}"
-        staging.mkdir()
-        try:
-            for name, info in sorted(files.items()):
-                digest = _extract(archive, zf, info, staging / name)
-                if name != _MANIFEST and digest != manifest.files[name]:
-                    raise _refuse(archive, f"member {name!r} does not match its SHA-256")
-            staged = ModelFolder(staging)
-            for fold in manifest.folds:
-                meta = load_checkpoint(staged.checkpoint(fold, manifest.checkpoint)).meta
-                if meta.configuration and meta.configuration != manifest.configuration:
-                    raise _refuse(archive, f"fold {fold} was trained as {meta.configuration!r}")
-            Predictor.from_folder(  # the weights fit the planned network, on the CPU
-                staging, folds=manifest.folds, checkpoint=manifest.checkpoint, device="cpu"
-            )
-            if target.path.exists():
-                old = target.path.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
-                target.path.rename(old)
-                staging.rename(target.path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                staging.rename(target.path)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        with folder_for_output(target.path.parent):
+            _install(archive, zf, files, manifest, target, Predictor)
     log.info("imported %s into %s", archive, target.path)
     return target.path
+
+
+def _recover_killed_import(target: Path) -> None:
+    """Undo what a killed import of ``target`` left: staging folders are removed; a model it
+    had moved aside to replace, and not yet replaced, is put back."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    for staging in parent.glob(f".{glob.escape(target.name)}.import-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in sorted(parent.glob(f".{glob.escape(target.name)}.replaced-*")):
+        if not target.exists():
+            old.rename(target)  # killed between the two renames: the old model comes back
+            log.warning("%s: restored the model a killed import had moved aside", target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _install(
+    archive: Path,
+    zf: zipfile.ZipFile,
+    files: dict[str, zipfile.ZipInfo],
+    manifest: ExportManifest,
+    target: ModelFolder,
+    predictor: type,
+) -> None:
+    """Extract, check and rename the archive's model into ``target`` (its parent exists)."""
+    staging = target.path.parent / f".{target.name}.import-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        for name, info in sorted(files.items()):
+            digest = _extract(archive, zf, info, staging / name)
+            if name != _MANIFEST and digest != manifest.files[name]:
+                raise _refuse(archive, f"member {name!r} does not match its SHA-256")
+        staged = ModelFolder(staging)
+        for fold in manifest.folds:
+            meta = load_checkpoint(staged.checkpoint(fold, manifest.checkpoint)).meta
+            if meta.configuration and meta.configuration != manifest.configuration:
+                raise _refuse(archive, f"fold {fold} was trained as {meta.configuration!r}")
+        predictor.from_folder(  # the weights fit the planned network, on the CPU
+            staging, folds=manifest.folds, checkpoint=manifest.checkpoint, device="cpu"
+        )
+        if target.path.exists():
+            old = target.path.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
+            target.path.rename(old)
+            staging.rename(target.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target.path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

@@ -26,6 +26,7 @@ from scipy import ndimage
 from autoseg.errors import AutosegError
 from autoseg.inputs import refuse_outputs_that_are_inputs
 from autoseg.io import file_ending, read_array, write_label
+from autoseg.serial import remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ def instances_folder(
         if data.ndim != 3 or data.dtype.kind not in "uib":
             raise AutosegError(f"{source}: expected an integer label map, found {data.dtype}")
         instances = semantic_to_instances(data, border_label=border_label, min_size=min_size)
+        remove_temp_files(target)  # of a killed run
         write_label(instances, geometry, target)
         written.append(target)
         objects[source.name] = int(instances.max(initial=0))

@@ -25,7 +25,7 @@ from autoseg.errors import AutosegError
 from autoseg.model_folder import ModelFolder
 from autoseg.network import build_network
 from autoseg.plans import Plans
-from autoseg.serial import atomic_output, dumps
+from autoseg.serial import atomic_output, dumps, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def export_onnx(
     net.eval()
     example = torch.zeros((1, len(plans.channels), *config.patch_size))  # (1, C, *patch)
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(output)  # of a killed export
     with atomic_output(output) as (_, tmp), warnings.catch_warnings():
         # the TorchScript-based exporter: no onnxscript needed; its deprecation notice and the
         # instance-norm training-mode note (eval uses the input's statistics either way) are noise

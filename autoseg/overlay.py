@@ -9,6 +9,7 @@ own colour, named in the legend. The demo's picture is the same drawing.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from autoseg.dataset import split_channel_suffix
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.io import file_ending, read_array, strip_ending
+from autoseg.serial import atomic_output, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,12 @@ def save_overlay(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    remove_temp_files(out)  # of a killed run
+    try:
+        with atomic_output(out) as (fd, _), os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+    finally:
+        plt.close(fig)
     return out
 
 

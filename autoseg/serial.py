@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import types
 import typing
 from collections.abc import Iterator
@@ -147,6 +148,42 @@ def temp_files(path: str | Path) -> list[Path]:
     """The temp files of ``path`` that a killed run left (``atomic_output``'s names)."""
     path = Path(path)
     return sorted(path.parent.glob(f".{glob.escape(temp_stem(path.name))}.*.part"))
+
+
+def remove_temp_files(*paths: str | Path) -> None:
+    """Remove what a killed run left while writing ``paths``: their temp files, and staging
+    folders named like them (``.NAME.XXXXXXXX.part``). Call before writing them again."""
+    for path in paths:
+        for stale in temp_files(path):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def folder_for_output(folder: str | Path) -> Iterator[Path]:
+    """Create ``folder`` and its missing parents for the block; if the block fails, remove
+    again those it created that are still empty, so a refused command leaves no folders.
+
+    Raises:
+        AutosegError: ``folder`` or one of its parents is a file.
+    """
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise AutosegError(f"{blocker}: is a file, not a folder (expected a folder here)")
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for created in missing:  # deepest first
+            try:
+                created.rmdir()
+            except OSError:  # not empty (or gone): leave it and its parents
+                break
+        raise
 
 
 def _open_temp(path: Path) -> tuple[int, str]:

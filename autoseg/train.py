@@ -357,6 +357,8 @@ class _Trainer:
         self._restore()
         if self.dist.main:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in self.fold_dir.glob(".*.part"):  # this fold's: of a killed run
+                leftover.unlink(missing_ok=True)
         handler = add_file_log(self.model.training_log(self.fold)) if self.dist.main else None
         ok = False
         try:
