@@ -109,9 +109,7 @@ def predict(
         candidates = [m.path for m in found]
         if not candidates:
             raise AutosegError(
-                f"no trained model found in {root}"
-                + (f" for dataset {dataset}" if dataset else "")
-                + "; train one (autoseg train) or pass -m MODEL_FOLDER"
+                _why_no_model(root, name, dataset, checkpoint, configuration, planner)
             )
         if len(candidates) > 1:
             listing = "\n".join(
@@ -152,6 +150,37 @@ def predict(
             f"{len(report.failed)} case(s) failed:\n" + "\n".join(f"  - {p}" for p in report.failed)
         )
         raise typer.Exit(2)
+
+
+def _why_no_model(
+    root: Path,
+    name: str,
+    dataset: str | None,
+    checkpoint: str,
+    configuration: str | None,
+    planner: str | None,
+) -> str:
+    """Why no model folder matched -d/-c/--planner/--checkpoint: the filter that excluded the
+    trained models, with what there is, or that nothing is trained at all."""
+    from autoseg.model_folder import checkpoint_file, find_model_folders
+
+    where = f"in {root}" + (f" for dataset {dataset}" if dataset else "")
+    trained = find_model_folders(root, name, checkpoint)
+    if trained:  # -c or --planner excluded them
+        listing = ", ".join(f"-c {m.name} --planner {m.path.parent.name}" for m in trained)
+        asked = " ".join(
+            f"{flag} {value}"
+            for flag, value in (("-c", configuration), ("--planner", planner))
+            if value is not None
+        )
+        return f"no trained model {where} matches {asked}; trained: {listing}"
+    others = sorted({p.name for p in root.glob(f"{name}/models/*/*/fold_*/checkpoint_*.pt")})
+    if others:
+        return (
+            f"no trained model {where} has {checkpoint_file(checkpoint)} "
+            f"(--checkpoint {checkpoint}); found: {', '.join(others)}"
+        )
+    return f"no trained model found {where}; train one (autoseg train) or pass -m MODEL_FOLDER"
 
 
 def evaluate(

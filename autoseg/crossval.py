@@ -16,6 +16,7 @@ from rich.table import Table
 
 from autoseg.cache import require_planned
 from autoseg.ensemble import evaluate_cv_ensembles
+from autoseg.errors import AutosegError
 from autoseg.evaluate import Evaluation
 from autoseg.ignore import mask_ignored
 from autoseg.io import file_ending, read_array, strip_ending
@@ -187,7 +188,8 @@ def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
     """Rank every trained configuration of a dataset by its mean validation Dice.
 
     Raises:
-        AutosegError: the dataset's last ``autoseg plan`` did not finish.
+        AutosegError: the dataset's last ``autoseg plan`` did not finish, or no configuration
+            has a validated fold (nothing to compare).
     """
     require_planned(dirs.work, dirs.name)
     results = []
@@ -210,6 +212,11 @@ def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
                 mean_dice=sum(e.mean_dice for _, e in found) / len(found),
                 dice_per_label=per_label,
             )
+        )
+    if not results:
+        raise AutosegError(
+            f"{dirs.work}: no configuration of {dirs.name} has a validated fold, so there is "
+            "nothing to compare; train folds 0-4 (autoseg train, with validation) first"
         )
     return BestConfiguration(dataset=dirs.name, results=tuple(results), pooled=_pooled_scores(dirs))
 

@@ -23,7 +23,7 @@ from autoseg.inputs import refuse_outputs_that_are_inputs
 from autoseg.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
 from autoseg.model_folder import ModelFolder
 from autoseg.probability_files import load_probabilities, probability_files, probability_header
-from autoseg.serial import remove_temp_files
+from autoseg.serial import check_output_folder, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def ensemble_folders(
             headers (``probability_header``), or a case without a label map of its grid.
     """
     inputs, output = [Path(p) for p in inputs], Path(output)
+    check_output_folder(output, "-o")
     problems: list[Problem] = []
     if len({p.resolve() for p in inputs}) < 2:
         problems.append(Problem(str(output), "an ensemble needs at least two different -i folders"))
@@ -136,6 +137,11 @@ def ensemble_folders(
     if problems:
         raise DatasetError(problems, what="ensemble inputs")
     targets = {case: output / (_label_map_of(inputs[0], case) or Path()).name for case in cases}
+    for target in targets.values():
+        if target.exists() and not target.is_file():  # never a finished output
+            problems.append(Problem(str(target), "a folder of this name is in the way"))
+    if problems:
+        raise DatasetError(problems, what="ensemble outputs")
     refuse_outputs_that_are_inputs(
         [p for files in found.values() for p in files.values()], targets.values()
     )
@@ -145,7 +151,7 @@ def ensemble_folders(
     output.mkdir(parents=True, exist_ok=True)
     written, skipped, failed = [], [], []
     for case in cases:
-        if targets[case].exists() and not overwrite:
+        if targets[case].is_file() and not overwrite:
             skipped.append(targets[case])
             continue
         try:  # the values are only seen now: a bad file fails its case, the others go on

@@ -28,7 +28,14 @@ import numpy as np
 
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.ignore import IGNORE_NAME, ignore_label, mask_ignored
-from autoseg.io import Geometry, file_ending, read_array, strip_ending
+from autoseg.io import (
+    Geometry,
+    as_label_map,
+    file_ending,
+    grid_difference,
+    read_array,
+    strip_ending,
+)
 from autoseg.metrics import COUNT_NAMES, METRIC_NAMES, LabelMetrics, case_metrics
 from autoseg.metrics_micro import (
     OBJECT_METRIC_NAMES,
@@ -39,7 +46,14 @@ from autoseg.metrics_micro import (
     object_table,
 )
 from autoseg.regions import Region
-from autoseg.serial import atomic_write_text, dump_json, load_json, remove_temp_files, to_dict
+from autoseg.serial import (
+    atomic_write_text,
+    check_output_folder,
+    dump_json,
+    load_json,
+    remove_temp_files,
+    to_dict,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -157,6 +171,7 @@ class Evaluation:
             The three paths, in that order (each written atomically).
         """
         folder = Path(folder)
+        check_output_folder(folder, "-o")
         folder.mkdir(parents=True, exist_ok=True)
         paths = tuple(folder / n for n in REPORT_FILES)
         remove_temp_files(*paths)  # of a killed run
@@ -290,25 +305,11 @@ class _FileInfo:
     values: tuple[int, ...] = ()
 
 
-def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    """The array as integers, or an AutosegError naming the file."""
-    if array.ndim != 3:
-        raise AutosegError(f"{path}: expected a 3D label map, found shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise AutosegError(f"{path}: label map holds non-integer values")
-        array = rounded.astype(np.int32)
-    if array.size and array.min() < 0:
-        raise AutosegError(f"{path}: label map holds negative values")
-    return array
-
-
 def _inspect(path: Path) -> _FileInfo:
     """Read one file: its geometry and label values, or the problem with it."""
     try:
         array, geometry = read_array(path)
-        array = _as_labels(array, path)
+        array = as_label_map(array, path)
     except AutosegError as exc:
         return _FileInfo(path, Problem(str(path), str(exc).removeprefix(f"{path}: ")))
     # bincount only for small values: one voxel of value 2e9 would make it allocate 16 GB
@@ -332,7 +333,7 @@ def _score_files(
 ) -> CaseResult:
     pred, _ = read_array(pred_path)
     ref, geometry = read_array(ref_path)
-    pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
+    pred, ref = as_label_map(pred, pred_path), as_label_map(ref, ref_path)
     metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore, regions)
     return CaseResult(case_id, metrics, _objects(pred, ref, labels, ignore, regions))
 
@@ -444,7 +445,12 @@ def evaluate_folders(
             problems.append(Problem(str(preds[case_id]), message))
         elif not pg.same_grid(rg):
             message = f"spacing {pg.spacing} or affine differs from the reference {refs[case_id]}"
-            problems.append(Problem(str(preds[case_id]), f"{message} (spacing {rg.spacing})"))
+            detail = (  # the same spacing twice would not say what differs
+                f"spacing {rg.spacing}"
+                if not np.allclose(pg.spacing, rg.spacing, atol=1e-3, rtol=1e-4)
+                else grid_difference(pg, rg)
+            )
+            problems.append(Problem(str(preds[case_id]), f"{message} ({detail})"))
     if problems:
         raise DatasetError(problems, what="evaluation inputs")
 

@@ -83,7 +83,7 @@ def export_onnx(
             exported graph's logits differ from torch's by more than ``TOLERANCE``.
     """
     onnx = _require("onnx")
-    folder, output = ModelFolder(Path(model_folder)), Path(output)
+    folder, output = ModelFolder(Path(model_folder).resolve()), Path(output)  # '..' resolved
     if not folder.plans.is_file():
         raise folder.not_a_model("no plans.json")
     if output.exists() and not overwrite:

@@ -30,7 +30,7 @@ from autoseg.inputs import (
 )
 from autoseg.io import Geometry, Image, read_image, write_label
 from autoseg.probability_files import save_probabilities as write_probabilities
-from autoseg.serial import temp_files
+from autoseg.serial import check_output_folder, temp_files
 from autoseg.shards import select_part
 from autoseg.terminal import progress_bar
 
@@ -66,6 +66,11 @@ class PredictionReport:
     written: tuple[Path, ...]
     failed: tuple[Problem, ...]
     skipped: tuple[Path, ...] = ()
+
+
+def _in_the_way(target: Path) -> bool:
+    """Something that is not a file (a folder) has the name of an output."""
+    return target.exists() and not target.is_file()
 
 
 def predict_folder(
@@ -109,6 +114,7 @@ def predict_folder(
         AutosegError: ``output_dir`` holds inputs, an input is missing, or nothing to predict.
     """
     output_dir = Path(output_dir)
+    check_output_folder(output_dir, "-o")
     input_dirs = {(p if p.is_dir() else p.parent).resolve() for p in map(Path, inputs)}
     if output_dir.resolve() in input_dirs:
         raise AutosegError(f"{output_dir}: the output folder must not be an input folder")
@@ -131,11 +137,16 @@ def predict_folder(
     )
     todo: list[tuple[str, list[Path], Path]] = []
     skipped: list[Path] = []
+    blocked = {t for targets in targets_of.values() for t in targets if _in_the_way(t)}
     for case, files in cases.items():
         targets = targets_of[case]
         out = targets[0]
+        in_the_way = [t for t in targets if t in blocked]
+        if in_the_way:  # a folder of the output's name: never a finished output
+            problems.append(Problem(str(in_the_way[0]), "a folder of this name is in the way"))
+            continue
         # the label map is written last: a case with all its outputs is complete
-        if not overwrite and all(t.exists() for t in targets):
+        if not overwrite and all(t.is_file() for t in targets):
             skipped.append(out)
         else:
             todo.append((case, files, out))

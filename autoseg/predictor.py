@@ -160,7 +160,8 @@ class Predictor:
             AutosegError: the folder is not a model folder, a fold or checkpoint is missing or
                 does not match the plans.
         """
-        folder = ModelFolder(Path(model_folder))
+        # resolved: MODEL/fold_0/.. is MODEL (its name is the configuration), not '..'
+        folder = ModelFolder(Path(model_folder).resolve())
         if not folder.path.is_dir():
             raise AutosegError(f"{folder.path}: model folder not found")
         if not folder.plans.is_file():

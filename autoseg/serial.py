@@ -161,6 +161,24 @@ def remove_temp_files(*paths: str | Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def check_output_folder(folder: str | Path, option: str = "") -> None:
+    """Refuse an output folder that is a file, or lies under one (instead of ``File exists``
+    or ``Not a directory`` from the first write).
+
+    Args:
+        folder: the folder that will be created or written into.
+        option: the option that named it (``-o``), for the message.
+
+    Raises:
+        AutosegError: ``folder`` or its nearest existing parent is not a folder.
+    """
+    folder = Path(folder)
+    there = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        named = f" ({option} names a folder)" if option else ""
+        raise AutosegError(f"{there}: is a file, not a folder{named}")
+
+
 @contextlib.contextmanager
 def folder_for_output(folder: str | Path) -> Iterator[Path]:
     """Create ``folder`` and its missing parents for the block; if the block fails, remove
@@ -171,9 +189,7 @@ def folder_for_output(folder: str | Path) -> Iterator[Path]:
     """
     folder = Path(folder)
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise AutosegError(f"{blocker}: is a file, not a folder (expected a folder here)")
+    check_output_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
