@@ -83,9 +83,13 @@ HEADER_CASES = {
 
 
 @pytest.mark.parametrize("kind", sorted(HEADER_CASES))
-def test_ensemble_refuses_a_bad_npz_before_writing(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("where", ["second", "both"])
+def test_ensemble_refuses_a_bad_npz_before_writing(tmp_path: Path, kind: str, where: str) -> None:
+    """In one folder the files disagree; in both (the same bad file), only the checks of each
+    file can tell (labels shorter than the channels was an IndexError)."""
     a, b = _folders(tmp_path)
-    _npz(b / "c2.npz", HEADER_CASES[kind](_good()))
+    for folder in (a, b) if where == "both" else (b,):
+        _npz(folder / "c2.npz", HEADER_CASES[kind](_good()))
     result = cli("ensemble", "-i", a, "-i", b, "-o", tmp_path / "E")
     assert_clean_failure(result, str(b / "c2.npz"))
     assert not (tmp_path / "E").exists()
