@@ -23,6 +23,7 @@ from autoseg.paths import DatasetDirs, record_source, resolve_dataset, resolve_h
 from autoseg.planners import Budget, get_planner
 from autoseg.plans import Plans
 from autoseg.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.serial import remove_temp_files
 from autoseg.storage import check_storage
 from autoseg.transfer import plans_from as transfer_plans
 from autoseg.weightmap import ensure_weight_maps
@@ -122,6 +123,9 @@ def plan_dataset(
         writing = {folder: "" for folder in writing}  # planned, not preprocessed: incomplete
     invalidate_markers(dirs.work, writing, sources)  # before anything else is written
     dirs.work.mkdir(parents=True, exist_ok=True)
+    # temp files a killed plan left beside the files it writes here (preprocessed folders:
+    # run_preprocessing)
+    remove_temp_files(dirs.work / "dataset_source.txt", dirs.fingerprint, dirs.plans(planner))
     record_source(dirs)
     fingerprint.to_json(dirs.fingerprint)
     plans.to_json(dirs.plans(planner))

@@ -48,7 +48,7 @@ from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
 from autoseg.preprocess import plans_key, preprocessed_folder
 from autoseg.progress import History, add_file_log, write_progress
-from autoseg.serial import to_dict
+from autoseg.serial import remove_temp_files, to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
 from autoseg.terminal import progress_bar
@@ -285,6 +285,7 @@ class _Trainer:
         if not self.dist.main:
             return
         if not self._published:
+            remove_temp_files(self.model.plans)  # of a killed run
             self.plans.to_json(self.model.plans)
             self._published = True
         save_checkpoint(

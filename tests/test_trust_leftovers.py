@@ -12,7 +12,6 @@ the names ``atomic_output`` gives temp files.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -236,33 +235,39 @@ def test_overlay_removes_a_killed_runs_temp_files(tmp_path: Path) -> None:
     assert "c.png" in files_in(tmp_path / "png")
 
 
-def test_train_removes_a_killed_runs_temp_files_in_its_fold(tmp_path: Path) -> None:
-    root = tiny_dataset(tmp_path / "Task89_Train", n_cases=2)
-    home = tmp_path / "home"
-    assert cli("plan", root, "--home", home, "--workers", 1, "--gpu-memory", 8).exit_code == 0
+@pytest.mark.slow
+def test_plan_train_and_benchmark_remove_a_killed_runs_temp_files(tmp_path: Path) -> None:
     from tests.reliability_helpers import shrink_network
 
-    shrink_network(home / root.name / "plans.json")
-    fold = home / root.name / "models" / "default" / "3d_fullres" / "fold_all"
+    root = tiny_dataset(tmp_path / "Task89_Train", n_cases=5)
+    home = tmp_path / "home"
+    plan = ("plan", root, "--home", home, "--workers", 1, "--gpu-memory", 8)
+    assert cli(*plan).exit_code == 0
+    work = home / root.name
+    names = ("plans.json", "fingerprint.json", "dataset_source.txt")
+    stale = [_planted(work / n) for n in names]
+    assert cli(*plan).exit_code == 0  # plan again
+    assert not any(s.exists() for s in stale)
+
+    shrink_network(work / "plans.json")
+    model = work / "models" / "default" / "3d_fullres"
+    fold = model / "fold_0"
     stale = [_planted(fold / n) for n in ("progress.json", "summary.json", "checkpoint_final.pt")]
+    stale += [_planted(model / "plans.json"), _planted(work / "splits.json")]
+    quick = ("--iterations", 1, "--device", "cpu", "--workers", 0)
     result = cli(
-        "train",
-        root.name,
-        "3d_fullres",
-        "all",
-        "--home",
-        home,
-        "--epochs",
-        1,
-        "--iterations",
-        1,
-        "--val-iterations",
-        1,
-        "--device",
-        "cpu",
-        "--workers",
-        0,
-    )
+        "train", root.name, "3d_fullres", "0", "--home", home, "--epochs", 1,
+        "--val-iterations", 1, "--no-validate", *quick,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not any(s.exists() for s in stale)
-    assert not [p for p in os.listdir(fold) if p.endswith(".part")]
+    assert not [p for p in files_in(work) if Path(p).name.endswith(".part")]
+
+    out = tmp_path / "bench.json"
+    stale = [_planted(out)]
+    result = cli(
+        "benchmark", root.name, "3d_fullres", "--home", home, "--warmup", 0,
+        "--predict-cases", 0, "-o", out, *quick,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not stale[0].exists() and out.is_file()
