@@ -37,6 +37,7 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_GPU_MEMORY_GB = 4096  # --gpu-memory: a planning budget far beyond any GPU, still finite
 
 AugmentationOpt = Annotated[
     str,
@@ -134,7 +135,9 @@ def plan(
     gpu_memory: Annotated[
         float | None,
         typer.Option(
-            "--gpu-memory", callback=number_in(0, low_open=True), help="GPU memory budget in GB."
+            "--gpu-memory",
+            callback=number_in(0, MAX_GPU_MEMORY_GB, low_open=True),
+            help=f"GPU memory budget in GB (up to {MAX_GPU_MEMORY_GB}).",
         ),
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,

@@ -104,7 +104,7 @@ def load_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(probabilities (K, Z, Y, X) float32, labels (K,))`` of one ``.npz`` (no pickles).
 
     The header is checked first (``probability_header``), then the values: probabilities must
-    be finite and within [0, 1], labels distinct.
+    be finite and within [0, 1], labels distinct and within 0 .. 2**31 - 1.
 
     Raises:
         AutosegError: the file is refused; the message says why.
@@ -123,6 +123,8 @@ def load_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(np.unique(labels)) != len(labels):
         raise AutosegError(f"{path}: labels {labels.tolist()} name a value twice")
+    if labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:  # label maps are int32
+        raise AutosegError(f"{path}: labels {labels.tolist()} must lie in 0..{2**31 - 1}")
     return probs, labels
 
 

@@ -135,17 +135,20 @@ VALUE_CASES = {
     "negative": lambda: _with_value(-0.5),
     "all NaN": lambda: {**_good(), "probabilities": np.full((2, *SHAPE_ZYX), np.nan, np.float16)},
     "labels twice": lambda: {**_good(), "labels": np.array([1, 1])},
+    "labels negative": lambda: {**_good(), "labels": np.array([-1, 1])},
+    "labels beyond int32": lambda: {**_good(), "labels": np.array([0, 2**40])},
 }
 
 
 @pytest.mark.parametrize("kind", sorted(VALUE_CASES))
-@pytest.mark.parametrize("folder", ["A", "B"])
+@pytest.mark.parametrize("folder", ["A", "B", "both"])
 def test_ensemble_fails_the_case_with_bad_values_and_writes_the_others(
     tmp_path: Path, kind: str, folder: str
 ) -> None:
     a, b = _folders(tmp_path)
-    bad = tmp_path / folder / "c2.npz"
-    _npz(bad, VALUE_CASES[kind]())
+    bad = tmp_path / ("A" if folder == "both" else folder) / "c2.npz"
+    for where in ("A", "B") if folder == "both" else (folder,):
+        _npz(tmp_path / where / "c2.npz", VALUE_CASES[kind]())
     result = cli("ensemble", "-i", a, "-i", b, "-o", tmp_path / "E")
     assert_clean_failure(result, str(bad), "1 case(s) failed")
     assert files_in(tmp_path / "E") == ["c1.nii.gz"]  # no all-background c2, no temp file

@@ -82,9 +82,15 @@ def test_every_numeric_option_refuses_values_out_of_range(
     assert not list(tmp_path.iterdir())
 
 
-def test_seed_above_the_generators_range_is_refused() -> None:
+def test_values_above_the_ranges_are_refused() -> None:
     result = cli("train", "x", "3d_fullres", "0", "--seed", 2**32)
     assert_clean_failure(result, "--seed")
+    result = cli("plan", "x", "--gpu-memory", "1e300")  # was a NaN traceback in the planner
+    assert_clean_failure(result, "--gpu-memory", "4096")
+    result = cli("predict", "-i", "x", "-o", "y", "--step-size", "1.5")
+    assert_clean_failure(result, "--step-size")
+    result = cli("predict", "-i", "x", "-o", "y", "--tile-scale", "2.5")
+    assert_clean_failure(result, "--tile-scale")
 
 
 def test_the_library_refuses_a_bad_nsd_tolerance_too(tmp_path: Path) -> None:
