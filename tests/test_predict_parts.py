@@ -61,7 +61,8 @@ def test_bad_part_and_step_size_are_refused(model: tuple[Path, Path], tmp_path: 
     root, folder = model
     assert_clean_failure(_predict(root, folder, tmp_path / "o", "--part", 2, "--parts", 2), "part")
     assert_clean_failure(_predict(root, folder, tmp_path / "o", "--step-size", 1.5), "--step-size")
-    assert_clean_failure(_predict(root, folder, tmp_path / "o", "--tile-scale", 2.5), "--tile-scale")
+    result = _predict(root, folder, tmp_path / "o", "--tile-scale", 2.5)
+    assert_clean_failure(result, "--tile-scale")
     assert not (tmp_path / "o").exists()
 
 
