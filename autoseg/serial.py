@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import os
+import re
 import secrets
+import shutil
 import types
 import typing
 from collections.abc import Iterator
@@ -22,6 +25,18 @@ from typing import Any, TypeVar
 from autoseg.errors import AutosegError
 
 T = TypeVar("T")
+_ASCII_INT = re.compile(r"[+-]?[0-9]+")
+
+
+def ascii_int(text: str) -> int | None:
+    """The integer ``text`` spells with ASCII digits (an optional sign, spaces around), else None.
+
+    The one rule for numbers written as text: fold names, dataset.json and plans.json keys.
+    ``str.isdigit`` accepts superscripts such as '²' that ``int`` refuses (a traceback), and
+    ``int`` accepts Arabic-Indic and other Unicode digits that no autoseg name holds.
+    """
+    text = text.strip()
+    return int(text) if _ASCII_INT.fullmatch(text) else None
 
 
 def to_dict(obj: Any) -> Any:
@@ -73,6 +88,8 @@ def _build(tp: Any, value: Any) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise TypeError(f"expected an integer, got {value!r}")
+        if isinstance(value, str) and ascii_int(value) is None:
+            raise ValueError(f"expected an integer, got {value!r}")
         return int(value)
     if tp is str:
         if not isinstance(value, str):
@@ -108,15 +125,94 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n"
 
 
+NAME_MAX = 255  # bytes in one file name on the common file systems (ext4, xfs, btrfs, APFS)
+_TEMP_EXTRA = len(".") + len(".XXXXXXXX.part")
+
+
+def temp_stem(name: str) -> str:
+    """The ``NAME`` of the temp files ``.NAME.XXXXXXXX.part`` of a file named ``name``.
+
+    ``name`` itself when the temp name fits in ``NAME_MAX`` bytes; else its start, cut to fit,
+    with ``~`` and 8 hex digits of its hash (so two long names still get different stems).
+    """
+    room = NAME_MAX - _TEMP_EXTRA
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    start = raw[: room - len(digest) - 1].decode("utf-8", "ignore")  # no half characters
+    return f"{start}~{digest}"
+
+
+def temp_files(path: str | Path) -> list[Path]:
+    """The temp files of ``path`` that a killed run left (``atomic_output``'s names)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(temp_stem(path.name))}.*.part"))
+
+
+def remove_temp_files(*paths: str | Path) -> None:
+    """Remove what a killed run left while writing ``paths``: their temp files, and staging
+    folders named like them (``.NAME.XXXXXXXX.part``). Call before writing them again."""
+    for path in paths:
+        for stale in temp_files(path):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def check_output_folder(folder: str | Path, option: str = "") -> None:
+    """Refuse an output folder that is a file, or lies under one (instead of ``File exists``
+    or ``Not a directory`` from the first write).
+
+    Args:
+        folder: the folder that will be created or written into.
+        option: the option that named it (``-o``), for the message.
+
+    Raises:
+        AutosegError: ``folder`` or its nearest existing parent is not a folder.
+    """
+    folder = Path(folder)
+    there = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        named = f" ({option} names a folder)" if option else ""
+        raise AutosegError(f"{there}: is a file, not a folder{named}")
+
+
+@contextlib.contextmanager
+def folder_for_output(folder: str | Path) -> Iterator[Path]:
+    """Create ``folder`` and its missing parents for the block; if the block fails, remove
+    again those it created that are still empty, so a refused command leaves no folders.
+
+    Raises:
+        AutosegError: ``folder`` or one of its parents is a file.
+    """
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    check_output_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for created in missing:  # deepest first
+            try:
+                created.rmdir()
+            except OSError:  # not empty (or gone): leave it and its parents
+                break
+        raise
+
+
 def _open_temp(path: Path) -> tuple[int, str]:
     """Create and open a new temp file beside ``path``: ``.NAME.XXXXXXXX.part``.
 
-    Unlike ``tempfile.mkstemp`` (always mode 0600), the file gets the permissions a plain
-    ``open`` gives (0666 less the umask), and keeps them when renamed to ``path``.
+    ``NAME`` is ``temp_stem(path.name)``: a name near the file-system limit gets a shortened
+    temp name. Unlike ``tempfile.mkstemp`` (always mode 0600), the file gets the permissions a
+    plain ``open`` gives (0666 less the umask), and keeps them when renamed to ``path``.
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    stem = temp_stem(path.name)
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
+        tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.part"
         try:
             return os.open(tmp, flags, 0o666), str(tmp)
         except FileExistsError:

@@ -45,7 +45,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.predictor import Predictor
 from autoseg.networks.unet import build_network
 from autoseg.preprocessing.preprocess import load_case
-from autoseg.serial import dump_json, to_dict
+from autoseg.serial import dump_json, remove_temp_files, to_dict
 from autoseg.training.loader import BatchLoader
 from autoseg.training.step import TrainingStep
 from autoseg.training.train import default_workers, preprocessed_cases
@@ -131,6 +131,7 @@ class BenchmarkResult:
 
     def to_json(self, path: str | Path) -> None:
         """Write the fields as deterministic JSON (atomically)."""
+        remove_temp_files(path)  # of a killed run
         dump_json(self, path)
 
     def table(self) -> Any:

@@ -21,7 +21,7 @@ from autoseg import __version__
 from autoseg.cli.habits import HabitGroup
 from autoseg.cli.init import register_init_command
 from autoseg.cli.models import register_model_commands
-from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt, PlansOpt
+from autoseg.cli.options import MAX_SEED, CompileOpt, DeviceOpt, HomeOpt, PlansOpt
 from autoseg.cli.options import console as _console
 from autoseg.cli.options import cpu_workers as _workers
 from autoseg.cli.options import err as _err
@@ -133,10 +133,11 @@ def train(
     val_iterations: Annotated[int, typer.Option(min=1, help="Validation batches/epoch.")] = 50,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last run.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 0,
     planner: PlansOpt = "default",
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Augmentation processes (default: by device).")
+        int | None,
+        typer.Option("--workers", min=0, help="Augmentation processes (default: by device)."),
     ] = None,
     augmentation: AugmentationOpt = "auto",
     validate: Annotated[
@@ -305,9 +306,9 @@ def demo(
     iterations: Annotated[
         int | None, typer.Option(min=1, help="Iterations per epoch (default: the demo's).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 0,
     device: DeviceOpt = "auto",
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
 ) -> None:
     """Plan, train, predict and evaluate on real hippocampus MRI shipped in the package."""
     from autoseg.cli.demo import DemoSettings, run_demo

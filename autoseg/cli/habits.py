@@ -51,7 +51,7 @@ NNUNET_FLAGS = {
     "-djfile": "did you mean --dataset-json?",
     "-pfile": "did you mean --dataset-json?",
 }
-_FOLD = re.compile(r"^(\d+|all)$")
+_FOLD = re.compile(r"^([0-9]+|all)$")
 _NUMBER = re.compile(r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf)$", re.IGNORECASE)
 #: options taking several values, by parameter name: what a value looks like
 LIST_OPTIONS = {"folds": _FOLD, "patch_size": _NUMBER, "spacing": _NUMBER}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from autoseg.cli.options import console as _console
+from autoseg.cli.options import number_in
 
 if TYPE_CHECKING:
     from autoseg.data.intake import IntakePlan
@@ -61,7 +62,7 @@ def init(
         float,
         typer.Option(
             "--geometry-tolerance",
-            min=0.0,
+            callback=number_in(0, low_open=True),
             help="Most a label voxel may move (in image voxels) for --fix-geometry.",
         ),
     ] = 0.5,

@@ -116,6 +116,12 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
         n_skipped = len(report.skipped)
         skipped = f", {n_skipped} skipped (existing; --overwrite)" if n_skipped else ""
         _console().print(f"{len(report.written)} written to {output}{skipped}")
+        if report.failed:
+            from autoseg.cli.options import err
+
+            listing = "\n".join(f"  - {p}" for p in report.failed)
+            err(f"{len(report.failed)} case(s) failed:\n{listing}")
+            raise typer.Exit(2)
 
     @app.command("overlay")
     @guard

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 __all__ = [
+    "MAX_GPU_MEMORY_GB",
+    "MAX_SEED",
     "CompileOpt",
     "DeviceOpt",
     "HomeOpt",
@@ -17,7 +21,11 @@ __all__ = [
     "console",
     "cpu_workers",
     "err",
+    "number_in",
 ]
+
+MAX_SEED = 2**32 - 1  # --seed: 0 .. MAX_SEED, the range every random generator takes
+MAX_GPU_MEMORY_GB = 4096  # --gpu-memory: a planning budget far beyond any GPU, still finite
 
 HomeOpt = Annotated[
     Path | None,
@@ -41,6 +49,28 @@ CompileOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def number_in(
+    low: float, high: float = math.inf, *, low_open: bool = False
+) -> Callable[[float | None], float | None]:
+    """A typer callback refusing a float option outside ``[low, high]`` (``(low, high]`` with
+    ``low_open``), NaN and infinities included; click's message names the option.
+
+    Integer options take typer's ``min=``/``max=`` instead (also named in the message).
+    """
+    above = f"> {low:g}" if low_open else f">= {low:g}"
+    wanted = f"a finite number {above}" + (f" and <= {high:g}" if high < math.inf else "")
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        inside = low < value if low_open else low <= value
+        if not (math.isfinite(value) and inside and value <= high):
+            raise typer.BadParameter(f"{value:g} is not {wanted}")
+        return value
+
+    return check
 
 
 def console(stderr: bool = False):

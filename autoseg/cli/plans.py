@@ -13,7 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from autoseg.cli.options import HomeOpt, PlannerOpt, console, cpu_workers
+from autoseg.cli.options import (
+    MAX_GPU_MEMORY_GB,
+    HomeOpt,
+    PlannerOpt,
+    console,
+    cpu_workers,
+    number_in,
+)
 
 __all__ = ["detect_gpu_memory_gb", "numbers", "register_plan_commands"]
 
@@ -56,9 +63,14 @@ def register_plan_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> Non
         home: HomeOpt = None,
         planner: PlannerOpt = "default",
         gpu_memory: Annotated[
-            float | None, typer.Option("--gpu-memory", help="GPU memory budget in GB.")
+            float | None,
+            typer.Option(
+                "--gpu-memory",
+                callback=number_in(0, MAX_GPU_MEMORY_GB, low_open=True),
+                help=f"GPU memory budget in GB (up to {MAX_GPU_MEMORY_GB}).",
+            ),
         ] = None,
-        workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+        workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
         preprocess: Annotated[
             bool, typer.Option("--preprocess/--no-preprocess", help="Preprocess after planning.")
         ] = True,
@@ -107,7 +119,7 @@ def register_plan_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> Non
             typer.Option("--patch-size", help="With --name: patch, Z Y X (2d: Y X)."),
         ] = None,
         batch_size: Annotated[
-            int | None, typer.Option("--batch-size", help="With --name: batch size.")
+            int | None, typer.Option("--batch-size", min=1, help="With --name: batch size.")
         ] = None,
         spacing: Annotated[
             str | None,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt
+from autoseg.cli.options import CompileOpt, DeviceOpt, HomeOpt, number_in
 from autoseg.cli.options import console as _console
 from autoseg.cli.options import cpu_workers as _workers
 from autoseg.cli.options import err as _err
@@ -78,19 +78,26 @@ def predict(
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs.")] = False,
     step_size: Annotated[
-        float, typer.Option("--step-size", help="Sliding-window step, fraction of the patch.")
+        float,
+        typer.Option(
+            "--step-size",
+            callback=number_in(0, 1, low_open=True),
+            help="Sliding-window step, fraction of the patch (0 to 1).",
+        ),
     ] = 0.5,
     tile_scale: Annotated[
         float | None,
         typer.Option(
             "--tile-scale",
+            callback=number_in(1, 2),
             help="Largest tile edge as a multiple of the patch's, 1 to 2 (1: the training "
             "patch; default 1.25 in 3D, 1 in 2D).",
         ),
     ] = None,
-    part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
+    part: Annotated[int, typer.Option("--part", min=0, help="This process's share (0-based).")] = 0,
     parts: Annotated[
-        int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
+        int,
+        typer.Option("--parts", min=1, help="Shares the cases are split into (one per machine)."),
     ] = 1,
     io_workers: Annotated[
         int, typer.Option("--workers", min=1, help="Threads reading and writing cases.")
@@ -124,9 +131,7 @@ def predict(
         candidates = [m.path for m in found]
         if not candidates:
             raise AutosegError(
-                f"no trained model found in {root}"
-                + (f" for dataset {dataset}" if dataset else "")
-                + "; train one (autoseg train) or pass -m MODEL_FOLDER"
+                _why_no_model(root, name, dataset, checkpoint, configuration, planner)
             )
         if len(candidates) > 1:
             listing = "\n".join(
@@ -175,6 +180,37 @@ def predict(
         raise typer.Exit(2)
 
 
+def _why_no_model(
+    root: Path,
+    name: str,
+    dataset: str | None,
+    checkpoint: str,
+    configuration: str | None,
+    planner: str | None,
+) -> str:
+    """Why no model folder matched -d/-c/--planner/--checkpoint: the filter that excluded the
+    trained models, with what there is, or that nothing is trained at all."""
+    from autoseg.data.model_folder import checkpoint_file, find_model_folders
+
+    where = f"in {root}" + (f" for dataset {dataset}" if dataset else "")
+    trained = find_model_folders(root, name, checkpoint)
+    if trained:  # -c or --planner excluded them
+        listing = ", ".join(f"-c {m.name} --planner {m.path.parent.name}" for m in trained)
+        asked = " ".join(
+            f"{flag} {value}"
+            for flag, value in (("-c", configuration), ("--planner", planner))
+            if value is not None
+        )
+        return f"no trained model {where} matches {asked}; trained: {listing}"
+    others = sorted({p.name for p in root.glob(f"{name}/models/*/*/fold_*/checkpoint_*.pt")})
+    if others:
+        return (
+            f"no trained model {where} has {checkpoint_file(checkpoint)} "
+            f"(--checkpoint {checkpoint}); found: {', '.join(others)}"
+        )
+    return f"no trained model found {where}; train one (autoseg train) or pass -m MODEL_FOLDER"
+
+
 def evaluate(
     reference: Annotated[
         Path | None,
@@ -202,8 +238,10 @@ def evaluate(
             "a region-based one scores its regions.",
         ),
     ] = None,
-    nsd_tolerance: Annotated[float, typer.Option(help="NSD tolerance in mm.")] = 1.0,
-    workers: Annotated[int | None, typer.Option("--workers", help="Processes.")] = None,
+    nsd_tolerance: Annotated[
+        float, typer.Option(callback=number_in(0, low_open=True), help="NSD tolerance in mm.")
+    ] = 1.0,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Processes.")] = None,
     chill: Annotated[
         bool,
         typer.Option("--chill", help="Score only the cases that have a prediction (as nnU-Net)."),
@@ -258,7 +296,12 @@ def instances(
     output: Annotated[Path, typer.Argument(help="Folder for the instance label maps.")],
     border_label: Annotated[
         int | None,
-        typer.Option("--border-label", help="Class that separates touching objects, if trained."),
+        typer.Option(
+            "--border-label",
+            min=1,
+            max=2**31 - 1,
+            help="Class that separates touching objects, if trained.",
+        ),
     ] = None,
     min_size: Annotated[
         int, typer.Option(min=0, help="Drop objects smaller than this many pixels.")

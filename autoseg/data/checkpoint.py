@@ -9,7 +9,6 @@ rename, so a crash never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from autoseg.errors import AutosegError
-from autoseg.serial import atomic_output, from_dict, to_dict
+from autoseg.serial import atomic_output, from_dict, temp_files, to_dict
 
 FORMAT_VERSION = 1
 
@@ -105,7 +104,7 @@ def save_checkpoint(
     }
     if optimizer_state is not None:
         payload["optimizer"] = optimizer_state
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.part"):  # from a killed run
+    for stale in temp_files(path):  # from a killed run
         stale.unlink(missing_ok=True)
     # serialised in memory first, then written in one call: a full disk is then an OSError
     # naming the file (torch's own writer turns it into "unexpected pos" RuntimeErrors)

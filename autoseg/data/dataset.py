@@ -28,11 +28,14 @@ from autoseg.data.ignore import ignore_label_problem
 from autoseg.data.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.data.regions import Region, is_region_based, parse_regions
 from autoseg.errors import DatasetError, Problem
+from autoseg.serial import NAME_MAX, ascii_int
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+_CHANNEL_SUFFIX = re.compile(r"(.+)_([0-9]{4})")
 MAX_LABEL_VALUE = 255  # preprocessed label maps are uint8
+# the longest name autoseg gives a case's files is CASE.img.b2nd / CASE.seg.b2nd (preprocessed)
+LONGEST_CASE_SUFFIX = ".img.b2nd"
 
 
 def split_channel_suffix(stem: str) -> tuple[str, int] | None:
@@ -148,6 +151,8 @@ def load_dataset(path: str | Path) -> DatasetSpec:
         raise DatasetError(problems, what=f"dataset {root}")
     if not cases and not problems:
         problems.add(root / "imagesTr", "no training cases found")
+    for case in cases:
+        _check_case_id_length(case, problems)
     declared = meta.get("numTraining")
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
         problems.meta(f"'numTraining' must be an integer, got {declared!r}")
@@ -165,6 +170,18 @@ def load_dataset(path: str | Path) -> DatasetSpec:
         file_ending=ending or ".nii.gz",
         regions=regions,
     )
+
+
+def _check_case_id_length(case: Case, problems: _Problems) -> None:
+    """A case id must leave room for the longest file name autoseg derives from it."""
+    size = len(case.case_id.encode("utf-8", "surrogateescape"))
+    if size + len(LONGEST_CASE_SUFFIX) > NAME_MAX:
+        problems.add(
+            case.images[0],
+            f"case id is {size} bytes long; autoseg's preprocessed files "
+            f"(CASE{LONGEST_CASE_SUFFIX}) need at most {NAME_MAX - len(LONGEST_CASE_SUFFIX)} "
+            f"to stay within the {NAME_MAX}-byte file-name limit: give the case a shorter name",
+        )
 
 
 # --- dataset.json ------------------------------------------------------------------------------
@@ -189,7 +206,7 @@ def read_label_names(path: str | Path) -> dict[int, str]:
     if meta is not None:
         value = meta.get("labels")
         keys = value.keys() if isinstance(value, dict) else ()
-        layout = "msd" if keys and all(str(k).strip().isdigit() for k in keys) else "nnunet"
+        layout = "msd" if keys and all(_index(k) is not None for k in keys) else "nnunet"
         labels = _labels(meta, layout, problems)
     if problems or labels is None:
         raise DatasetError(problems, what="dataset.json")
@@ -233,6 +250,12 @@ def _read_meta(problems: _Problems) -> dict[str, Any] | None:
     return meta
 
 
+def _index(key: Any) -> int | None:
+    """A dataset.json key that is a non-negative integer in ASCII digits (``"0"``, ``"12"``)."""
+    value = ascii_int(key) if isinstance(key, str) else None
+    return value if value is not None and value >= 0 and "+" not in key else None
+
+
 def _channel_names(meta: dict[str, Any], key: str, problems: _Problems) -> tuple[str, ...] | None:
     """``{"0": "CT", "1": "T2"}`` -> ``("CT", "T2")``."""
     value = meta.get(key)
@@ -242,10 +265,11 @@ def _channel_names(meta: dict[str, Any], key: str, problems: _Problems) -> tuple
         return None
     names: dict[int, str] = {}
     for k, v in value.items():
-        if not (isinstance(k, str) and k.strip().isdigit() and isinstance(v, str)):
+        index = _index(k)
+        if index is None or not isinstance(v, str):
             problems.meta(f"'{key}': entry {k!r}: {v!r} must map an index to a name")
             return None
-        names[int(k)] = v
+        names[index] = v
     if sorted(names) != list(range(len(names))):
         problems.meta(f"'{key}' indices must be 0..{len(names) - 1}, got {sorted(names)}")
         return None
@@ -262,8 +286,8 @@ def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int,
         return None
     if layout == "msd":
         pairs = [(v, k) for k, v in value.items()]
-        bad = [k for k, v in value.items() if not (k.strip().isdigit() and isinstance(v, str))]
-        pairs = [(n, int(k)) for n, k in pairs if k not in bad]
+        bad = [k for k, v in value.items() if _index(k) is None or not isinstance(v, str)]
+        pairs = [(n, _index(k)) for n, k in pairs if k not in bad]
     else:
         if is_region_based(meta):  # label values of the maps; the regions: parse_regions
             _, names, region_problems = parse_regions(meta)
@@ -342,6 +366,15 @@ def _msd_cases(meta: dict[str, Any], problems: _Problems) -> tuple[Case, ...]:
             problems.meta(f"duplicate case id {case_id!r} in training[{first}] and {where}")
             continue
         first_entry[case_id] = i
+        if strip_ending(label) != case_id:
+            log.warning(
+                "%s: %s pairs image %s with label %s (different names); check that they belong "
+                "together",
+                problems.json,
+                where,
+                image.name,
+                label.name,
+            )
         cases.append(Case(case_id=case_id, images=(image,), label=label))
     for folder in ("imagesTr", "labelsTr"):
         unlisted = [f.name for f in _image_files(problems.root / folder) if f not in listed]

@@ -76,6 +76,25 @@ class Geometry:
         )
 
 
+def grid_difference(geometry: Geometry, other: Geometry) -> str:
+    """What differs between two grids, in words: the shape, the spacing, the origin or the
+    axes' directions, each with both values (so that the two grids never print the same)."""
+
+    def shown(values: Any) -> str:
+        return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+    if geometry.shape != other.shape:
+        return f"shape {geometry.shape} vs {other.shape}"
+    if not np.allclose(geometry.spacing, other.spacing, atol=1e-3, rtol=1e-4):
+        return f"spacing {shown(geometry.spacing)} vs {shown(other.spacing)} mm"
+    a, b = np.asarray(geometry.affine, dtype=float), np.asarray(other.affine, dtype=float)
+    if not np.allclose(a[:3, 3], b[:3, 3], atol=1e-3, rtol=1e-4):
+        return f"origin {shown(a[:3, 3])} vs {shown(b[:3, 3])} mm"
+    return (
+        f"axis directions differ (affine {shown(a[:3, :3].ravel())} vs {shown(b[:3, :3].ravel())})"
+    )
+
+
 @dataclass(frozen=True)
 class Image:
     """A (multi-channel) image: ``array`` is float32 ``(C, Z, Y, X)``."""
@@ -280,8 +299,7 @@ def read_image(paths: tuple[Path, ...] | list[Path]) -> Image:
             geometry = geo
         elif not geometry.same_grid(geo):
             raise AutosegError(
-                f"{path}: channel grid {geo.shape} @ {geo.spacing} differs from "
-                f"{paths[0]} ({geometry.shape} @ {geometry.spacing})"
+                f"{path}: its grid differs from {paths[0]}'s ({grid_difference(geo, geometry)})"
             )
         # one conversion to C-ordered float32 (the stored array is a transposed view)
         data = np.ascontiguousarray(data, dtype=np.float32)
@@ -291,6 +309,29 @@ def read_image(paths: tuple[Path, ...] | list[Path]) -> Image:
         raise AutosegError("no image files given")
     array = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
     return Image(array=array, geometry=geometry)
+
+
+def as_label_map(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """A 3D label map as integers: whole-number floats are taken (as int32), anything else
+    refused. The one rule of ``evaluate`` and ``instances``.
+
+    Raises:
+        AutosegError: not 3D, non-integer, negative or too large (beyond int32) values.
+    """
+    if array.ndim != 3:
+        raise AutosegError(f"{path}: expected a 3D label map, found shape {array.shape}")
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):  # NaN is never equal: refused here too
+            raise AutosegError(f"{path}: label map holds non-integer values")
+        if rounded.size and rounded.max() > np.iinfo(np.int32).max:
+            raise AutosegError(f"{path}: label map holds values beyond {np.iinfo(np.int32).max}")
+        array = rounded.astype(np.int32)
+    if array.size and array.min() < 0:
+        raise AutosegError(f"{path}: label map holds negative values")
+    return array
 
 
 def write_label(array: np.ndarray, geometry: Geometry, path: str | Path) -> None:

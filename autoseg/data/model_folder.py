@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg.data.splits import NUM_FOLDS
+from autoseg.data.splits import NUM_FOLDS, parse_fold
 from autoseg.errors import AutosegError
+from autoseg.serial import ascii_int
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHECKPOINTS", "ModelFolder", "checkpoint_file", "find_model_folders"]
+__all__ = ["CHECKPOINTS", "ModelFolder", "checkpoint_file", "find_model_folders", "named_folds"]
 
 CHECKPOINTS = {
     "final": "checkpoint_final.pt",
@@ -25,7 +27,7 @@ CHECKPOINTS = {
     "latest": "checkpoint_latest.pt",
 }
 CV_FOLDS = tuple(str(k) for k in range(NUM_FOLDS))
-_FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+_FOLD_DIR = re.compile(r"^fold_([0-9]+|all)$")
 
 
 def checkpoint_file(checkpoint: str) -> str:
@@ -43,8 +45,26 @@ def checkpoint_file(checkpoint: str) -> str:
     )
 
 
+def named_folds(folds: Sequence[object]) -> tuple[str, ...]:
+    """Folds as a user names them (``0``, ``fold_1``, ``all``), each once, in the order given.
+
+    A fold named twice (``-f 0 0``) is used once, with a warning: averaging it twice would
+    weight it double.
+
+    Raises:
+        AutosegError: a name that is not a fold.
+    """
+    names = [parse_fold(str(f)) for f in folds]
+    unique = tuple(dict.fromkeys(names))
+    if len(unique) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1}, key=_fold_order)
+        log.warning("fold(s) %s named more than once: each is used once", ", ".join(twice))
+    return unique
+
+
 def _fold_order(name: str) -> tuple[bool, int, str]:
-    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+    number = ascii_int(name)
+    return (number is None, number or 0, name)
 
 
 @dataclass(frozen=True)

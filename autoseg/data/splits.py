@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import AutosegError
-from autoseg.serial import atomic_write_text
+from autoseg.serial import ascii_int, atomic_write_text, remove_temp_files
 
 NUM_FOLDS = 5
 SPLIT_SEED = 12345
@@ -90,6 +90,7 @@ def load_or_create_splits(path: Path, case_ids: list[str] | tuple[str, ...]) -> 
         return splits
     splits = make_splits(case_ids)
     text = json.dumps([{"train": list(s.train), "val": list(s.val)} for s in splits], indent=1)
+    remove_temp_files(path)  # of a killed run
     atomic_write_text(path, text + "\n")
     return splits
 
@@ -101,8 +102,9 @@ def parse_fold(fold: str) -> str:
         AutosegError: anything else.
     """
     text = fold.strip().lower().removeprefix("fold_").removeprefix("fold")
-    if text == "all" or (text.isdigit() and int(text) < 100):
-        return text if text == "all" else str(int(text))
+    number = ascii_int(text) if "+" not in text and "-" not in text else None
+    if text == "all" or (number is not None and number < 100):
+        return text if text == "all" else str(number)
     raise AutosegError(f"fold '{fold}': expected fold0..fold4, 0..4 or all")
 
 

@@ -20,6 +20,7 @@ from autoseg.data.model_folder import CV_FOLDS, ModelFolder, find_model_folders
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Plans
 from autoseg.data.splits import NUM_FOLDS
+from autoseg.errors import AutosegError
 from autoseg.evaluation.ensemble import evaluate_cv_ensembles
 from autoseg.evaluation.evaluate import Evaluation
 from autoseg.inference.postprocess import decide_postprocessing
@@ -191,8 +192,9 @@ def find_best_configuration(dirs: DatasetDirs, plans: str | None = None) -> Best
         plans: only the models of this plans name (a planner's or a named plan's); None: all.
 
     Raises:
-        AutosegError: the dataset's last ``autoseg plan`` did not finish, or ``plans`` names
-            no plans of the dataset.
+        AutosegError: the dataset's last ``autoseg plan`` did not finish, ``plans`` names
+            no plans of the dataset, or no configuration has a validated fold (nothing to
+            compare).
     """
     require_planned(dirs.work, dirs.name)
     if plans is not None:
@@ -217,6 +219,11 @@ def find_best_configuration(dirs: DatasetDirs, plans: str | None = None) -> Best
                 mean_dice=sum(e.mean_dice for _, e in found) / len(found),
                 dice_per_label=per_label,
             )
+        )
+    if not results:
+        raise AutosegError(
+            f"{dirs.work}: no configuration of {dirs.name} has a validated fold, so there is "
+            "nothing to compare; train folds 0-4 (autoseg train, with validation) first"
         )
     pooled = _pooled_scores(dirs, plans)
     return BestConfiguration(dataset=dirs.name, results=tuple(results), pooled=pooled)

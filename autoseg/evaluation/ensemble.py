@@ -27,6 +27,7 @@ from autoseg.inference.probability_files import (
     probability_files,
     probability_header,
 )
+from autoseg.serial import check_output_folder, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,12 @@ def _label_map_of(folder: Path, case: str) -> Path | None:
 
 @dataclass(frozen=True)
 class EnsembleReport:
-    """What ``ensemble_folders`` did: label maps written and existing ones left alone."""
+    """What ``ensemble_folders`` did: label maps written, existing ones left alone, and cases
+    whose probabilities were refused (the others were written)."""
 
     written: tuple[Path, ...]
     skipped: tuple[Path, ...] = ()
+    failed: tuple[Problem, ...] = ()
 
 
 def ensemble_folders(
@@ -94,13 +97,16 @@ def ensemble_folders(
         overwrite: replace existing outputs (else they are skipped).
 
     Returns:
-        The written and skipped label maps.
+        The written and skipped label maps, and the cases whose probabilities were refused
+        (non-finite or out of [0, 1], seen only when loaded; the other cases are written).
 
     Raises:
-        DatasetError: fewer than two folders, a folder without probabilities, cases missing
-            from some folders, or a case without its label map (for the geometry).
+        DatasetError: before anything is written: fewer than two folders, a folder without
+            probabilities, cases missing from some folders, a ``CASE.npz`` refused from its
+            headers (``probability_header``), or a case without a label map of its grid.
     """
     inputs, output = [Path(p) for p in inputs], Path(output)
+    check_output_folder(output, "-o")
     problems: list[Problem] = []
     if len({p.resolve() for p in inputs}) < 2:
         problems.append(Problem(str(output), "an ensemble needs at least two different -i folders"))
@@ -118,8 +124,6 @@ def ensemble_folders(
         if missing:
             problems.append(Problem(f"{case}.npz", f"missing in {', '.join(missing)}"))
             continue
-        if _label_map_of(inputs[0], case) is None:
-            problems.append(Problem(str(inputs[0] / case), "no label map beside CASE.npz"))
         shapes = {}
         for files in found.values():
             try:
@@ -129,27 +133,64 @@ def ensemble_folders(
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{p}: {s[0]}" for p, s in shapes.items())
             problems.append(Problem(f"{case}.npz", f"shapes differ ({listing})"))
+        label_map = _label_map_of(inputs[0], case)
+        if label_map is None:
+            problems.append(Problem(str(inputs[0] / case), "no label map beside CASE.npz"))
+        elif shapes and len(set(shapes.values())) == 1:
+            _check_label_map(label_map, next(iter(shapes.values()))[0], problems)
     if problems:
         raise DatasetError(problems, what="ensemble inputs")
     targets = {case: output / (_label_map_of(inputs[0], case) or Path()).name for case in cases}
+    for target in targets.values():
+        if target.exists() and not target.is_file():  # never a finished output
+            problems.append(Problem(str(target), "a folder of this name is in the way"))
+    if problems:
+        raise DatasetError(problems, what="ensemble outputs")
     refuse_outputs_that_are_inputs(
         [p for files in found.values() for p in files.values()], targets.values()
     )
     if output.resolve() in {p.resolve() for p in inputs}:
         raise AutosegError(f"{output}: the output folder must not be an input folder")
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    written, skipped = [], []
+    written, skipped, failed = [], [], []
     for case in cases:
-        if targets[case].exists() and not overwrite:
+        if targets[case].is_file() and not overwrite:
             skipped.append(targets[case])
             continue
-        probs, labels = average_probabilities([found[folder][case] for folder in inputs])
+        try:  # the values are only seen now: a bad file fails its case, the others go on
+            probs, labels = average_probabilities([found[folder][case] for folder in inputs])
+        except AutosegError as exc:
+            where, _, why = str(exc).partition(": ")
+            failed.append(Problem(where, why))
+            log.warning("case %s not written: %s", case, exc)
+            continue
         _, geometry = read_array(_label_map_of(inputs[0], case))
+        remove_temp_files(targets[case])  # of a killed run
         write_label(to_label_map(probs, labels), geometry, targets[case])
         written.append(targets[case])
     if skipped:
         log.warning("%d existing output(s) skipped (overwrite to replace them)", len(skipped))
-    return EnsembleReport(tuple(written), tuple(skipped))
+    if created and not written:
+        output.rmdir()  # every case failed: leave no empty folder behind
+    return EnsembleReport(tuple(written), tuple(skipped), tuple(failed))
+
+
+def _check_label_map(path: Path, shape: tuple[int, ...], problems: list[Problem]) -> None:
+    """The label map beside ``CASE.npz`` gives the output its geometry: same grid needed."""
+    try:
+        _, geometry = read_array(path)
+    except AutosegError as exc:
+        problems.append(Problem(str(path), str(exc).split(": ", 1)[-1]))
+        return
+    if tuple(geometry.shape) != tuple(shape[1:]):
+        problems.append(
+            Problem(
+                str(path),
+                f"label map of shape {tuple(geometry.shape)}, but its CASE.npz holds "
+                f"probabilities on {tuple(shape[1:])}",
+            )
+        )
 
 
 # ---------------------------------------------------------------------- cross-validation

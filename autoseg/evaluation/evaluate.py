@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,14 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from autoseg.data.ignore import IGNORE_NAME, ignore_label, mask_ignored
-from autoseg.data.io import Geometry, file_ending, read_array, strip_ending
+from autoseg.data.io import (
+    Geometry,
+    as_label_map,
+    file_ending,
+    grid_difference,
+    read_array,
+    strip_ending,
+)
 from autoseg.data.regions import Region
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.evaluation.metrics import COUNT_NAMES, METRIC_NAMES, LabelMetrics, case_metrics
@@ -41,7 +49,14 @@ from autoseg.evaluation.metrics_microscopy import (
     mean_object_metrics,
     object_table,
 )
-from autoseg.serial import atomic_write_text, dump_json, load_json, to_dict
+from autoseg.serial import (
+    atomic_write_text,
+    check_output_folder,
+    dump_json,
+    load_json,
+    remove_temp_files,
+    to_dict,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -160,8 +175,10 @@ class Evaluation:
             The three paths, in that order (each written atomically).
         """
         folder = Path(folder)
+        check_output_folder(folder, "-o")
         folder.mkdir(parents=True, exist_ok=True)
         paths = tuple(folder / n for n in REPORT_FILES)
+        remove_temp_files(*paths)  # of a killed run
         self.to_json(paths[0])
         self.to_csv(paths[1])
         self.summary_to_csv(paths[2])
@@ -294,25 +311,11 @@ class _FileInfo:
     values: tuple[int, ...] = ()
 
 
-def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
-    """The array as integers, or an AutosegError naming the file."""
-    if array.ndim != 3:
-        raise AutosegError(f"{path}: expected a 3D label map, found shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise AutosegError(f"{path}: label map holds non-integer values")
-        array = rounded.astype(np.int32)
-    if array.size and array.min() < 0:
-        raise AutosegError(f"{path}: label map holds negative values")
-    return array
-
-
 def _inspect(path: Path) -> _FileInfo:
     """Read one file: its geometry and label values, or the problem with it."""
     try:
         array, geometry = read_array(path)
-        array = _as_labels(array, path)
+        array = as_label_map(array, path)
     except AutosegError as exc:
         return _FileInfo(path, Problem(str(path), str(exc).removeprefix(f"{path}: ")))
     # bincount only for small values: one voxel of value 2e9 would make it allocate 16 GB
@@ -337,7 +340,7 @@ def _score_files(
 ) -> CaseResult:
     pred, _ = read_array(pred_path)
     ref, geometry = read_array(ref_path)
-    pred, ref = _as_labels(pred, pred_path), _as_labels(ref, ref_path)
+    pred, ref = as_label_map(pred, pred_path), as_label_map(ref, ref_path)
     metrics = case_metrics(pred, ref, labels, geometry.spacing, tol, ignore, regions)
     return CaseResult(case_id, metrics, _objects(pred, ref, labels, ignore, regions, objects))
 
@@ -444,9 +447,15 @@ def evaluate_folders(
         The evaluation.
 
     Raises:
+        AutosegError: ``nsd_tolerance_mm`` is not a positive, finite number; or, without
+            ``labels``, no file holds a label other than 0 (nothing to score).
         DatasetError: every problem with the inputs, each naming its file.
     """
     check_objects(objects)  # before anything is read
+    if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm > 0):
+        raise AutosegError(
+            f"NSD tolerance {nsd_tolerance_mm:g} mm: must be a positive, finite number"
+        )
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     problems: list[Problem] = []
     preds = _image_files(pred_dir, "prediction", problems)
@@ -472,13 +481,23 @@ def evaluate_folders(
             problems.append(Problem(str(preds[case_id]), message))
         elif not pg.same_grid(rg):
             message = f"spacing {pg.spacing} or affine differs from the reference {refs[case_id]}"
-            problems.append(Problem(str(preds[case_id]), f"{message} (spacing {rg.spacing})"))
+            detail = (  # the same spacing twice would not say what differs
+                f"spacing {rg.spacing}"
+                if not np.allclose(pg.spacing, rg.spacing, atol=1e-3, rtol=1e-4)
+                else grid_difference(pg, rg)
+            )
+            problems.append(Problem(str(preds[case_id]), f"{message} ({detail})"))
     if problems:
         raise DatasetError(problems, what="evaluation inputs")
 
     if labels is None:
         found = {v for info in infos.values() for v in info.values}
         names = {v: str(v) for v in sorted(found) if v not in (0, ignore)}
+        if not names:
+            raise AutosegError(
+                f"{ref_dir}, {pred_dir}: nothing to score: no reference or prediction holds a "
+                "label other than 0 (background); name the labels to score with --dataset-json"
+            )
         _warn_never_predicted(infos, [refs[c] for c in common], [preds[c] for c in common], ignore)
     else:
         names = _label_names(labels)

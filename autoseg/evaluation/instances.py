@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from autoseg.data.io import file_ending, read_array, write_label
+from autoseg.data.io import as_label_map, file_ending, read_array, write_label
 from autoseg.errors import AutosegError
 from autoseg.evaluation.metrics_microscopy import check_objects
 from autoseg.inference.inputs import refuse_outputs_that_are_inputs
+from autoseg.serial import check_output_folder, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +119,23 @@ def instances_folder(
     files = sorted(p for p in input_dir.iterdir() if p.is_file() and file_ending(p) is not None)
     if not files:
         raise AutosegError(f"{input_dir}: no label maps found")
+    check_output_folder(output_dir, "OUTPUT")
     targets = [output_dir / f.name for f in files]
     refuse_outputs_that_are_inputs(files, targets)
+    blocked = [t for t in targets if t.exists() and not t.is_file()]
+    if blocked:
+        raise AutosegError(f"{blocked[0]}: a folder of this name is in the way")
     written, skipped, counts = [], [], {}
     for source, target in zip(files, targets, strict=True):
-        if target.exists() and not overwrite:
+        if target.is_file() and not overwrite:
             skipped.append(target)
             continue
         data, geometry = read_array(source)
-        if data.ndim != 3 or data.dtype.kind not in "uib":
-            raise AutosegError(f"{source}: expected an integer label map, found {data.dtype}")
+        data = as_label_map(data, source)  # whole-number floats too, as evaluate takes them
         instances = semantic_to_instances(
             data, border_label=border_label, min_size=min_size, objects=objects
         )
+        remove_temp_files(target)  # of a killed run
         write_label(instances, geometry, target)
         written.append(target)
         counts[source.name] = int(instances.max(initial=0))

@@ -9,14 +9,16 @@ own colour, named in the legend. The demo's picture is the same drawing.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from autoseg.data.dataset import split_channel_suffix
-from autoseg.data.io import file_ending, read_array, strip_ending
+from autoseg.data.io import file_ending, grid_difference, read_array, strip_ending
 from autoseg.errors import AutosegError, DatasetError, Problem
+from autoseg.serial import atomic_output, check_output_folder, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,12 @@ def save_overlay(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
+    remove_temp_files(out)  # of a killed run
+    try:
+        with atomic_output(out) as (fd, _), os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=90)
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -131,6 +135,7 @@ def overlay_folders(
     inputs = [p for p in (images, predictions, reference) if p is not None]
     if output.resolve() in {p.resolve() for p in inputs}:
         raise AutosegError(f"{output}: the output folder must not be an input folder")
+    check_output_folder(output, "-o")
     problems: list[Problem] = []
     image_files = _files(images, "image", problems)
     pred_files = _files(predictions, "prediction", problems)
@@ -146,17 +151,25 @@ def overlay_folders(
         raise DatasetError(problems, what="overlay inputs")
 
     def load(case: str) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
-        image, _ = read_array(image_files[case])
+        image, grid = read_array(image_files[case])
         rows = [("prediction", pred_files[case])]
         if reference is not None:
             rows.insert(0, ("reference", ref_files[case]))
         shape = (image[0] if image.ndim == 4 else image).shape
         maps = []
         for row, path in rows:
-            labels, _ = read_array(path)
+            labels, geometry = read_array(path)
             if labels.shape != shape:
                 problems.append(
                     Problem(str(path), f"{row} shape {labels.shape} differs from the image {shape}")
+                )
+            elif not geometry.same_grid(grid):  # as evaluate: not drawn on the wrong voxels
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"{row} spacing or affine differs from the image {image_files[case]} "
+                        f"({grid_difference(geometry, grid)})",
+                    )
                 )
             maps.append((row, np.rint(labels).astype(np.int64)))
         return image, maps

@@ -16,6 +16,7 @@ filled on the CPU, and only then is the folder renamed into place.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import unicodedata
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,20 +34,29 @@ from pathlib import Path, PurePosixPath
 
 from autoseg import __version__
 from autoseg.data.checkpoint import load_checkpoint, save_checkpoint
-from autoseg.data.model_folder import ModelFolder, checkpoint_file
+from autoseg.data.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
-from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
+from autoseg.serial import (
+    atomic_output,
+    dumps,
+    file_sha256,
+    folder_for_output,
+    from_dict,
+    remove_temp_files,
+    temp_stem,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportManifest", "export_model", "import_model", "read_manifest"]
+__all__ = ["ExportManifest", "export_model", "import_model", "name_problem", "read_manifest"]
 
 FORMAT_VERSION = 1
 MAX_JSON_BYTES = 16 * 1024**2  # plans, manifest, summaries, decision
 MAX_CHECKPOINT_BYTES = 8 * 1024**3  # a 3D ResEnc-XL fold is well under 2 GB
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_NAME_BYTES = 200  # a folder name, with room for the staging names beside it
+_NOT_IN_NAMES = set('/\\<>:"|?*')  # separators, and what Windows refuses in file names
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same model gives the same archive bytes
 _REL = ModelFolder(Path())  # member names are paths relative to the model folder
 _MANIFEST = _REL.export_manifest.as_posix()
@@ -83,6 +94,29 @@ class ExportManifest:
         return names
 
 
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a folder of an exchanged model (dataset, planner or
+    configuration), or None when it can: the one rule of both ``export`` and ``import``.
+
+    A name is one folder name that every common file system takes: not empty, at most
+    ``MAX_NAME_BYTES`` bytes of UTF-8, not starting with a dot (hidden, and the staging
+    folders' prefix), not ending in a space or dot, and without separators, control
+    characters or ``<>:"|?*``. Spaces and letters of any script are fine.
+    """
+    if not isinstance(name, str) or not name:
+        return "an empty name"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    if name.startswith("."):
+        return "starts with a dot"
+    if name != name.rstrip(" ."):
+        return "ends with a space or a dot"
+    bad = sorted({c for c in name if c in _NOT_IN_NAMES or unicodedata.category(c)[0] == "C"})
+    if bad:
+        return f"holds {', '.join(map(repr, bad))}"
+    return None
+
+
 def _limit(name: str) -> int:
     return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else MAX_JSON_BYTES
 
@@ -118,10 +152,12 @@ def export_model(
         raise folder.not_a_model("no plans.json")
     if archive.resolve().is_relative_to(folder.path):
         raise AutosegError(f"{archive}: write the archive outside the model folder")
+    if archive.is_dir():
+        raise AutosegError(f"{archive}: is a folder; give the .zip file to write")
     if archive.exists() and not overwrite:
         raise AutosegError(f"{archive}: exists; choose another name or pass --overwrite")
     available = folder.folds_with(checkpoint)
-    chosen = tuple(available) if folds is None else tuple(str(f) for f in folds)
+    chosen = tuple(available) if folds is None else named_folds(folds)
     if not chosen:
         raise folder.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
     missing = [f for f in chosen if f not in available]
@@ -130,37 +166,52 @@ def export_model(
             f"{folder.path}: no {checkpoint_file(checkpoint)} for fold(s) {', '.join(missing)}"
         )
     plans = Plans.from_json(folder.plans)
-    with tempfile.TemporaryDirectory(prefix="autoseg-export-") as tmp:
-        staged: dict[str, Path] = {_REL.plans.as_posix(): folder.plans}
-        if folder.postprocessing.is_file():
-            staged[_REL.postprocessing.as_posix()] = folder.postprocessing
-        for fold in chosen:
-            ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
-            slim = Path(tmp) / f"fold_{fold}.pt"
-            save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
-            staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim
-            if folder.summary(fold).is_file():
-                staged[_REL.summary(fold).as_posix()] = folder.summary(fold)
-        manifest = ExportManifest(
-            format_version=FORMAT_VERSION,
-            dataset=plans.dataset_name,
-            planner=plans.plans_name,
-            configuration=folder.name,
-            folds=chosen,
-            checkpoint=checkpoint_file(checkpoint),
-            files={name: file_sha256(path) for name, path in sorted(staged.items())},
-            autoseg_version=__version__,
-        )
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            atomic_output(archive) as (fd, _),
-            os.fdopen(fd, "wb") as fh,
-            zipfile.ZipFile(fh, "w") as zf,
-        ):
-            zf.writestr(_zip_info(_MANIFEST), dumps(manifest))
-            for name, path in sorted(staged.items()):
-                with path.open("rb") as src, zf.open(_zip_info(name), "w", force_zip64=True) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+    for what, name in (
+        ("dataset", plans.dataset_name),
+        ("planner", plans.plans_name),
+        ("configuration", folder.name),
+    ):
+        problem = name_problem(name)
+        if problem is not None:  # import would refuse the archive: write none
+            raise AutosegError(f"{folder.path}: {what} name {name!r} cannot be exported: {problem}")
+    with folder_for_output(archive.parent):
+        remove_temp_files(archive)  # the temp archive and staging folder of a killed export
+        # staged beside the archive, under a temp name of the archive's: the next export finds it
+        with tempfile.TemporaryDirectory(
+            prefix=f".{temp_stem(archive.name)}.", suffix=".part", dir=archive.parent
+        ) as tmp:
+            staged: dict[str, Path] = {_REL.plans.as_posix(): folder.plans}
+            if folder.postprocessing.is_file():
+                staged[_REL.postprocessing.as_posix()] = folder.postprocessing
+            for fold in chosen:
+                ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
+                slim = Path(tmp) / f"fold_{fold}.pt"
+                save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
+                staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim
+                if folder.summary(fold).is_file():
+                    staged[_REL.summary(fold).as_posix()] = folder.summary(fold)
+            manifest = ExportManifest(
+                format_version=FORMAT_VERSION,
+                dataset=plans.dataset_name,
+                planner=plans.plans_name,
+                configuration=folder.name,
+                folds=chosen,
+                checkpoint=checkpoint_file(checkpoint),
+                files={name: file_sha256(path) for name, path in sorted(staged.items())},
+                autoseg_version=__version__,
+            )
+            with (
+                atomic_output(archive) as (fd, _),
+                os.fdopen(fd, "wb") as fh,
+                zipfile.ZipFile(fh, "w") as zf,
+            ):
+                zf.writestr(_zip_info(_MANIFEST), dumps(manifest))
+                for name, path in sorted(staged.items()):
+                    with (
+                        path.open("rb") as src,
+                        zf.open(_zip_info(name), "w", force_zip64=True) as dst,
+                    ):
+                        shutil.copyfileobj(src, dst, 1 << 20)
     log.info("exported %s (folds %s) to %s", folder.path, ",".join(chosen), archive)
     return manifest
 
@@ -201,7 +252,7 @@ def _check_members(archive: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipI
         if stat.S_ISLNK(mode):
             raise _refuse(archive, f"member {info.filename!r} is a symbolic link")
         if info.is_dir():
-            if not re.fullmatch(r"fold_(\d+|all)/", info.filename):
+            if not re.fullmatch(r"fold_([0-9]+|all)/", info.filename):
                 raise _refuse(archive, f"unexpected folder {info.filename!r}")
             continue
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded (Python, DOS)
@@ -259,9 +310,10 @@ def _manifest(
     if manifest.format_version != FORMAT_VERSION:
         raise _refuse(archive, f"format version {manifest.format_version} is not supported")
     for what in ("dataset", "planner", "configuration"):
-        if not _SAFE_NAME.fullmatch(getattr(manifest, what)):
-            raise _refuse(archive, f"{what} name {getattr(manifest, what)!r} is not a safe name")
-    if not manifest.folds or not all(re.fullmatch(r"\d+|all", f) for f in manifest.folds):
+        problem = name_problem(getattr(manifest, what))
+        if problem is not None:
+            raise _refuse(archive, f"{what} name {getattr(manifest, what)!r}: {problem}")
+    if not manifest.folds or not all(re.fullmatch(r"[0-9]+|all", f) for f in manifest.folds):
         raise _refuse(archive, f"folds {list(manifest.folds)} are not fold names")
     if not re.fullmatch(r"checkpoint_[A-Za-z0-9_]+\.pt", manifest.checkpoint):
         raise _refuse(archive, f"checkpoint name {manifest.checkpoint!r} is not a safe name")
@@ -320,35 +372,64 @@ def import_model(archive: str | Path, home: Path, overwrite: bool = False) -> Pa
         manifest = _manifest(archive, zf, files)
         dirs = DatasetDirs(name=manifest.dataset, raw=None, work=Path(home) / manifest.dataset)
         target = ModelFolder(dirs.model_folder(manifest.planner, manifest.configuration))
+        _recover_killed_import(target.path)
         if target.path.exists() and not overwrite:
             raise AutosegError(
                 f"{target.path}: a model is already there; remove it or pass --overwrite"
             )
-        target.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.path.parent / f".{target.name}.import-{secrets.token_hex(4)}"
-        staging.mkdir()
-        try:
-            for name, info in sorted(files.items()):
-                digest = _extract(archive, zf, info, staging / name)
-                if name != _MANIFEST and digest != manifest.files[name]:
-                    raise _refuse(archive, f"member {name!r} does not match its SHA-256")
-            staged = ModelFolder(staging)
-            for fold in manifest.folds:
-                meta = load_checkpoint(staged.checkpoint(fold, manifest.checkpoint)).meta
-                if meta.configuration and meta.configuration != manifest.configuration:
-                    raise _refuse(archive, f"fold {fold} was trained as {meta.configuration!r}")
-            Predictor.from_folder(  # the weights fit the planned network, on the CPU
-                staging, folds=manifest.folds, checkpoint=manifest.checkpoint, device="cpu"
-            )
-            if target.path.exists():
-                old = target.path.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
-                target.path.rename(old)
-                staging.rename(target.path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                staging.rename(target.path)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+        with folder_for_output(target.path.parent):
+            _install(archive, zf, files, manifest, target, Predictor)
     log.info("imported %s into %s", archive, target.path)
     return target.path
+
+
+def _recover_killed_import(target: Path) -> None:
+    """Undo what a killed import of ``target`` left: staging folders are removed; a model it
+    had moved aside to replace, and not yet replaced, is put back."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    for staging in parent.glob(f".{glob.escape(target.name)}.import-*"):
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in sorted(parent.glob(f".{glob.escape(target.name)}.replaced-*")):
+        if not target.exists():
+            old.rename(target)  # killed between the two renames: the old model comes back
+            log.warning("%s: restored the model a killed import had moved aside", target)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _install(
+    archive: Path,
+    zf: zipfile.ZipFile,
+    files: dict[str, zipfile.ZipInfo],
+    manifest: ExportManifest,
+    target: ModelFolder,
+    predictor: type,
+) -> None:
+    """Extract, check and rename the archive's model into ``target`` (its parent exists)."""
+    staging = target.path.parent / f".{target.name}.import-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        for name, info in sorted(files.items()):
+            digest = _extract(archive, zf, info, staging / name)
+            if name != _MANIFEST and digest != manifest.files[name]:
+                raise _refuse(archive, f"member {name!r} does not match its SHA-256")
+        staged = ModelFolder(staging)
+        for fold in manifest.folds:
+            meta = load_checkpoint(staged.checkpoint(fold, manifest.checkpoint)).meta
+            if meta.configuration and meta.configuration != manifest.configuration:
+                raise _refuse(archive, f"fold {fold} was trained as {meta.configuration!r}")
+        predictor.from_folder(  # the weights fit the planned network, on the CPU
+            staging, folds=manifest.folds, checkpoint=manifest.checkpoint, device="cpu"
+        )
+        if target.path.exists():
+            old = target.path.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
+            target.path.rename(old)
+            staging.rename(target.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target.path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

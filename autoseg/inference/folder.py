@@ -8,7 +8,7 @@ with ``autoseg.inference.predictor.Predictor``'s case stages (``CasePredictor``)
 
 from __future__ import annotations
 
-import glob
+import errno
 import itertools
 import logging
 from collections import deque
@@ -31,6 +31,7 @@ from autoseg.inference.inputs import (
 )
 from autoseg.inference.probability_files import save_probabilities as write_probabilities
 from autoseg.inference.shards import select_part
+from autoseg.serial import check_output_folder, temp_files
 from autoseg.terminal import progress_bar
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class PredictionReport:
     failed: tuple[Problem, ...]
     skipped: tuple[Path, ...] = ()
     inputs: dict[Path, tuple[Path, ...]] = field(default_factory=dict)
+
+
+def _in_the_way(target: Path) -> bool:
+    """Something that is not a file (a folder) has the name of an output."""
+    return target.exists() and not target.is_file()
 
 
 def predict_folder(
@@ -111,6 +117,7 @@ def predict_folder(
         AutosegError: ``output_dir`` holds inputs, an input is missing, or nothing to predict.
     """
     output_dir = Path(output_dir)
+    check_output_folder(output_dir, "-o")
     input_dirs = {(p if p.is_dir() else p.parent).resolve() for p in map(Path, inputs)}
     if output_dir.resolve() in input_dirs:
         raise AutosegError(f"{output_dir}: the output folder must not be an input folder")
@@ -133,16 +140,21 @@ def predict_folder(
     )
     todo: list[tuple[str, list[Path], Path]] = []
     skipped: list[Path] = []
+    blocked = {t for targets in targets_of.values() for t in targets if _in_the_way(t)}
     for case, files in cases.items():
         targets = targets_of[case]
         out = targets[0]
+        in_the_way = [t for t in targets if t in blocked]
+        if in_the_way:  # a folder of the output's name: never a finished output
+            problems.append(Problem(str(in_the_way[0]), "a folder of this name is in the way"))
+            continue
         # the label map is written last: a case with all its outputs is complete
-        if not overwrite and all(t.exists() for t in targets):
+        if not overwrite and all(t.is_file() for t in targets):
             skipped.append(out)
         else:
             todo.append((case, files, out))
             for target in targets:  # temp files of a run that was killed
-                for stale in output_dir.glob(f".{glob.escape(target.name)}.*.part"):
+                for stale in temp_files(target):
                     stale.unlink(missing_ok=True)
     if skipped:
         log.warning(
@@ -157,22 +169,35 @@ def predict_folder(
         image = read_image(files)
         return (image.geometry, *predictor.preprocess(image, case))  # the image is let go
 
-    def export(probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path) -> Path:
+    def export(
+        probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path
+    ) -> Path | Problem:
         labels, restored = predictor.finalize(probs, props)
         del probs
-        if save_probabilities:
-            write_probabilities(
-                restored,
-                predictor.label_values,
-                output_dir / f"{case}.npz",
-                regions=bool(predictor.regions),
-            )
-        del restored
-        write_label(labels, geometry, out)  # last: its presence marks the case done
+        try:
+            if save_probabilities:
+                write_probabilities(
+                    restored,
+                    predictor.label_values,
+                    output_dir / f"{case}.npz",
+                    regions=bool(predictor.regions),
+                )
+            del restored
+            write_label(labels, geometry, out)  # last: its presence marks the case done
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:  # a full disk stops the run; a name, one case
+                raise
+            log.warning("case %s not written: %s: file name too long", case, exc.filename)
+            return Problem(str(exc.filename), "file name too long for this file system")
         return out
 
     written: list[Path] = []
     failed = list(problems)
+
+    def collect(done: Future) -> None:
+        result = done.result()
+        (failed if isinstance(result, Problem) else written).append(result)
+
     bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
     with (
         bar,
@@ -208,9 +233,9 @@ def predict_folder(
             del probs  # the export holds it, until it is written
             writes[-1].add_done_callback(lambda _: bar.advance(task))
             while len(writes) > workers:  # bound the memory held by finished cases
-                written.append(writes.popleft().result())
+                collect(writes.popleft())
         while writes:
-            written.append(writes.popleft().result())
+            collect(writes.popleft())
     if created and not written and not any(output_dir.iterdir()):
         output_dir.rmdir()  # every case failed: leave no empty folder behind
     log.info("%d case(s) written to %s, %d failed", len(written), output_dir, len(failed))

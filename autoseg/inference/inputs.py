@@ -148,8 +148,10 @@ def group_input_files(
             ending = file_ending(entries[0][1])
             missing = [f"{case}_{c:04d}{ending}" for c in range(num_channels) if c not in channels]
             extra = [f"{case}_{c:04d}" for c in channels if c is not None and c >= num_channels]
-            why = f"missing channel file(s) {', '.join(missing)}" if missing else ""
-            why += ("; " if why else "") + (f"unexpected {', '.join(extra)}" if extra else "")
+            why = "; ".join(
+                [f"missing channel file(s) {', '.join(missing)}"] * bool(missing)
+                + [f"unexpected {', '.join(extra)}"] * bool(extra)
+            )
             problems.append(
                 Problem(first, f"case '{case}': {why} (the model takes {num_channels} channels)")
             )

@@ -38,7 +38,7 @@ from autoseg.inference.postprocess import PostprocessingDecision
 from autoseg.inference.predictor import Predictor
 from autoseg.inference.sliding_window import DEFAULT_TILE_SCALE, inference_tile_size
 from autoseg.networks.unet import build_network
-from autoseg.serial import atomic_output, dumps, from_dict
+from autoseg.serial import atomic_output, dumps, from_dict, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def export_onnx(
             exported graph's logits differ from torch's by more than ``TOLERANCE``.
     """
     onnx = _require("onnx")
-    folder, output = ModelFolder(Path(model_folder)), Path(output)
+    folder, output = ModelFolder(Path(model_folder).resolve()), Path(output)  # '..' resolved
     if not folder.plans.is_file():
         raise folder.not_a_model("no plans.json")
     if output.exists() and not overwrite:
@@ -118,6 +118,7 @@ def export_onnx(
     spatial = {2 + a: name for a, name in enumerate("zyx"[-config.ndim :])}
     dynamic = {0: "batch", **spatial}
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(output)  # of a killed export
     with atomic_output(output) as (_, tmp), warnings.catch_warnings():
         # the TorchScript-based exporter: no onnxscript needed; its deprecation notice and the
         # instance-norm training-mode note (eval uses the input's statistics either way) are noise

@@ -22,7 +22,7 @@ import torch
 
 from autoseg.data.checkpoint import load_checkpoint
 from autoseg.data.io import Geometry, Image
-from autoseg.data.model_folder import ModelFolder, checkpoint_file
+from autoseg.data.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.data.plans import Configuration, Plans
 from autoseg.data.regions import regions_to_labels
 from autoseg.device import autocast, inference_settings, resolve_device
@@ -160,7 +160,8 @@ class Predictor:
             AutosegError: the folder is not a model folder, a fold or checkpoint is missing or
                 does not match the plans.
         """
-        folder = ModelFolder(Path(model_folder))
+        # resolved: MODEL/fold_0/.. is MODEL (its name is the configuration), not '..'
+        folder = ModelFolder(Path(model_folder).resolve())
         if not folder.path.is_dir():
             raise AutosegError(f"{folder.path}: model folder not found")
         if not folder.plans.is_file():
@@ -168,7 +169,7 @@ class Predictor:
         available = folder.folds_with(checkpoint)
         if not available:
             raise folder.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
-        chosen = folder.default_folds(checkpoint) if folds is None else tuple(map(str, folds))
+        chosen = folder.default_folds(checkpoint) if folds is None else named_folds(folds)
         missing = [f for f in chosen if f not in available]
         if missing:
             raise AutosegError(

@@ -9,6 +9,7 @@ with ``allow_pickle=False``, and their array headers can be checked without read
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.errors import AutosegError
+from autoseg.memory import require_memory
 from autoseg.serial import atomic_output
 
 __all__ = [
@@ -38,45 +40,92 @@ def probability_files(folder: Path) -> dict[str, Path]:
     }
 
 
+def _not_ours(path: Path, why: object) -> AutosegError:
+    return AutosegError(
+        f"{path}: not a probability file of autoseg predict --save-probabilities ({why})"
+    )
+
+
+def _array_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape, dtype) of ``probabilities`` and ``labels``, from the headers only."""
+    found = {}
+    with zipfile.ZipFile(path) as zf:
+        if "region_probabilities.npy" in zf.namelist():
+            raise ValueError("region-based predictions cannot be ensembled (not supported)")
+        for name in ("probabilities", "labels"):
+            with zf.open(f"{name}.npy") as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if major == 1
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read(fh)
+            if dtype.hasobject:
+                raise ValueError(f"{name}.npy holds Python objects")
+            found[name] = (tuple(int(n) for n in shape), dtype)
+    return found
+
+
 def probability_header(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of ``probabilities`` and ``labels`` from the file's array headers (no data read).
+    """Shapes of ``probabilities`` and ``labels``, checked from the array headers (no data read).
+
+    The one validator of a ``CASE.npz`` before it is loaded: ``probabilities`` must be a
+    float array (K, Z, Y, X) with no empty axis, ``labels`` an integer array (K,), and both
+    must fit in the memory available (``autoseg.memory.require_memory``).
 
     Raises:
-        AutosegError: not an autoseg probability file (not a zip, missing arrays, objects).
+        AutosegError: not an autoseg probability file (not a zip, missing arrays, objects,
+            wrong types or shapes), or too large to load.
     """
     try:
-        with zipfile.ZipFile(path) as zf:
-            if "region_probabilities.npy" in zf.namelist():
-                raise ValueError("region-based predictions cannot be ensembled (not supported)")
-            shapes = []
-            for name in ("probabilities.npy", "labels.npy"):
-                with zf.open(name) as fh:
-                    major, _ = np.lib.format.read_magic(fh)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if major == 1
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read(fh)
-                if dtype.hasobject:
-                    raise ValueError(f"{name} holds Python objects")
-                shapes.append(tuple(shape))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise AutosegError(
-            f"{path}: not a probability file of autoseg predict --save-probabilities ({exc})"
-        ) from exc
-    return shapes[0], shapes[1]
+        headers = _array_headers(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise _not_ours(path, exc) from exc
+    (shape, dtype), (label_shape, label_dtype) = headers["probabilities"], headers["labels"]
+    if len(shape) != 4 or min(shape) < 1:
+        raise _not_ours(path, f"probabilities of shape {shape}; expected (K, Z, Y, X)")
+    if dtype.kind != "f":
+        raise _not_ours(path, f"probabilities of type {dtype}; expected floating point")
+    if label_dtype.kind not in "iu":
+        raise _not_ours(path, f"labels of type {label_dtype}; expected integers")
+    if label_shape != shape[:1]:
+        raise _not_ours(
+            path, f"labels of shape {label_shape} for {shape[0]} probability channel(s)"
+        )
+    voxels = math.prod(shape[1:])
+    # the stored array, its float32 copy, the running sum, a test mask, and the label map
+    need = shape[0] * voxels * (dtype.itemsize + 9) + voxels * 8
+    require_memory(need, f"loading probabilities {'x'.join(map(str, shape))}", path)
+    return shape, label_shape
 
 
 def load_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities (K, Z, Y, X) float32, labels (K,))`` of one ``.npz`` (no pickles)."""
+    """``(probabilities (K, Z, Y, X) float32, labels (K,))`` of one ``.npz`` (no pickles).
+
+    The header is checked first (``probability_header``), then the values: probabilities must
+    be finite and within [0, 1], labels distinct and within 0 .. 2**31 - 1.
+
+    Raises:
+        AutosegError: the file is refused; the message says why.
+    """
+    probability_header(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return npz["probabilities"].astype(np.float32), npz["labels"].astype(np.int64)
-    except (OSError, ValueError, KeyError) as exc:
+            probs, labels = npz["probabilities"].astype(np.float32), npz["labels"].astype(np.int64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise _not_ours(path, exc) from exc
+    if not np.isfinite(probs).all():
+        raise AutosegError(f"{path}: probabilities hold NaN or infinite values")
+    if probs.min() < 0 or probs.max() > 1:
         raise AutosegError(
-            f"{path}: not a probability file of autoseg predict --save-probabilities ({exc})"
-        ) from exc
+            f"{path}: probabilities outside [0, 1] (from {probs.min():g} to {probs.max():g})"
+        )
+    if len(np.unique(labels)) != len(labels):
+        raise AutosegError(f"{path}: labels {labels.tolist()} name a value twice")
+    if labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:  # label maps are int32
+        raise AutosegError(f"{path}: labels {labels.tolist()} must lie in 0..{2**31 - 1}")
+    return probs, labels
 
 
 def save_probabilities(

@@ -27,6 +27,7 @@ from autoseg.preprocessing.cache import dataset_sources, invalidate_markers
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder, run_preprocessing
 from autoseg.preprocessing.storage import check_storage
 from autoseg.preprocessing.weightmap import ensure_weight_maps
+from autoseg.serial import remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,9 @@ def plan_dataset(
         writing = {folder: "" for folder in writing}  # planned, not preprocessed: incomplete
     invalidate_markers(dirs.work, writing, sources)  # before anything else is written
     dirs.work.mkdir(parents=True, exist_ok=True)
+    # temp files a killed plan left beside the files it writes here (preprocessed folders:
+    # run_preprocessing)
+    remove_temp_files(dirs.work / "dataset_source.txt", dirs.fingerprint, dirs.plans(planner))
     record_source(dirs)
     fingerprint.to_json(dirs.fingerprint)
     if overrides is None or not dirs.plans(planner).is_file():

@@ -49,7 +49,7 @@ from autoseg.planning.transfer import load_pretrained, pretrained_checkpoint
 from autoseg.preprocessing.cache import complete_cases
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
 from autoseg.preprocessing.weightmap import ensure_weight_maps
-from autoseg.serial import to_dict
+from autoseg.serial import remove_temp_files, to_dict
 from autoseg.terminal import progress_bar
 from autoseg.training.augment.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.training.loader import BatchLoader
@@ -302,6 +302,7 @@ class _Trainer(StoppingMixin):
         if not self.dist.main:
             return
         if not self._published:
+            remove_temp_files(self.model.plans)  # of a killed run
             self.plans.to_json(self.model.plans)
             self._published = True
         save_checkpoint(
@@ -375,6 +376,8 @@ class _Trainer(StoppingMixin):
         self._restore()
         if self.dist.main:
             self.fold_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in self.fold_dir.glob(".*.part"):  # this fold's: of a killed run
+                leftover.unlink(missing_ok=True)
         handler = add_file_log(self.model.training_log(self.fold)) if self.dist.main else None
         ok = False
         try:

@@ -172,7 +172,7 @@ def _hostile(kind: str, members: dict[str, bytes]) -> list[tuple[zipfile.ZipInfo
         ("symlink", "symbolic link"),
         ("duplicate", "appears twice"),
         ("tampered", "SHA-256"),
-        ("unsafe dataset name", "not a safe name"),
+        ("unsafe dataset name", "dataset name '../../etc'"),
         ("pickled checkpoint", "pickled Python objects"),
     ],
 )

@@ -60,8 +60,9 @@ def test_parts_share_one_output_folder(model: tuple[Path, Path], tmp_path: Path)
 def test_bad_part_and_step_size_are_refused(model: tuple[Path, Path], tmp_path: Path) -> None:
     root, folder = model
     assert_clean_failure(_predict(root, folder, tmp_path / "o", "--part", 2, "--parts", 2), "part")
-    assert_clean_failure(_predict(root, folder, tmp_path / "o", "--step-size", 1.5), "step size")
-    assert_clean_failure(_predict(root, folder, tmp_path / "o", "--tile-scale", 2.5), "tile scale")
+    assert_clean_failure(_predict(root, folder, tmp_path / "o", "--step-size", 1.5), "--step-size")
+    result = _predict(root, folder, tmp_path / "o", "--tile-scale", 2.5)
+    assert_clean_failure(result, "--tile-scale")
     assert not (tmp_path / "o").exists()
 
 
