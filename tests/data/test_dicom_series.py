@@ -1,0 +1,178 @@
+"""DICOM series in: discovery, geometry (against dcm2niix's conversion) and every refusal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from autoseg.data.dicom import find_dicom, read_series  # noqa: E402
+from autoseg.errors import AutosegError  # noqa: E402
+from tests.synthetic_dicom import make_volume, oblique_affine, write_series  # noqa: E402
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def dcm2niix(folder: Path, out: Path) -> nib.Nifti1Image:
+    """dcm2niix's conversion of the one series in ``folder`` (the reference, tests only)."""
+    exe = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+    if not Path(exe).is_file():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("dcm2niix not installed (the test extra installs it)")
+        pytest.skip("dcm2niix not installed (pip install dcm2niix)")
+    out.mkdir(parents=True)
+    subprocess.run(
+        [exe, "-z", "n", "-o", str(out), "-f", "ref", str(folder)], check=True, capture_output=True
+    )
+    return nib.load(str(out / "ref.nii"))
+
+
+def world_equal(volume, reference: nib.Nifti1Image) -> None:
+    """Same voxel-to-world mapping and voxels, whatever the axis order and flips of each."""
+    ours = nib.Nifti1Image(
+        np.transpose(volume.image.array[0], (2, 1, 0)), np.array(volume.image.geometry.affine)
+    )
+    a, b = nib.as_closest_canonical(ours), nib.as_closest_canonical(reference)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.affine, b.affine, atol=2e-3)
+    np.testing.assert_allclose(a.get_fdata(), b.get_fdata(), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        oblique_affine(),
+        oblique_affine(degrees=(0, 0, 0), flip_x=True),
+        oblique_affine(degrees=(90, 0, 30)),
+    ],
+    ids=["oblique", "flipped", "sagittal-ish"],
+)
+def test_geometry_equals_dcm2niix(tmp_path: Path, affine: np.ndarray) -> None:
+    vol = make_volume()
+    write_series(tmp_path / "study" / "a" / "b", vol, affine, suffix="")  # nested, no .dcm
+    (tmp_path / "study" / "notes.txt").write_text("not DICOM")
+    found = find_dicom(tmp_path / "study")
+    assert len(found.series) == 1 and len(found.series[0].files) == vol.shape[0]
+    volume = read_series(found.series[0])
+    world_equal(volume, dcm2niix(tmp_path / "study", tmp_path / "ref"))
+    # and the world position of every voxel is the one the series was written with
+    written = nib.Nifti1Image(np.transpose(vol, (2, 1, 0)).astype(np.float32), affine)
+    world_equal(volume, written)
+    assert volume.image.geometry.spacing == pytest.approx((2.0, 0.9, 0.8), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "CT_small.dcm"])
+def test_real_public_files_equal_dcm2niix(tmp_path: Path, name: str) -> None:
+    """pydicom's NEMA WG04-derived test images (one slice each)."""
+    (tmp_path / "in").mkdir()
+    shutil.copy(TEST_FILES / name, tmp_path / "in" / name)
+    volume = read_series(find_dicom(tmp_path / "in").series[0])
+    assert volume.image.array.shape[:2] == (1, 1)
+    world_equal(volume, dcm2niix(tmp_path / "in", tmp_path / "ref"))
+
+
+def test_compressed_transfer_syntax_reads_as_uncompressed(tmp_path: Path) -> None:
+    pytest.importorskip("openjpeg")
+    for name in ("MR_small.dcm", "MR_small_jp2klossless.dcm"):
+        (tmp_path / name).mkdir()
+        shutil.copy(TEST_FILES / name, tmp_path / name / name)
+    plain = read_series(find_dicom(tmp_path / "MR_small.dcm").series[0])
+    jp2k = read_series(find_dicom(tmp_path / "MR_small_jp2klossless.dcm").series[0])
+    np.testing.assert_array_equal(plain.image.array, jp2k.image.array)
+    assert plain.image.geometry.same_grid(jp2k.image.geometry)
+
+
+def test_two_series_are_two_cases(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    write_series(study / "s1", make_volume(), oblique_affine(), series_number=3, description="T1")
+    write_series(
+        study / "s2", make_volume(seed=1), oblique_affine(), series_number=4, description="T1 post"
+    )
+    found = find_dicom(study)
+    assert [s.name for s in found.series] == ["3_T1", "4_T1_post"]
+    assert {len(s.files) for s in found.series} == {10}
+
+
+def _refused(tmp_path: Path, *fragments: str) -> None:
+    series = find_dicom(tmp_path / "s").series
+    with pytest.raises(AutosegError) as caught:
+        read_series(series[0])
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
+
+
+def test_missing_slice_is_refused_naming_the_gap(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "s", make_volume(), oblique_affine(), skip=(4,), shuffle=False)
+    _refused(tmp_path, "1 gap(s)", "about 1 slice(s) missing", str(files[3]), str(files[4]))
+
+
+def test_uneven_spacing_is_refused(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "s", make_volume(), oblique_affine(), shuffle=False)
+    ds = pydicom.dcmread(files[-1])
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    normal = np.cross(*np.array([float(v) for v in ds.ImageOrientationPatient]).reshape(2, 3))
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp + 0.5 * normal]  # last step 2.5 mm
+    ds.save_as(files[-1])
+    _refused(tmp_path, "uneven slice spacing", str(files[-1]), "2.000 to 2.500 mm")
+
+
+def test_mixed_orientations_are_refused(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "s", make_volume(), oblique_affine())
+    ds = pydicom.dcmread(files[5])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.save_as(files[5])
+    _refused(tmp_path, "mixed orientations", str(files[5]))
+
+
+def test_gantry_tilt_is_refused(tmp_path: Path) -> None:
+    affine = oblique_affine(degrees=(0, 0, 0))
+    affine[1, 2] = 0.5  # each slice shifted 0.5 mm along y: a 14 degree shear
+    write_series(tmp_path / "s", make_volume(), affine)
+    _refused(tmp_path, "gantry tilt", "14.04 degrees")
+
+
+def test_two_slices_at_one_position_are_refused(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "s", make_volume(), oblique_affine(), shuffle=False)
+    ds = pydicom.dcmread(files[3])
+    ds.ImagePositionPatient = pydicom.dcmread(files[2]).ImagePositionPatient
+    ds.save_as(files[3])
+    _refused(tmp_path, "at the same position", "time points")
+
+
+def test_multi_frame_file_is_refused(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "s", make_volume(shape=(2, 8, 8)), oblique_affine())
+    ds = pydicom.dcmread(files[0])
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(files[0])
+    files[1].unlink()
+    _refused(tmp_path, str(files[0]), "multi-frame DICOM (2 frames")
+
+
+def test_undecodable_transfer_syntax_is_refused(tmp_path: Path) -> None:
+    """MPEG-2 video: no installed decoder reads it; the file and the syntax are named."""
+    from pydicom.encaps import encapsulate
+
+    files = write_series(tmp_path / "s", make_volume(shape=(2, 8, 8)), oblique_affine())
+    ds = pydicom.dcmread(files[0])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2 Main Profile
+    ds.PixelData = encapsulate([b"\0\0\1\xb3" + b"\0" * 60])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(files[0], enforce_file_format=True)
+    _refused(tmp_path, str(files[0]), "pixel data cannot be decoded", "MPEG2")
+
+
+def test_folder_without_series(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.txt").write_text("x")
+    assert find_dicom(tmp_path / "s").series == ()
+    with pytest.raises(AutosegError, match="input not found"):
+        find_dicom(tmp_path / "missing")
