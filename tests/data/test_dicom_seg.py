@@ -1,0 +1,129 @@
+"""DICOM SEG out: frames on their source slices, pixels equal to the label map, codes, UIDs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+hd = pytest.importorskip("highdicom")
+
+import autoseg  # noqa: E402
+from autoseg.data.dicom import DicomVolume, find_dicom, read_series  # noqa: E402
+from autoseg.data.dicom_seg import load_code_map, read_seg_labels, write_seg  # noqa: E402
+from autoseg.errors import AutosegError  # noqa: E402
+from tests.synthetic_dicom import make_volume, oblique_affine, write_series  # noqa: E402
+
+NAMES = {0: "background", 1: "Liver", 2: "left thing", 4: "tumour"}
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> DicomVolume:
+    write_series(tmp_path / "s", make_volume(), oblique_affine(degrees=(0, 15, 0), flip_x=True))
+    return read_series(find_dicom(tmp_path / "s").series[0])
+
+
+def labels_for(volume: DicomVolume) -> np.ndarray:
+    labels = np.zeros(volume.image.geometry.shape, dtype=np.uint8)
+    labels[2:6, 4:12, 3:9] = 1
+    labels[5:8, 10:16, 12:20] = 4  # overwrites part of 1; asymmetric in every axis
+    labels[9, 0, 0] = 2
+    return labels
+
+
+def test_frames_sit_on_their_source_slices(tmp_path: Path, volume: DicomVolume) -> None:
+    labels = labels_for(volume)
+    path = write_seg(labels, volume.datasets, NAMES, tmp_path / "out" / "x.seg.dcm", model="M/d/3d")
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert ds.SegmentationType == "BINARY"
+    source = {str(s.SOPInstanceUID): z for z, s in enumerate(volume.datasets)}
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), *labels.shape[1:])
+    numbers = {1: 1, 2: 2, 3: 4}  # segment number -> label value
+    seen = 0
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        z = source[str(ref)]
+        np.testing.assert_array_equal(frame, labels[z] == numbers[segment])
+        ipp = item.PlanePositionSequence[0].ImagePositionPatient
+        np.testing.assert_allclose(
+            [float(v) for v in ipp],
+            [float(v) for v in volume.datasets[z].ImagePositionPatient],
+            atol=1e-3,
+        )
+        seen += 1
+    # every slice that holds a label has its frame (empty frames may be left out)
+    expected = sum(int((labels[z] == v).any()) for z in range(len(labels)) for v in (1, 2, 4))
+    assert seen == expected
+    # and highdicom reads back the very label map, segment numbers 1..3
+    back, names = read_seg_labels(path, volume.datasets)
+    np.testing.assert_array_equal(back, np.array([0, 1, 2, 0, 3], np.uint8)[labels])
+    assert names == {1: "Liver", 2: "left thing", 3: "tumour"}
+
+
+def test_references_codes_and_algorithm(tmp_path: Path, volume: DicomVolume) -> None:
+    path = write_seg(labels_for(volume), volume.datasets, NAMES, tmp_path / "x.dcm", model="M/d/3d")
+    ds = pydicom.dcmread(path)
+    source = volume.datasets[0]
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    segments = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
+    codes = {
+        n: (
+            s.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
+        )
+        for n, s in segments.items()
+    }
+    assert codes == {
+        1: ("91723000", "10200004", "SCT"),  # anatomical structure: liver
+        2: ("85756007", "85756007", "SCT"),  # unknown name: tissue
+        3: ("49755003", "108369006", "SCT"),  # morphologically abnormal: neoplasm
+    }
+    algorithm = segments[1].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "autoseg"
+    assert algorithm.AlgorithmVersion == autoseg.__version__
+    assert algorithm.AlgorithmSource == "M/d/3d"
+    assert segments[1].SegmentAlgorithmType == "AUTOMATIC"
+
+
+def test_code_map_overrides(tmp_path: Path, volume: DicomVolume) -> None:
+    codes = tmp_path / "codes.json"
+    entry = {
+        "category": ["SCT", "91723000", "Anatomical Structure"],
+        "type": ["SCT", "18639004", "Left kidney"],
+    }
+    codes.write_text(json.dumps({"left thing": entry}))
+    path = write_seg(
+        labels_for(volume),
+        volume.datasets,
+        NAMES,
+        tmp_path / "x.dcm",
+        model="m",
+        codes=load_code_map(codes),
+    )
+    seg = pydicom.dcmread(path).SegmentSequence[1]
+    assert seg.SegmentedPropertyTypeCodeSequence[0].CodeValue == "18639004"
+    assert seg.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Left kidney"
+
+    codes.write_text(json.dumps({"left thing": {"type": ["SCT", "1"]}}))
+    with pytest.raises(AutosegError, match="'left thing' must be"):
+        load_code_map(codes)
+    codes.write_text("{not json")
+    with pytest.raises(AutosegError, match="codes.json: cannot be read"):
+        load_code_map(codes)
+
+
+def test_seg_of_another_series_is_refused(tmp_path: Path, volume: DicomVolume) -> None:
+    path = write_seg(labels_for(volume), volume.datasets, NAMES, tmp_path / "x.dcm", model="m")
+    write_series(tmp_path / "t", make_volume(), oblique_affine())
+    other = read_series(find_dicom(tmp_path / "t").series[0])
+    with pytest.raises(AutosegError, match="references none of the 10 slices"):
+        read_seg_labels(path, other.datasets)
