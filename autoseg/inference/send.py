@@ -99,6 +99,8 @@ def _stow(files: Sequence[Path], datasets: list, destination: Destination) -> No
             "--send dicomweb:// needs dicomweb-client (pip install 'autoseg[dicom]')"
         ) from exc
     client = DICOMwebClient(url=destination.url)
+    # dicomweb-client retries every failure (refused connections too) 5 times over 30 s
+    client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=250)
     for path, ds in zip(files, datasets, strict=True):
         try:
             response = client.store_instances(datasets=[ds])
