@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +99,11 @@ class DicomSeries:
 
 @dataclass(frozen=True)
 class DicomFolder:
-    """What ``find_dicom`` found: image series (sorted by name) and DICOM SEG files."""
+    """What ``find_dicom`` found: image series (sorted by name), DICOM SEG and RTSTRUCT files."""
 
     series: tuple[DicomSeries, ...]
     segs: tuple[Path, ...]
+    rtstructs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,27 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")[:48]
 
 
+def _read_header(pydicom: Any, path: Path) -> Any:
+    """The header of a DICOM file, None for other files. Files without the 128-byte preamble
+    and "DICM" (older archives) are read too, when they hold a SOP class and series UID."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except pydicom.errors.InvalidDicomError:
+        pass
+    except Exception:  # a damaged file: not ours to list
+        return None
+    try:
+        with warnings.catch_warnings():  # pydicom warns about what it guesses in a random file
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, force=True, specific_tags=_HEADER_TAGS
+            )
+            ok = "SOPClassUID" in ds and "SeriesInstanceUID" in ds
+    except Exception:
+        return None
+    return ds if ok else None
+
+
 def find_dicom(folder: Path | str) -> DicomFolder:
     """List the DICOM series of ``folder`` (recursively; files with or without ``.dcm``).
 
@@ -143,17 +166,19 @@ def find_dicom(folder: Path | str) -> DicomFolder:
     pydicom = _pydicom()
     groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
     segs: list[Path] = []
+    rtstructs: list[Path] = []
     for path in _walk(folder) if folder.is_dir() else [folder]:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-        except Exception:  # not DICOM (InvalidDicomError) or unreadable: not ours to list
+        ds = _read_header(pydicom, path)
+        if ds is None:
             continue
         sop = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
         if sop == _DICOMDIR_CLASS or "SeriesInstanceUID" not in ds:
             continue
         if sop == SEG_SOP_CLASS:
             segs.append(path)
-        elif sop == RTSTRUCT_SOP_CLASS or ds.get("Modality", "") in ("SR", "PR", "KO", "RTSTRUCT"):
+        elif sop == RTSTRUCT_SOP_CLASS:
+            rtstructs.append(path)
+        elif ds.get("Modality", "") in ("SR", "PR", "KO", "RTSTRUCT"):
             log.info("%s: %s object skipped (not an image)", path, ds.get("Modality", sop))
         else:
             groups[str(ds.SeriesInstanceUID)].append((path, ds))
@@ -181,7 +206,8 @@ def find_dicom(folder: Path | str) -> DicomFolder:
                 study_uid=str(ds.get("StudyInstanceUID", "")),
             )
         )
-    return DicomFolder(tuple(sorted(series, key=lambda s: s.name)), tuple(sorted(segs)))
+    series.sort(key=lambda s: s.name)
+    return DicomFolder(tuple(series), tuple(sorted(segs)), tuple(sorted(rtstructs)))
 
 
 def _floats(ds: Any, keyword: str, count: int, path: Path) -> np.ndarray:
