@@ -18,7 +18,7 @@ from rich.progress import MofNCompleteColumn, Progress
 
 from autoseg.data.dicom import DicomSeries, find_dicom, read_series
 from autoseg.data.dicom_seg import SegmentCode, write_seg
-from autoseg.data.io import file_ending, write_label
+from autoseg.data.io import IMAGE_ENDINGS, file_ending, write_label
 from autoseg.errors import AutosegError, Problem
 from autoseg.inference.folder import CasePredictor
 from autoseg.inference.inputs import list_input_files
@@ -57,6 +57,13 @@ def list_series(paths: Sequence[Path], uids: Sequence[str] | None = None) -> lis
     Raises:
         AutosegError: an input holds no series, or a UID is not one of the inputs' series.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("pydicom") is None:
+        raise AutosegError(
+            f"{', '.join(map(str, paths))}: no image files found ({', '.join(IMAGE_ENDINGS)}); "
+            "to read DICOM series install the dicom extra (pip install 'autoseg[dicom]')"
+        )
     found: list[DicomSeries] = []
     for path in paths:
         folder = find_dicom(path)

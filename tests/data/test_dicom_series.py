@@ -79,15 +79,26 @@ def test_real_public_files_equal_dcm2niix(tmp_path: Path, name: str) -> None:
     world_equal(volume, dcm2niix(tmp_path / "in", tmp_path / "ref"))
 
 
-def test_compressed_transfer_syntax_reads_as_uncompressed(tmp_path: Path) -> None:
-    pytest.importorskip("openjpeg")
-    for name in ("MR_small.dcm", "MR_small_jp2klossless.dcm"):
-        (tmp_path / name).mkdir()
-        shutil.copy(TEST_FILES / name, tmp_path / name / name)
+@pytest.mark.parametrize(
+    ("name", "decoder"),
+    [
+        ("MR_small_jp2klossless.dcm", "openjpeg"),  # JPEG 2000 lossless: pylibjpeg-openjpeg
+        ("MR_small_jpeg_ls_lossless.dcm", "jpeg_ls"),  # JPEG-LS lossless: pyjpegls
+        ("MR_small_RLE.dcm", "pydicom"),  # RLE lossless: pydicom itself
+    ],
+)
+def test_compressed_transfer_syntax_reads_as_uncompressed(
+    tmp_path: Path, name: str, decoder: str
+) -> None:
+    pytest.importorskip(decoder)
+    for file in ("MR_small.dcm", name):
+        (tmp_path / file).mkdir()
+        shutil.copy(TEST_FILES / file, tmp_path / file / file)
     plain = read_series(find_dicom(tmp_path / "MR_small.dcm").series[0])
-    jp2k = read_series(find_dicom(tmp_path / "MR_small_jp2klossless.dcm").series[0])
-    np.testing.assert_array_equal(plain.image.array, jp2k.image.array)
-    assert plain.image.geometry.same_grid(jp2k.image.geometry)
+    packed = read_series(find_dicom(tmp_path / name).series[0])
+    assert pydicom.dcmread(TEST_FILES / name).file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(plain.image.array, packed.image.array)
+    assert plain.image.geometry.same_grid(packed.image.geometry)
 
 
 def test_two_series_are_two_cases(tmp_path: Path) -> None:

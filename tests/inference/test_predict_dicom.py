@@ -145,3 +145,21 @@ def test_refusals_exit_2_naming_file_and_reason(tmp_path: Path, model: Path, stu
     )
     assert_clean_failure(result, "--send http://localhost:8042", "dicomweb://HOST:PORT/PATH")
     assert not any((tmp_path / f"o{i}").exists() for i in (3, 4, 5, 6))
+
+
+def test_without_pydicom_a_folder_without_images_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from autoseg.errors import AutosegError
+    from autoseg.inference.dicom_predict import list_series
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "pydicom" else real(n, *a)
+    )
+    with pytest.raises(
+        AutosegError, match=r"no image files found .*pip install 'autoseg\[dicom\]'"
+    ):
+        list_series([tmp_path])
