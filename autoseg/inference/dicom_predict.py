@@ -143,7 +143,7 @@ def predict_dicom(
         )
     series = list_series(inputs, series_uids)
     chosen = select_part({s.name: s for s in series}, part, parts)
-    log.info(
+    log.debug(
         "%d DICOM series found%s:\n%s",
         len(series),
         f", {len(chosen)} in part {part} of {parts}" if parts > 1 else "",
