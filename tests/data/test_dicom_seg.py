@@ -127,3 +127,19 @@ def test_seg_of_another_series_is_refused(tmp_path: Path, volume: DicomVolume) -
     other = read_series(find_dicom(tmp_path / "t").series[0])
     with pytest.raises(AutosegError, match="references none of the 10 slices"):
         read_seg_labels(path, other.datasets)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_jp2klossless.dcm"])
+def test_seg_of_real_public_files(tmp_path: Path, name: str) -> None:
+    """pydicom's NEMA-derived CT and (JPEG 2000) MR slices: real headers, as highdicom wants."""
+    pytest.importorskip("openjpeg")
+    import shutil
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / name, tmp_path / "in")
+    volume = read_series(find_dicom(tmp_path / "in").series[0])
+    labels = (volume.image.array[0] > np.median(volume.image.array)).astype(np.uint8)
+    path = write_seg(labels, volume.datasets, {1: "brain"}, tmp_path / "x.dcm", model="m")
+    back, names = read_seg_labels(path, volume.datasets)
+    np.testing.assert_array_equal(back, labels)
+    assert names == {1: "brain"} and labels.any() and not labels.all()
