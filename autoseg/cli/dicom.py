@@ -1,4 +1,4 @@
-"""The DICOM command: ``init-dicom`` (a folder of series and DICOM SEGs -> a dataset).
+"""The DICOM command: ``init-dicom`` (series with SEG or RTSTRUCT labels -> a dataset).
 
 Registered on the main typer app by ``autoseg.cli.commands`` (``register_dicom_commands``).
 Predicting DICOM series and sending SEGs are options of ``predict`` (``autoseg.cli.predict``).
@@ -23,12 +23,14 @@ def register_dicom_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
 
 
 def init_dicom(
-    source: Annotated[Path, typer.Argument(help="Folder of DICOM series and their DICOM SEGs.")],
+    source: Annotated[
+        Path, typer.Argument(help="Folder of DICOM series with their DICOM SEG or RTSTRUCT labels.")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="New dataset folder.")],
     name: Annotated[str | None, typer.Option("--name", help="dataset.json's name.")] = None,
 ) -> None:
-    """Convert DICOM series with DICOM SEG labels into a new dataset (NIfTI, nnU-Net v2 layout);
-    the DICOM files are only read."""
+    """Convert DICOM series with DICOM SEG or RTSTRUCT labels into a new dataset (NIfTI, nnU-Net
+    v2 layout); the DICOM files are only read."""
     from autoseg.data.dataset import load_dataset
     from autoseg.data.dicom_dataset import convert_dicom_dataset
 

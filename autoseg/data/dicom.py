@@ -298,6 +298,18 @@ def _slice_step(series: DicomSeries, files: list[Path], positions: np.ndarray, d
 
 
 def _pixels(ds: Any, path: Path) -> np.ndarray:
+    if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding[0] is not None:
+        # a file without file meta (no "DICM"): its encoding is how pydicom read it
+        import pydicom.uid as uids
+
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            uids.ImplicitVRLittleEndian
+            if implicit
+            else uids.ExplicitVRLittleEndian
+            if little
+            else uids.ExplicitVRBigEndian
+        )
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     try:
         data = ds.pixel_array
@@ -335,7 +347,7 @@ def read_series(series: DicomSeries) -> DicomVolume:
     headers = []
     for path in series.files:
         try:
-            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
+            headers.append((path, pydicom.dcmread(path, stop_before_pixels=True, force=True)))
         except Exception as exc:
             raise AutosegError(f"{path}: cannot be read as DICOM ({exc})") from exc
     _check_slices(series, headers)
@@ -370,7 +382,7 @@ def read_series(series: DicomSeries) -> DicomVolume:
     array = np.empty((1, len(files), rows, cols), dtype=np.float32)
     datasets = []
     for z, path in enumerate(files):
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=True)
         array[0, z] = _pixels(ds, path)
         del ds.PixelData  # the headers travel with the volume, the pixels are in the array
         datasets.append(ds)

@@ -1,16 +1,17 @@
-"""DICOM for training: a folder of series with their DICOM SEG labels -> an nnU-Net v2 dataset.
+"""DICOM for training: series with DICOM SEG or RTSTRUCT labels -> an nnU-Net v2 dataset.
 
-``dicom_training_pairs`` pairs each DICOM SEG of a folder with the image series it references
-(ReferencedSeriesSequence); ``convert_dicom_dataset`` reads each pair (``read_series``,
-``read_seg_labels``) and writes a new dataset folder in the nnU-Net v2 layout:
-``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``, ``dataset.json`` (labels by segment
-label, the same value for the same name in every case) and ``dicom_sources.json`` (case ->
-series UID, SEG file). The source folder is only read; the dataset is written to a temporary
-folder beside the destination and renamed into place when every case is converted, so a
-refused case leaves nothing behind.
+``dicom_training_pairs`` pairs each DICOM SEG (ReferencedSeriesSequence) and RTSTRUCT
+(RTReferencedSeriesSequence) of a folder with the image series it references;
+``convert_dicom_dataset`` reads each pair (``read_series``, then ``read_seg_labels`` or
+``read_rtstruct_labels``, which rasterises the contours) and writes a new dataset folder in
+the nnU-Net v2 layout: ``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``,
+``dataset.json`` (labels by segment label or ROI name, the same value for the same name in
+every case) and ``dicom_sources.json`` (case -> series UID, label file). The source folder is
+only read; the dataset is written to a temporary folder beside the destination and renamed
+into place when every case is converted, so a refused case leaves nothing behind.
 
-Not read: RTSTRUCT (contours would need rasterising onto the image grid; refused by name),
-several series per case (one channel per case), SEGs referencing several series.
+Not read: several series per case (one channel per case), label objects referencing several
+series.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from autoseg.data.dicom import DicomSeries, find_dicom, read_series
+from autoseg.data.dicom_rtstruct import read_rtstruct_labels, referenced_series_uids
 from autoseg.data.dicom_seg import read_seg_labels
 from autoseg.data.io import nifti_image, write_label
 from autoseg.errors import AutosegError, DatasetError, Problem
@@ -40,17 +42,18 @@ _MODALITY_CHANNEL = {"CT": "CT", "MR": "MRI", "PT": "PET"}
 
 @dataclass(frozen=True)
 class DicomTrainingPair:
-    """One training case: an image series and the DICOM SEG that labels it."""
+    """One training case: an image series and the DICOM SEG or RTSTRUCT that labels it."""
 
     series: DicomSeries
-    seg: Path
+    labels: Path
+    kind: str = "seg"  # "seg" or "rtstruct"
 
 
 def dicom_training_pairs(folder: Path | str) -> tuple[list[DicomTrainingPair], list[Problem]]:
-    """Pair every DICOM SEG of ``folder`` with the image series it references.
+    """Pair every DICOM SEG and RTSTRUCT of ``folder`` with the image series it references.
 
-    Series without a SEG are left out (logged); a SEG whose series is not in the folder, a
-    series with two SEGs and an RTSTRUCT (not read) are problems.
+    Series without labels are left out (logged); a label file whose series is not in the
+    folder, one referencing several series, and a series labelled twice are problems.
 
     Returns:
         The pairs (sorted by case name) and the problems found.
@@ -63,30 +66,34 @@ def dicom_training_pairs(folder: Path | str) -> tuple[list[DicomTrainingPair], l
     folder = Path(folder)
     found = find_dicom(folder)
     by_uid = {s.uid: s for s in found.series}
-    problems = [
-        Problem(str(p), "RTSTRUCT labels are not read (convert them to DICOM SEG first)")
-        for p in found.rtstructs
-    ]
-    segs_of: dict[str, list[Path]] = {}
-    for seg in found.segs:
-        ds = pydicom.dcmread(seg, stop_before_pixels=True)
-        refs = [str(r.SeriesInstanceUID) for r in ds.get("ReferencedSeriesSequence", [])]
+    problems: list[Problem] = []
+    labelled: dict[str, list[tuple[Path, str]]] = {}
+    for path, kind in [(p, "seg") for p in found.segs] + [(p, "rtstruct") for p in found.rtstructs]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if kind == "seg":
+            refs = [str(r.SeriesInstanceUID) for r in ds.get("ReferencedSeriesSequence", [])]
+        else:
+            refs = referenced_series_uids(ds)
         if len(refs) != 1:
-            problems.append(Problem(str(seg), f"references {len(refs)} series; expected one"))
+            problems.append(Problem(str(path), f"references {len(refs)} series; expected one"))
         elif refs[0] not in by_uid:
-            problems.append(Problem(str(seg), f"its image series {refs[0]} is not in {folder}"))
+            problems.append(Problem(str(path), f"its image series {refs[0]} is not in {folder}"))
         else:
-            segs_of.setdefault(refs[0], []).append(seg)
+            labelled.setdefault(refs[0], []).append((path, kind))
     pairs = []
-    for uid, segs in segs_of.items():
-        if len(segs) > 1:
-            names = ", ".join(str(s) for s in segs)
-            problems.append(Problem(str(segs[1]), f"series {uid} has {len(segs)} SEGs ({names})"))
+    for uid, files in labelled.items():
+        if len(files) > 1:
+            names = ", ".join(str(f) for f, _ in files)
+            problems.append(
+                Problem(str(files[1][0]), f"series {uid} is labelled {len(files)} times ({names})")
+            )
         else:
-            pairs.append(DicomTrainingPair(by_uid[uid], segs[0]))
+            pairs.append(DicomTrainingPair(by_uid[uid], *files[0]))
     for item in found.series:
-        if item.uid not in segs_of:
-            log.info("series %s (%s) has no DICOM SEG: not a training case", item.name, item.uid)
+        if item.uid not in labelled:
+            log.info(
+                "series %s (%s) has no SEG or RTSTRUCT: not a training case", item.name, item.uid
+            )
     return sorted(pairs, key=lambda p: p.series.name), problems
 
 
@@ -115,7 +122,9 @@ def convert_dicom_dataset(
         raise AutosegError(f"{destination}: must not be inside the DICOM folder {source}")
     pairs, problems = dicom_training_pairs(source)
     if not pairs and not problems:
-        raise AutosegError(f"{source}: no DICOM SEG referencing an image series was found")
+        raise AutosegError(
+            f"{source}: no DICOM SEG or RTSTRUCT referencing an image series was found"
+        )
     modalities = Counter(p.series.modality for p in pairs)
     if len(modalities) > 1:
         raise AutosegError(
@@ -131,11 +140,13 @@ def convert_dicom_dataset(
             try:
                 _convert_pair(pair, work, labels)
             except AutosegError as exc:
-                problems.append(Problem(str(pair.seg), str(exc)))
+                problems.append(
+                    Problem(str(pair.labels), str(exc).removeprefix(f"{pair.labels}: "))
+                )
                 continue
             sources[pair.series.name] = {
                 "series_instance_uid": pair.series.uid,
-                "seg": str(pair.seg.resolve()),
+                pair.kind: str(pair.labels.resolve()),
             }
         if problems:
             raise DatasetError(problems, what=f"DICOM folder {source}")
@@ -164,12 +175,15 @@ def _convert_pair(pair: DicomTrainingPair, work: Path, labels: dict[str, int]) -
     import nibabel as nib
 
     volume = read_series(pair.series)
-    seg_labels, names = read_seg_labels(pair.seg, volume.datasets)
+    if pair.kind == "rtstruct":
+        seg_labels, names = read_rtstruct_labels(pair.labels, volume)
+    else:
+        seg_labels, names = read_seg_labels(pair.labels, volume.datasets)
     lookup = np.zeros(max(names, default=0) + 1, dtype=np.uint16)
     for number, label in names.items():
         lookup[number] = labels.setdefault(label, len(labels) + 1)
     if len(labels) > 255:
-        raise AutosegError(f"{pair.seg}: more than 255 distinct segment labels in the folder")
+        raise AutosegError(f"{pair.labels}: more than 255 distinct label names in the folder")
     label_map = lookup[seg_labels].astype(np.uint8)
     case = pair.series.name
     image = volume.image.array[0]

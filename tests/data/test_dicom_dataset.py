@@ -99,7 +99,7 @@ def test_refusals_leave_nothing_behind(tmp_path: Path) -> None:
         convert_dicom_dataset(tmp_path / "dicom", tmp_path / "out")
     message = str(caught.value)
     assert "seg2.dcm: its image series" in message and "is not in" in message
-    assert "rtstruct.dcm: RTSTRUCT labels are not read" in message
+    assert "rtstruct.dcm: its image series" in message  # pydicom's RTSTRUCT, without its CT
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["dicom"]  # no temp folder left
 
@@ -110,5 +110,5 @@ def test_refusals_leave_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(AutosegError, match="must not be inside the DICOM folder"):
         convert_dicom_dataset(tmp_path / "dicom", tmp_path / "dicom" / "dataset")
     (tmp_path / "none").mkdir()
-    with pytest.raises(AutosegError, match="no DICOM SEG referencing an image series"):
+    with pytest.raises(AutosegError, match="no DICOM SEG or RTSTRUCT referencing an image series"):
         convert_dicom_dataset(tmp_path / "none", tmp_path / "out")

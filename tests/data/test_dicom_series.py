@@ -187,3 +187,18 @@ def test_folder_without_series(tmp_path: Path) -> None:
     assert find_dicom(tmp_path / "s").series == ()
     with pytest.raises(AutosegError, match="input not found"):
         find_dicom(tmp_path / "missing")
+
+
+def test_files_without_preamble_and_file_meta_are_read(tmp_path: Path) -> None:
+    """Older archives: no 128-byte preamble, no "DICM", no transfer syntax in a file meta."""
+    from pydicom.dataset import Dataset
+
+    vol = make_volume(shape=(4, 8, 8))
+    files = write_series(tmp_path / "s", vol, oblique_affine())
+    for file in files:
+        raw = Dataset()
+        raw.update(pydicom.dcmread(file))
+        raw.save_as(file, implicit_vr=True, little_endian=True)
+    assert files[0].read_bytes()[128:132] != b"DICM"
+    volume = read_series(find_dicom(tmp_path / "s").series[0])
+    np.testing.assert_array_equal(volume.image.array[0], vol)
