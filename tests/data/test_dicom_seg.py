@@ -143,3 +143,38 @@ def test_seg_of_real_public_files(tmp_path: Path, name: str) -> None:
     back, names = read_seg_labels(path, volume.datasets)
     np.testing.assert_array_equal(back, labels)
     assert names == {1: "brain"} and labels.any() and not labels.all()
+
+
+def test_overlapping_segments_are_refused(tmp_path: Path, volume: DicomVolume) -> None:
+    from pydicom.sr.codedict import codes
+
+    masks = np.zeros((*volume.image.geometry.shape, 2), dtype=bool)
+    masks[2:5, 3:9, 3:9, 0] = True
+    masks[4:6, 5:12, 5:12, 1] = True  # overlaps segment 1 on slice 4
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=f"s{n}",
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for n in (1, 2)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=list(volume.datasets),
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="tests",
+        manufacturer_model_name="tests",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(tmp_path / "overlap.dcm")
+    with pytest.raises(AutosegError, match="overlap.dcm: segments cannot be read as one label map"):
+        read_seg_labels(tmp_path / "overlap.dcm", volume.datasets)

@@ -86,8 +86,15 @@ def test_dicom_seg_out_equals_the_nifti_prediction(
         uid,
         "--output-format",
         "dicom-seg",
+        "--save-probabilities",
     )
     assert seg.exit_code == 0, seg.output
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "2_flipped.npz",
+        "2_flipped.seg.dcm",
+    ]
+    with np.load(tmp_path / "s" / "2_flipped.npz") as probs:
+        assert probs["probabilities"].shape[1:] == (8, 20, 24)  # (K, Z, Y, X) on the series' grid
     volume = read_series(next(s for s in find_dicom(study).series if s.uid == uid))
     labels, names = read_seg_labels(tmp_path / "s" / "2_flipped.seg.dcm", volume.datasets)
     expected = np.asanyarray(nib.load(str(tmp_path / "n" / "2_flipped.nii.gz")).dataobj).T
