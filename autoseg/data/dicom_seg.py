@@ -60,6 +60,8 @@ SCT_STRUCTURES: dict[str, tuple[str, str]] = {
     "inferiorvenacava": ("64131007", "Inferior vena cava"),
     "portalvein": ("32764006", "Portal vein"),
     "bloodvessel": ("59820001", "Blood vessel"),
+    "bladder": ("89837001", "Bladder"),
+    "urinarybladder": ("89837001", "Bladder"),
 }
 #: morphologically abnormal structures: category SCT 49755003
 SCT_ABNORMAL: dict[str, tuple[str, str]] = {
@@ -76,14 +78,17 @@ SCT_ABNORMAL: dict[str, tuple[str, str]] = {
 _ANATOMY = ("SCT", "91723000", "Anatomical Structure")
 _ABNORMAL = ("SCT", "49755003", "Morphologically Abnormal Structure")
 _TISSUE = ("SCT", "85756007", "Tissue")
+_SIDES = {"left": ("SCT", "7771000", "Left"), "right": ("SCT", "24028007", "Right")}
 
 
 @dataclass(frozen=True)
 class SegmentCode:
-    """The coded meaning of one segment: (scheme, value, meaning) for category and type."""
+    """The coded meaning of one segment: (scheme, value, meaning) for category and type, and
+    the laterality modifier of the type (SCT 7771000 Left / 24028007 Right) when there is one."""
 
     category: tuple[str, str, str]
     type: tuple[str, str, str]
+    modifier: tuple[str, str, str] | None = None
 
 
 def _key(name: str) -> str:
@@ -97,6 +102,10 @@ def segment_code(name: str, overrides: Mapping[str, SegmentCode] | None = None) 
     key = _key(name)
     if key in SCT_STRUCTURES:
         return SegmentCode(_ANATOMY, ("SCT", *SCT_STRUCTURES[key]))
+    for side, code in _SIDES.items():  # "left kidney", "kidney_left", "Kidney-Left"
+        rest = key.removeprefix(side) if key.startswith(side) else key.removesuffix(side)
+        if rest != key and rest in SCT_STRUCTURES:
+            return SegmentCode(_ANATOMY, ("SCT", *SCT_STRUCTURES[rest]), code)
     if key in SCT_ABNORMAL:
         return SegmentCode(_ABNORMAL, ("SCT", *SCT_ABNORMAL[key]))
     return SegmentCode(_TISSUE, _TISSUE)
@@ -104,7 +113,8 @@ def segment_code(name: str, overrides: Mapping[str, SegmentCode] | None = None) 
 
 def load_code_map(path: Path | str) -> dict[str, SegmentCode]:
     """Read a codes map: ``{"label name": {"category": [scheme, value, meaning], "type":
-    [scheme, value, meaning]}}``.
+    [scheme, value, meaning]}}``, optionally with ``"modifier": [scheme, value, meaning]`` (of
+    the type, e.g. laterality).
 
     Raises:
         AutosegError: the file is missing, not JSON, or an entry is not of that form.
@@ -119,7 +129,8 @@ def load_code_map(path: Path | str) -> dict[str, SegmentCode]:
     out = {}
     for name, entry in raw.items():
         try:
-            triples = [tuple(str(v) for v in entry[k]) for k in ("category", "type")]
+            keys = ("category", "type", "modifier") if "modifier" in entry else ("category", "type")
+            triples = [tuple(str(v) for v in entry[k]) for k in keys]
             if any(len(t) != 3 or not all(t) for t in triples):
                 raise ValueError
         except (TypeError, KeyError, ValueError):
@@ -127,7 +138,7 @@ def load_code_map(path: Path | str) -> dict[str, SegmentCode]:
                 f'{path}: entry {name!r} must be {{"category": [scheme, value, meaning], '
                 '"type": [scheme, value, meaning]} (e.g. ["SCT", "10200004", "Liver"])'
             ) from None
-        out[str(name)] = SegmentCode(triples[0], triples[1])  # type: ignore[arg-type]
+        out[str(name)] = SegmentCode(*triples)  # type: ignore[arg-type]
     return out
 
 
@@ -176,18 +187,22 @@ def write_seg(
     for number, value in enumerate(values, start=1):
         name = str(label_names[value])
         code = segment_code(name, codes)
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=name[:64],
-                segmented_property_category=Code(code.category[1], *code.category[::2]),
-                segmented_property_type=Code(code.type[1], *code.type[::2]),
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm,
-                tracking_uid=hd.UID(),
-                tracking_id=f"autoseg label {value} ({name})"[:64],
-            )
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name[:64],
+            segmented_property_category=Code(code.category[1], *code.category[::2]),
+            segmented_property_type=Code(code.type[1], *code.type[::2]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=f"autoseg label {value} ({name})"[:64],
         )
+        if code.modifier is not None:  # inside the type's code item, as the standard nests it
+            modifier = hd.sr.CodedConcept(code.modifier[1], *code.modifier[::2])
+            description.SegmentedPropertyTypeCodeSequence[
+                0
+            ].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+        descriptions.append(description)
     first = source[0]
     seg = hd.seg.Segmentation(
         source_images=list(source),

@@ -99,6 +99,7 @@ def test_code_map_overrides(tmp_path: Path, volume: DicomVolume) -> None:
     entry = {
         "category": ["SCT", "91723000", "Anatomical Structure"],
         "type": ["SCT", "18639004", "Left kidney"],
+        "modifier": ["SCT", "255549009", "Anterior"],
     }
     codes.write_text(json.dumps({"left thing": entry}))
     path = write_seg(
@@ -112,6 +113,8 @@ def test_code_map_overrides(tmp_path: Path, volume: DicomVolume) -> None:
     seg = pydicom.dcmread(path).SegmentSequence[1]
     assert seg.SegmentedPropertyTypeCodeSequence[0].CodeValue == "18639004"
     assert seg.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Left kidney"
+    modifier = seg.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    assert modifier[0].CodeValue == "255549009"
 
     codes.write_text(json.dumps({"left thing": {"type": ["SCT", "1"]}}))
     with pytest.raises(AutosegError, match="'left thing' must be"):
@@ -178,3 +181,23 @@ def test_overlapping_segments_are_refused(tmp_path: Path, volume: DicomVolume) -
     seg.save_as(tmp_path / "overlap.dcm")
     with pytest.raises(AutosegError, match="overlap.dcm: segments cannot be read as one label map"):
         read_seg_labels(tmp_path / "overlap.dcm", volume.datasets)
+
+
+def test_laterality_is_a_modifier_of_the_type(tmp_path: Path, volume: DicomVolume) -> None:
+    from autoseg.data.dicom_seg import segment_code
+
+    for name in ("left kidney", "Kidney_Left", "kidney-left"):
+        assert segment_code(name).type[1] == "64033007"
+        assert segment_code(name).modifier == ("SCT", "7771000", "Left")
+    assert segment_code("right lung").modifier == ("SCT", "24028007", "Right")
+    assert segment_code("left thing").type[1] == "85756007"  # unknown: tissue, no modifier
+    assert segment_code("left thing").modifier is None
+    labels = np.zeros(volume.image.geometry.shape, np.uint8)
+    labels[3:5, 4:8, 4:8] = 1
+    path = write_seg(labels, volume.datasets, {1: "kidney_right"}, tmp_path / "x.dcm", model="m")
+    item = pydicom.dcmread(path).SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    assert (item.CodeValue, item.CodeMeaning) == ("64033007", "Kidney")
+    modifier = item.SegmentedPropertyTypeModifierCodeSequence[0]
+    assert (modifier.CodeValue, modifier.CodeMeaning) == ("24028007", "Right")
+    back, _ = read_seg_labels(path, volume.datasets)  # highdicom reads it back
+    np.testing.assert_array_equal(back, labels)
