@@ -47,17 +47,9 @@ _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 MAX_TILT_DEGREES = 0.05
 #: largest difference between two slice steps (fraction of the median step; at least 0.01 mm)
 SPACING_TOLERANCE = 0.01
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "Modality",
-    "SeriesDescription",
-    "SeriesNumber",
-    "PatientID",
-    "NumberOfFrames",
-    "MediaStorageSOPClassUID",
-]
+#: what ``find_dicom`` reads of each file
+_HEADER_TAGS = ["SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality"]
+_HEADER_TAGS += ["SeriesDescription", "SeriesNumber"]
 
 
 def _pydicom() -> Any:
