@@ -2,21 +2,21 @@
 
 A folder is walked recursively; every file that pydicom recognises as DICOM (with or without
 ``.dcm``) is grouped by SeriesInstanceUID. Image series become ``DicomSeries`` (one case each);
-DICOM SEG objects are listed beside them (``autoseg.data.dicom_seg`` reads them as labels);
-other objects (SR, RTSTRUCT, presentation states, DICOMDIR) are skipped with a log line.
+DICOM SEG and RTSTRUCT files are listed beside them (labels for ``init-dicom``); SR,
+presentation states, key objects and DICOMDIR are skipped.
 
-``read_series`` refuses what it cannot read faithfully, naming the file and the reason:
-multi-frame files, missing patient geometry, slices of different sizes or spacings, mixed
-orientations, gantry tilt, several slices at one position, missing slices and uneven slice
-spacing, colour images, and pixel data whose transfer syntax no installed decoder reads.
+``read_series`` refuses what it cannot read faithfully, naming the file and the reason: missing
+patient geometry, slices of different sizes or spacings, mixed orientations, gantry tilt,
+several slices at one position, missing slices, uneven spacing, colour images, pixel data no
+installed decoder reads, a multi-frame file among others. A series of one multi-frame file is
+read by ``autoseg.data.dicom_multiframe`` (highdicom).
 
 Geometry: DICOM's patient coordinates are LPS, autoseg's (NIfTI's) are RAS. A pixel in column
 ``i`` and row ``j`` of the slice at position ``k`` (slices sorted along the normal
 ``row x column`` of ImageOrientationPatient) lies at
 ``IPP_0 + i * dc * row + j * dr * col + k * ds * normal`` in LPS; the RAS affine is that matrix
 with its first two rows negated. The array is ``(Z=k, Y=j, X=i)``, as every autoseg image.
-pydicom reads the files (with the pylibjpeg plug-ins for compressed transfer syntaxes); the
-tests check the result against dcm2niix's conversion of the same series.
+The tests check it against dcm2niix's conversion of the same series.
 """
 
 from __future__ import annotations
@@ -56,9 +56,7 @@ def _pydicom() -> Any:
     try:
         import pydicom
     except ImportError as exc:
-        raise AutosegError(
-            "reading DICOM needs pydicom and highdicom (pip install 'autoseg[dicom]')"
-        ) from exc
+        raise AutosegError("reading DICOM needs pydicom (pip install 'autoseg[dicom]')") from exc
     return pydicom
 
 
@@ -223,10 +221,10 @@ def _check_slices(series: DicomSeries, headers: list[tuple[Path, Any]]) -> None:
     spacing0 = _floats(first, "PixelSpacing", 2, first_path)
     for path, ds in headers:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1:
+        if frames > 1:  # one multi-frame file is read by read_series: here it is one of several
             raise AutosegError(
-                f"{path}: multi-frame DICOM ({frames} frames in one file) is not read by "
-                "autoseg; convert the series to NIfTI (e.g. with dcm2niix) and predict that"
+                f"{path}: multi-frame file ({frames} frames) in a series of {len(headers)} files; "
+                "only a series of one multi-frame file or of single-frame files is read"
             )
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             raise AutosegError(
@@ -342,6 +340,10 @@ def read_series(series: DicomSeries) -> DicomVolume:
             headers.append((path, pydicom.dcmread(path, stop_before_pixels=True, force=True)))
         except Exception as exc:
             raise AutosegError(f"{path}: cannot be read as DICOM ({exc})") from exc
+    if len(headers) == 1 and int(headers[0][1].get("NumberOfFrames", 1) or 1) > 1:
+        from autoseg.data.dicom_multiframe import read_multiframe
+
+        return read_multiframe(series, *headers[0])
     _check_slices(series, headers)
     first = headers[0][1]
     iop = _floats(first, "ImageOrientationPatient", 6, headers[0][0])
@@ -382,12 +384,13 @@ def read_series(series: DicomSeries) -> DicomVolume:
         shape=(len(files), rows, cols),
         spacing=(step, dr, dc),
         affine=tuple(tuple(float(v) for v in r) for r in affine),
-        header=_nifti_header(affine, shape_xyz),
+        header=nifti_header(affine, shape_xyz),
     )
     return DicomVolume(Image(array, geometry), tuple(datasets), series)
 
 
-def _nifti_header(affine: np.ndarray, shape_xyz: tuple[int, int, int]) -> Any:
+def nifti_header(affine: np.ndarray, shape_xyz: tuple[int, int, int]) -> Any:
+    """A NIfTI header for a ``(X, Y, Z)`` volume with this RAS affine (codes 1, scanner)."""
     import nibabel as nib
 
     header = nib.Nifti1Header()

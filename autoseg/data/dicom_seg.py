@@ -150,6 +150,7 @@ def write_seg(
     *,
     model: str,
     codes: Mapping[str, SegmentCode] | None = None,
+    affine: Any = None,
 ) -> Path:
     """Write a binary DICOM SEG of ``labels`` on the grid of the ``source`` slices.
 
@@ -161,6 +162,8 @@ def write_seg(
         path: the file to write (atomically).
         model: the model's name, recorded as the algorithm's source.
         codes: per-name overrides of the segment codes (``load_code_map``).
+        affine: the RAS affine of ``labels`` (``Geometry.affine``); needed when ``source`` is
+            one multi-frame image, whose SEG frames are placed by this geometry.
 
     Returns:
         ``path``.
@@ -170,8 +173,9 @@ def write_seg(
 
     import autoseg
 
-    if labels.shape != (len(source), int(source[0].Rows), int(source[0].Columns)):
-        raise ValueError(f"label map {labels.shape} does not fit {len(source)} source slices")
+    frames = int(source[0].get("NumberOfFrames", 1) or 1) if len(source) == 1 else len(source)
+    if labels.shape != (frames, int(source[0].Rows), int(source[0].Columns)):
+        raise ValueError(f"label map {labels.shape} does not fit {frames} source slices")
     values = sorted(v for v in label_names if v != 0)
     lookup = np.zeros(max([int(labels.max(initial=0)), *values]) + 1, dtype=np.uint16)
     for number, value in enumerate(values, start=1):
@@ -206,7 +210,7 @@ def write_seg(
     first = source[0]
     seg = hd.seg.Segmentation(
         source_images=list(source),
-        pixel_array=segments,
+        pixel_array=_on_grid(segments, source, affine),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
@@ -225,6 +229,24 @@ def write_seg(
         os.close(fd)
         seg.save_as(tmp)
     return path
+
+
+def _on_grid(segments: np.ndarray, source: tuple[Any, ...], affine: Any) -> Any:
+    """Single-frame sources: the array, frame z on ``source[z]``. One multi-frame source: a
+    highdicom ``Volume`` (its affine maps (slice, row, column) to LPS), placed by geometry."""
+    if len(source) > 1 or int(source[0].get("NumberOfFrames", 1) or 1) == 1:
+        return segments
+    import highdicom as hd
+
+    if affine is None:
+        raise ValueError("a SEG of a multi-frame image needs the label map's affine")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
+    return hd.Volume(
+        array=segments,
+        affine=lps[:, [2, 1, 0, 3]],  # (i, j, k) -> (slice k, row j, column i)
+        coordinate_system="PATIENT",
+        frame_of_reference_uid=str(source[0].FrameOfReferenceUID),
+    )
 
 
 def read_seg_labels(
@@ -248,6 +270,11 @@ def read_seg_labels(
     import highdicom as hd
 
     seg_path = Path(seg_path)
+    if len(source) == 1 and int(source[0].get("NumberOfFrames", 1) or 1) > 1:
+        raise AutosegError(
+            f"{seg_path}: labels of a multi-frame image are not read (its series "
+            f"{source[0].SeriesInstanceUID} is one multi-frame file)"
+        )
     try:
         seg = hd.seg.segread(seg_path)
     except Exception as exc:

@@ -176,7 +176,15 @@ def predict_dicom(
                 regions = bool(predictor.regions)
                 write_probabilities(restored, predictor.label_values, probs_out, regions=regions)
             if output_format == "dicom-seg":
-                write_seg(labels, volume.datasets, label_names, out, model=model_name, codes=codes)
+                write_seg(
+                    labels,
+                    volume.datasets,
+                    label_names,
+                    out,
+                    model=model_name,
+                    codes=codes,
+                    affine=volume.image.geometry.affine,
+                )
             else:
                 write_label(labels, volume.image.geometry, out)
             written.append(out)

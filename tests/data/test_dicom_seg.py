@@ -201,3 +201,43 @@ def test_laterality_is_a_modifier_of_the_type(tmp_path: Path, volume: DicomVolum
     assert (modifier.CodeValue, modifier.CodeMeaning) == ("24028007", "Right")
     back, _ = read_seg_labels(path, volume.datasets)  # highdicom reads it back
     np.testing.assert_array_equal(back, labels)
+
+
+def test_seg_of_a_multi_frame_image(tmp_path: Path) -> None:
+    """One enhanced CT file: frames placed by geometry, each on its source frame's position."""
+    from tests.data.test_dicom_series import multiframe
+
+    files = write_series(tmp_path / "single", make_volume(), oblique_affine(degrees=(0, 0, 30)))
+    source = pydicom.dcmread(multiframe(tmp_path / "multi", files))
+    volume = read_series(find_dicom(tmp_path / "multi").series[0])
+    labels = labels_for(volume)
+    path = write_seg(
+        labels,
+        volume.datasets,
+        NAMES,
+        tmp_path / "x.dcm",
+        model="m",
+        affine=volume.image.geometry.affine,
+    )
+    ds = pydicom.dcmread(path)
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.array(volume.image.geometry.affine)
+    to_voxel = np.linalg.inv(lps)
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), *labels.shape[1:])
+    numbers = {1: 1, 2: 2, 3: 4}
+    for frame, item in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        ipp = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        i, j, k = (to_voxel @ [*ipp, 1.0])[:3]
+        assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3
+        segment = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        np.testing.assert_array_equal(frame, labels[round(k)] == numbers[segment])
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        position = source.PerFrameFunctionalGroupsSequence[int(ref.ReferencedFrameNumber) - 1]
+        np.testing.assert_allclose(
+            [float(v) for v in position.PlanePositionSequence[0].ImagePositionPatient],
+            ipp,
+            atol=1e-3,
+        )
+    with pytest.raises(AutosegError, match="labels of a multi-frame image are not read"):
+        read_seg_labels(path, volume.datasets)

@@ -158,14 +158,51 @@ def test_two_slices_at_one_position_are_refused(tmp_path: Path) -> None:
     _refused(tmp_path, "at the same position", "time points")
 
 
-def test_multi_frame_file_is_refused(tmp_path: Path) -> None:
-    files = write_series(tmp_path / "s", make_volume(shape=(2, 8, 8)), oblique_affine())
+def multiframe(folder: Path, files: list[Path]) -> Path:
+    """The single-frame ``files`` as one legacy-converted enhanced CT file (highdicom)."""
+    import highdicom as hd
+
+    image = hd.legacy.LegacyConvertedEnhancedCTImage(
+        legacy_datasets=[pydicom.dcmread(f) for f in files],
+        series_instance_uid=hd.UID(),
+        series_number=7,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    folder.mkdir(parents=True)
+    image.save_as(folder / "enhanced.dcm")
+    return folder / "enhanced.dcm"
+
+
+def test_multi_frame_file_reads_as_its_single_frames_and_dcm2niix(tmp_path: Path) -> None:
+    pytest.importorskip("highdicom")
+    files = write_series(tmp_path / "single", make_volume(), oblique_affine(degrees=(0, 25, 0)))
+    for file in files:  # a rescale the reading must apply to both
+        ds = pydicom.dcmread(file)
+        ds.RescaleSlope, ds.RescaleIntercept = "2", "-1024"
+        ds.save_as(file)
+    multiframe(tmp_path / "multi", files)
+    single = read_series(find_dicom(tmp_path / "single").series[0])
+    multi = read_series(find_dicom(tmp_path / "multi").series[0])
+    assert multi.image.geometry.same_grid(single.image.geometry)
+    np.testing.assert_array_equal(multi.image.array, single.image.array)
+    np.testing.assert_array_equal(single.image.array[0], make_volume() * 2.0 - 1024)
+    world_equal(multi, dcm2niix(tmp_path / "multi", tmp_path / "ref"))
+
+
+def test_irregular_or_mixed_multi_frame_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("highdicom")
+    files = write_series(tmp_path / "src", make_volume(), oblique_affine(), skip=(4,))
+    path = multiframe(tmp_path / "s", files)  # a missing slice inside one enhanced file
+    _refused(tmp_path, str(path), "not one regular volume")
+
+    files = write_series(tmp_path / "t", make_volume(shape=(3, 8, 8)), oblique_affine())
     ds = pydicom.dcmread(files[0])
     ds.NumberOfFrames = 2
     ds.PixelData = ds.PixelData * 2
     ds.save_as(files[0])
-    files[1].unlink()
-    _refused(tmp_path, str(files[0]), "multi-frame DICOM (2 frames")
+    with pytest.raises(AutosegError, match="multi-frame file \\(2 frames\\) in a series of 3"):
+        read_series(find_dicom(tmp_path / "t").series[0])
 
 
 def test_undecodable_transfer_syntax_is_refused(tmp_path: Path) -> None:

@@ -170,3 +170,27 @@ def test_without_pydicom_a_folder_without_images_says_so(
         AutosegError, match=r"no image files found .*pip install 'autoseg\[dicom\]'"
     ):
         list_series([tmp_path])
+
+
+def test_a_multi_frame_series_gives_a_seg(tmp_path: Path, model: Path) -> None:
+    from tests.data.test_dicom_series import multiframe
+
+    files = write_series(tmp_path / "frames", make_volume(shape=(8, 20, 24)), oblique_affine())
+    source = pydicom.dcmread(multiframe(tmp_path / "study", files))
+    result = cli(
+        "predict",
+        "-i",
+        tmp_path / "study",
+        "-o",
+        tmp_path / "out",
+        "-m",
+        model,
+        "--output-format",
+        "dicom-seg",
+    )
+    assert result.exit_code == 0, result.output
+    [path] = (tmp_path / "out").iterdir()
+    assert path.name.endswith(".seg.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
