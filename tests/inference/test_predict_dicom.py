@@ -18,6 +18,8 @@ from tests.inference.test_predict import make_model, oblique_nifti  # noqa: E402
 from tests.reliability_helpers import assert_clean_failure, cli  # noqa: E402
 from tests.synthetic_dicom import make_volume, oblique_affine, write_series  # noqa: E402
 
+_ANATOMY = ["SCT", "91723000", "Anatomical Structure"]
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -74,6 +76,11 @@ def test_dicom_seg_out_equals_the_nifti_prediction(
     nifti = cli("predict", "-i", study, "-o", tmp_path / "n", "-m", model, "--series", uid)
     assert nifti.exit_code == 0, nifti.output
     assert [p.name for p in (tmp_path / "n").iterdir()] == ["2_flipped.nii.gz"]
+    codes = tmp_path / "codes.json"
+    hippocampus = ["SCT", "5366008", "Hippocampus"]
+    codes.write_text(
+        f'{{"posterior": {{"category": {_ANATOMY}, "type": {hippocampus}}}}}'.replace("'", '"')
+    )
     seg = cli(
         "predict",
         "-i",
@@ -87,6 +94,8 @@ def test_dicom_seg_out_equals_the_nifti_prediction(
         "--output-format",
         "dicom-seg",
         "--save-probabilities",
+        "--seg-codes",
+        codes,
     )
     assert seg.exit_code == 0, seg.output
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
@@ -101,6 +110,8 @@ def test_dicom_seg_out_equals_the_nifti_prediction(
     np.testing.assert_array_equal(labels, expected)  # segment numbers 1, 2 = labels 1, 2
     assert names == {1: "anterior", 2: "posterior"}
     ds = pydicom.dcmread(tmp_path / "s" / "2_flipped.seg.dcm")
+    types = [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in ds.SegmentSequence]
+    assert types == ["85756007", "5366008"]  # anterior: tissue; posterior: from --seg-codes
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
     assert (
         ds.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmSource
