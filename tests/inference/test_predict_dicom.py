@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -78,9 +79,7 @@ def test_dicom_seg_out_equals_the_nifti_prediction(
     assert [p.name for p in (tmp_path / "n").iterdir()] == ["2_flipped.nii.gz"]
     codes = tmp_path / "codes.json"
     hippocampus = ["SCT", "5366008", "Hippocampus"]
-    codes.write_text(
-        f'{{"posterior": {{"category": {_ANATOMY}, "type": {hippocampus}}}}}'.replace("'", '"')
-    )
+    codes.write_text(json.dumps({"posterior": {"category": _ANATOMY, "type": hippocampus}}))
     seg = cli(
         "predict",
         "-i",
