@@ -112,8 +112,7 @@ def predict(
 ) -> None:
     """Predict images with a trained model; outputs keep each input's format and exact geometry.
 
-    A folder of DICOM series (any nesting) is predicted series by series (NIfTI, or DICOM SEG
-    with --output-format dicom-seg); see docs/dicom.md."""
+    DICOM study folders: each series is a case (NIfTI or DICOM SEG out; docs/dicom.md)."""
     from autoseg.data.model_folder import find_model_folders
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.errors import AutosegError
