@@ -124,7 +124,13 @@ def _c_store(files: Sequence[Path], datasets: list, destination: Destination) ->
     ae = AE(ae_title=CALLING_AE_TITLE)
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    quiet = logging.getLogger("pynetdicom")  # its own errors repeat the one raised below
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    finally:
+        quiet.setLevel(level)
     if not assoc.is_established:
         raise AutosegError(
             f"{files[0]}: no association with {destination} (unreachable, or the AE title "
