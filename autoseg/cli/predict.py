@@ -112,8 +112,35 @@ def predict(
             "(HU for CT). With --parts: statistics.part<i>of<n>.csv/.json.",
         ),
     ] = False,
+    series: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--series", help="DICOM input: predict only this SeriesInstanceUID (repeatable)."
+        ),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--output-format",
+            help="DICOM input: nifti (default) or dicom-seg (one DICOM SEG per series).",
+        ),
+    ] = None,
+    seg_codes: Annotated[
+        Path | None,
+        typer.Option("--seg-codes", help="JSON map of segment codes by label name (dicom-seg)."),
+    ] = None,
+    send: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--send",
+            help="Send the SEGs: dicomweb://HOST:PORT/PATH (STOW-RS) or dicom://AET@HOST:PORT "
+            "(C-STORE); implies --output-format dicom-seg.",
+        ),
+    ] = None,
 ) -> None:
-    """Predict images with a trained model; outputs keep each input's format and exact geometry."""
+    """Predict images with a trained model; outputs keep each input's format and exact geometry.
+
+    DICOM study folders: each series is a case (NIfTI or DICOM SEG out; docs/dicom.md)."""
     from autoseg.data.model_folder import find_model_folders
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.errors import AutosegError
@@ -124,6 +151,7 @@ def predict(
     for path in inputs:
         if not path.exists():
             raise AutosegError(f"{path}: input not found")
+    dicom = _dicom_request(inputs, series, output_format, seg_codes, send)
     if model is None:
         root = resolve_home(home)
         name = "*" if dataset is None else resolve_dataset(dataset, root).name
@@ -152,6 +180,9 @@ def predict(
         max_tile_scale=tile_scale,  # None: the predictor's default for 2D / 3D
         compile=compile,
     )
+    if dicom is not None:
+        _predict_dicom(predictor, inputs, output, dicom, overwrite, save_probabilities, part, parts)
+        return
     report = predict_folder(
         inputs,
         output,
@@ -209,6 +240,99 @@ def _why_no_model(
             f"(--checkpoint {checkpoint}); found: {', '.join(others)}"
         )
     return f"no trained model found {where}; train one (autoseg train) or pass -m MODEL_FOLDER"
+
+
+def _dicom_request(
+    inputs: list[Path],
+    series: list[str] | None,
+    output_format: str | None,
+    seg_codes: Path | None,
+    send: list[str] | None,
+) -> dict[str, Any] | None:
+    """The DICOM options checked before the model is loaded; None for non-DICOM inputs."""
+    from autoseg.errors import AutosegError
+    from autoseg.inference.dicom_predict import OUTPUT_FORMATS, is_dicom_input
+
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise AutosegError(
+            f"--output-format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    if not is_dicom_input(inputs):
+        asked = [
+            name
+            for name, value in (
+                ("--series", series),
+                ("--output-format dicom-seg", output_format == "dicom-seg"),
+                ("--seg-codes", seg_codes),
+                ("--send", send),
+            )
+            if value
+        ]
+        if asked:
+            raise AutosegError(
+                f"{', '.join(asked)}: only for DICOM input (a DICOM SEG references its source "
+                f"series), but {', '.join(map(str, inputs))} holds image files"
+            )
+        return None
+    from autoseg.data.dicom_seg import load_code_map
+    from autoseg.inference.send import parse_destination
+
+    if send and output_format == "nifti":
+        raise AutosegError("--send sends DICOM SEG objects: drop --output-format nifti")
+    return {
+        "series": series or [],
+        "format": "dicom-seg" if send else (output_format or "nifti"),
+        "codes": load_code_map(seg_codes) if seg_codes is not None else None,
+        "send": [parse_destination(s) for s in send or []],
+    }
+
+
+def _predict_dicom(
+    predictor: Any,
+    inputs: list[Path],
+    output: Path,
+    request: dict[str, Any],
+    overwrite: bool,
+    save_probabilities: bool,
+    part: int,
+    parts: int,
+) -> None:
+    from autoseg.inference.dicom_predict import predict_dicom
+    from autoseg.inference.send import send_files
+
+    plans = predictor.plans
+    report = predict_dicom(
+        inputs,
+        output,
+        predictor,
+        label_names={
+            int(v): plans.labels.get(int(v), f"label {v}") for v in predictor.label_values
+        },
+        model_name=f"{plans.dataset_name}/{plans.planner}/{predictor.configuration.name}",
+        series_uids=request["series"],
+        output_format=request["format"],
+        codes=request["codes"],
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+        part=part,
+        parts=parts,
+    )
+    console = _console()
+    for item in report.series:
+        console.print(f"series {item.summary()}")
+    console.print(
+        f"{len(report.written)} written to {output}"
+        + (f", {len(report.skipped)} skipped (existing; --overwrite)" if report.skipped else "")
+    )
+    segs = [p for p in (*report.written, *report.skipped) if p.name.endswith(".seg.dcm")]
+    for destination in request["send"]:
+        count = send_files(segs, destination)
+        console.print(f"{count} DICOM SEG(s) sent to {destination}")
+    if report.failed:
+        _err(
+            f"{len(report.failed)} series failed:\n" + "\n".join(f"  - {p}" for p in report.failed)
+        )
+        raise typer.Exit(2)
 
 
 def evaluate(

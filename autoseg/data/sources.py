@@ -114,15 +114,27 @@ def read_source(source: ImageSource) -> tuple[np.ndarray, Geometry]:
     return read_array(source.path)
 
 
-# --- DICOM: the place where autoseg.data.dicom (branch `dicom`) plugs in -----------------------
+# --- DICOM: a series folder read by autoseg.data.dicom (the `dicom` extra) -------------------
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, Geometry]:
-    """Read the DICOM series in ``folder`` as ``(Z, Y, X)`` with its geometry.
+    """Read the one DICOM image series in ``folder`` as ``(Z, Y, X)`` with its geometry.
 
-    DICOM-READER-HOOK: replace this body with the call of the DICOM series reader of
-    ``autoseg.data.dicom`` (it returns the array and ``Geometry`` as ``read_array`` does), and
-    un-skip ``test_dicom_series_is_one_more_source`` in tests/data/test_intake.py.
+    Every check of ``autoseg.data.dicom.read_series`` applies (gaps, tilt, orientations, ...).
+    Whole-valued voxels that fit int16 (CT in HU, most MR) stay int16, so the converted file is
+    not doubled to float32.
     """
-    raise AutosegError(
-        f"{folder}: a DICOM series; reading DICOM is not available in this version of autoseg "
-        "(convert the series to NIfTI first, e.g. with dcm2niix)"
-    )
+    from autoseg.data.dicom import find_dicom, read_series
+
+    found = find_dicom(folder)
+    if len(found.series) != 1:
+        names = ", ".join(s.summary() for s in found.series) or "none"
+        raise AutosegError(
+            f"{folder}: a case folder must hold exactly one DICOM image series, found "
+            f"{len(found.series)} ({names}); give each series its own folder"
+        )
+    image = read_series(found.series[0]).image
+    array = image.array[0]  # (Z, Y, X)
+    info = np.iinfo(np.int16)
+    whole = np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))
+    if whole and array.min(initial=0) >= info.min and array.max(initial=0) <= info.max:
+        array = array.astype(np.int16)
+    return array, image.geometry

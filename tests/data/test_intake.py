@@ -268,7 +268,7 @@ def _dicom_series(folder: Path) -> Path:
     return folder
 
 
-def test_dicom_series_folder_is_a_source_refused_until_readable(tmp_path: Path) -> None:
+def test_an_unreadable_dicom_series_folder_is_refused(tmp_path: Path) -> None:
     series = _dicom_series(tmp_path / "i" / "patient7")
     (tmp_path / "i" / "notes").mkdir()
     found, ignored = list_sources(tmp_path / "i")
@@ -276,18 +276,38 @@ def test_dicom_series_folder_is_a_source_refused_until_readable(tmp_path: Path) 
     assert [p.name for p, _ in ignored] == ["notes"]
     save_nifti(np.zeros(SHAPE, np.uint8), tmp_path / "l" / "patient7_seg.nii.gz")
     result = init(tmp_path / "i", tmp_path / "l", "-o", tmp_path / "D", "--channel", "CT")
-    assert_clean_failure(result, str(series), "DICOM")
+    assert_clean_failure(result, str(series))
+    assert not (tmp_path / "D").exists()
 
 
-@pytest.mark.skip(reason="DICOM reading lands with the dicom branch")
 def test_dicom_series_is_one_more_source(tmp_path: Path) -> None:
-    """Once autoseg.data.dicom reads series (DICOM-READER-HOOK in autoseg/data/sources.py): a
-    series folder pairs by its name and is written as CASE_0000.nii.gz with its geometry."""
-    series = tmp_path / "i" / "patient7"  # the lead: write a real series here (pydicom)
-    save_nifti(np.zeros(SHAPE, np.uint8), tmp_path / "l" / "patient7_seg.nii.gz")
+    """A series folder pairs by its name and is written as CASE_0000.nii.gz: the voxels in HU
+    (int16) and the geometry of autoseg's DICOM reader; the label pairs with it; plan reads it."""
+    pytest.importorskip("pydicom")
+    from autoseg.data.dicom import find_dicom, read_series
+    from autoseg.data.io import read_array
+    from tests.synthetic_dicom import make_volume, oblique_affine, write_series
+
+    series = tmp_path / "i" / "patient7"
+    volume = make_volume(shape=(10, 14, 12))
+    write_series(series, volume, oblique_affine(), suffix="")
+    reference = read_series(find_dicom(series).series[0]).image
+    label = np.zeros((12, 14, 10), np.uint8)  # (i, j, k) = (X, Y, Z)
+    label[3:8, 4:9, 2:6] = 1
+    ras = nib.Nifti1Image(label, reference.geometry.affine)
+    (tmp_path / "l").mkdir()
+    nib.save(ras, tmp_path / "l" / "patient7_seg.nii.gz")
     plan = plan_intake(tmp_path / "i", tmp_path / "l", tmp_path / "D", IntakeOptions(("CT",)))
     assert not plan.problems and plan.ending == ".nii.gz"
     assert plan.cases[0].pair.images[0].path == series
+    out = tmp_path / "Dataset007_Dicom"
+    result = init(tmp_path / "i", tmp_path / "l", "-o", out, "--channel", "CT")
+    assert result.exit_code == 0, result.output
+    written, geometry = read_array(out / "imagesTr" / "patient7_0000.nii.gz")
+    assert written.dtype == np.int16
+    np.testing.assert_array_equal(written, volume)
+    assert geometry.same_grid(reference.geometry)
+    assert [c.case_id for c in load_dataset(out).cases] == ["patient7"]
 
 
 def test_labels_beside_images_in_one_folder(tmp_path: Path) -> None:
