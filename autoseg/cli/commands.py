@@ -18,7 +18,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from autoseg import __version__
-from autoseg.cli.dicom import register_dicom_commands
 from autoseg.cli.habits import HabitGroup
 from autoseg.cli.init import register_init_command
 from autoseg.cli.models import register_model_commands
@@ -338,7 +337,6 @@ def demo(
 
 
 register_model_commands(app, user_errors)  # export, import, ensemble (autoseg.cli.models)
-register_dicom_commands(app, user_errors)  # init-dicom (autoseg.cli.dicom)
 
 
 def main() -> None:

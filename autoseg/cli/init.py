@@ -29,11 +29,17 @@ def register_init_command(app: typer.Typer, guard: Callable[[Any], Any]) -> None
 
 def init(
     images: Annotated[Path, typer.Argument(help="Folder of images (files or DICOM series).")],
-    labels: Annotated[Path, typer.Argument(help="Folder of label maps (may be IMAGES).")],
     output: Annotated[
         Path,
         typer.Option("-o", "--output", help="Dataset folder to create; its name is the dataset's."),
     ],
+    labels: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Folder of label maps (may be IMAGES). Leave out for DICOM series whose labels "
+            "are DICOM SEG or RTSTRUCT files in IMAGES."
+        ),
+    ] = None,
     channel: Annotated[
         list[str] | None,
         typer.Option(
@@ -79,7 +85,12 @@ def init(
 ) -> None:
     """Pair images with labels by name; write a dataset (nnU-Net v2 layout) for `autoseg plan`.
 
-    The table of what matched and what did not is printed before anything is written."""
+    The table of what matched and what did not is printed before anything is written. Without
+    LABELS, IMAGES is a DICOM folder: each series with a DICOM SEG or RTSTRUCT referencing it
+    becomes a case (docs/dicom.md)."""
+    if labels is None:
+        _init_from_dicom_labels(images, output, channel, label, binarize, fix_geometry, dry_run)
+        return
     from autoseg.data.intake import IntakeOptions, plan_intake
     from autoseg.data.intake_write import write_intake
     from autoseg.errors import DatasetError
@@ -106,6 +117,45 @@ def init(
     if result.geometry_fixes is not None:
         console.print(f"label headers changed: {result.geometry_fixes}")
     console.print(f"next: autoseg plan {result.folder}")
+
+
+def _init_from_dicom_labels(
+    source: Path,
+    output: Path,
+    channel: list[str] | None,
+    label: list[str] | None,
+    binarize: bool,
+    fix_geometry: bool,
+    dry_run: bool,
+) -> None:
+    """``autoseg init STUDY -o DATASET``: series + their SEG/RTSTRUCT labels -> a dataset."""
+    from autoseg.data.dataset import load_dataset
+    from autoseg.data.dicom_dataset import convert_dicom_dataset
+    from autoseg.errors import AutosegError
+
+    given = [
+        flag
+        for flag, value in (
+            ("--channel", channel),
+            ("--label", label),
+            ("--binarize", binarize),
+            ("--fix-geometry", fix_geometry),
+            ("--dry-run", dry_run),
+        )
+        if value
+    ]
+    if given:
+        raise AutosegError(
+            f"{' '.join(given)}: only with a LABELS folder; without it the channel (the series'"
+            " modality), the label names (the segments' or ROIs' names) and the geometry come"
+            " from the DICOM files"
+        )
+    dataset = load_dataset(convert_dicom_dataset(source, output))
+    names = ", ".join(f"{v} {n}" for v, n in sorted(dataset.labels.items()) if v)
+    _console().print(
+        f"{len(dataset.cases)} case(s) written to {output} (labels: {names}); "
+        f"next: autoseg plan {output}"
+    )
 
 
 def print_plan(plan: IntakePlan) -> None:

@@ -2,8 +2,8 @@
 
 A folder is walked recursively; every file that pydicom recognises as DICOM (with or without
 ``.dcm``) is grouped by SeriesInstanceUID. Image series become ``DicomSeries`` (one case each);
-DICOM SEG and RTSTRUCT files are listed beside them (labels for ``init-dicom``); SR,
-presentation states, key objects and DICOMDIR are skipped.
+DICOM SEG and RTSTRUCT files are listed beside them (labels for ``autoseg init`` without
+LABELS); SR, presentation states, key objects and DICOMDIR are skipped.
 
 ``read_series`` refuses what it cannot read faithfully, naming the file and the reason: missing
 patient geometry, slices of different sizes or spacings, mixed orientations, gantry tilt,

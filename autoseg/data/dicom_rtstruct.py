@@ -1,4 +1,4 @@
-"""RTSTRUCT labels rasterised onto a series' grid (the training data of ``init-dicom``).
+"""RTSTRUCT labels rasterised onto a series' grid (training data: ``autoseg init`` without LABELS).
 
 An RT Structure Set holds each ROI as closed planar contours in patient (LPS) coordinates.
 ``read_rtstruct_labels`` maps every contour point into the series' voxel grid, checks that the

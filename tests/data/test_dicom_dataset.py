@@ -71,7 +71,7 @@ def test_convert_writes_a_dataset_and_never_touches_the_source(tmp_path: Path) -
     pairs, problems = dicom_training_pairs(tmp_path / "dicom")
     assert [p.series.name for p in pairs] == ["1_ct", "2_ct"] and problems == []
 
-    result = cli("init-dicom", tmp_path / "dicom", "-o", tmp_path / "Dataset001_Liver")
+    result = cli("init", tmp_path / "dicom", "-o", tmp_path / "Dataset001_Liver")
     assert result.exit_code == 0, result.output
     assert "2 case(s) written" in result.output
     assert digest(tmp_path / "dicom") == before  # the originals, byte for byte
@@ -105,10 +105,20 @@ def test_refusals_leave_nothing_behind(tmp_path: Path) -> None:
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    result = cli("init-dicom", tmp_path / "dicom", "-o", tmp_path / "full")
+    result = cli("init", tmp_path / "dicom", "-o", tmp_path / "full")
     assert_clean_failure(result, str(tmp_path / "full"), "not an empty folder")
     with pytest.raises(AutosegError, match="must not be inside the DICOM folder"):
         convert_dicom_dataset(tmp_path / "dicom", tmp_path / "dicom" / "dataset")
     (tmp_path / "none").mkdir()
     with pytest.raises(AutosegError, match="no DICOM SEG or RTSTRUCT referencing an image series"):
         convert_dicom_dataset(tmp_path / "none", tmp_path / "out")
+
+
+def test_init_without_labels_refuses_the_options_of_label_folders(tmp_path: Path) -> None:
+    """Without LABELS, channel and label names come from the DICOM files: asking for them (or
+    for the label-folder fixes) is refused before anything is read or written."""
+    (tmp_path / "dicom").mkdir()
+    for extra in (["--channel", "CT"], ["--label", "liver"], ["--binarize"], ["--fix-geometry"]):
+        result = cli("init", tmp_path / "dicom", "-o", tmp_path / "out", *extra)
+        assert_clean_failure(result, extra[0], "only with a LABELS folder")
+        assert not (tmp_path / "out").exists()
