@@ -43,6 +43,8 @@ class CheckpointMeta:
         loss: the registered loss trained with (``autoseg.loss_options``); empty in checkpoints
             written before losses had names (they trained ``dice_ce``).
         autoseg_version: the version that wrote it.
+        recipe: ``autoseg.recipe.recipe_digest`` of ``plans`` for this configuration (empty in
+            checkpoints written before recipes; the checks compare ``plans`` themselves).
     """
 
     configuration: str = ""
@@ -56,6 +58,7 @@ class CheckpointMeta:
     augmentation: str = ""
     loss: str = ""
     autoseg_version: str = ""
+    recipe: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,15 @@ def save_checkpoint(
         fh.flush()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Checkpoint:
     """Load a checkpoint written by ``save_checkpoint``, weights only.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors go.
+        mmap: memory-map the file instead of reading it (cheap when only ``meta`` is wanted).
 
     Raises:
         AutosegError: the file is missing, corrupt, holds pickled objects (refused: loading them
@@ -121,7 +131,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise AutosegError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         text = str(exc)
         if "GLOBAL" in text or "Unsupported global" in text:  # a class or function to import

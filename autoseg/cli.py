@@ -191,6 +191,14 @@ def train(
     val_iterations: Annotated[int, typer.Option(min=1, help="Validation batches/epoch.")] = 50,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last run.")] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="When the model folder holds folds trained with other plans, move it aside "
+            "(to <home>/<dataset>/replaced_models/) instead of refusing.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     planner: PlannerOpt = "default",
     workers: Annotated[
@@ -259,6 +267,7 @@ def train(
         augment=tuple(augment or ()),
         tracking=tracking,
         compile=compile,
+        replace=replace,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")

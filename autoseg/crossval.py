@@ -23,6 +23,7 @@ from autoseg.model_folder import CV_FOLDS, ModelFolder, find_model_folders
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
 from autoseg.postprocess import decide_postprocessing
+from autoseg.recipe import check_model_folder
 from autoseg.splits import NUM_FOLDS
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
         found = [(k, Evaluation.from_json(p)) for k, p in summaries if p.is_file()]
         if not found:
             continue
+        check_model_folder(model, [k for k, _ in found])  # one recipe, or no score
         labels = found[0][1].labels
         per_label = {
             labels[v]: sum(e.label_means[v].dice for _, e in found) / len(found)

@@ -36,6 +36,7 @@ from autoseg.errors import AutosegError
 from autoseg.model_folder import ModelFolder, checkpoint_file
 from autoseg.paths import DatasetDirs
 from autoseg.plans import Plans
+from autoseg.recipe import check_fold_recipe
 from autoseg.serial import atomic_output, dumps, file_sha256, from_dict
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,10 @@ def export_model(
             staged[_REL.postprocessing.as_posix()] = folder.postprocessing
         for fold in chosen:
             ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
+            config = ckpt.meta.configuration or folder.name
+            check_fold_recipe(
+                folder, plans, config, fold, folder.checkpoint(fold, checkpoint), ckpt.meta
+            )
             slim = Path(tmp) / f"fold_{fold}.pt"
             save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
             staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim

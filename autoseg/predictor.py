@@ -32,6 +32,7 @@ from autoseg.plans import Configuration, Plans
 from autoseg.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.predict_cases import PredictionReport, predict_folder
 from autoseg.preprocess import preprocess_image, restore_probabilities
+from autoseg.recipe import check_fold_recipe
 from autoseg.regions import regions_to_labels
 from autoseg.sliding_window import (
     DEFAULT_TILE_SCALE,
@@ -158,7 +159,8 @@ class Predictor:
 
         Raises:
             AutosegError: the folder is not a model folder, a fold or checkpoint is missing or
-                does not match the plans.
+                does not match the plans (a fold trained with other plans than the folder's
+                ``plans.json`` is refused, naming the fold: ``autoseg.recipe``).
         """
         folder = ModelFolder(Path(model_folder))
         if not folder.path.is_dir():
@@ -187,7 +189,8 @@ class Predictor:
                 f"{folder.path}: folds trained with different configurations {names}"
             )
         config = plans.configuration(names.pop())
-        for path, ckpt in zip(paths, checkpoints, strict=True):
+        for fold, path, ckpt in zip(chosen, paths, checkpoints, strict=True):
+            check_fold_recipe(folder, plans, config.name, fold, path, ckpt.meta)
             for key, planned in (
                 ("num_classes", plans.num_classes),
                 ("in_channels", input_channels(plans, config)),

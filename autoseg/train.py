@@ -48,6 +48,7 @@ from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
 from autoseg.preprocess import plans_key, preprocessed_folder
 from autoseg.progress import History, add_file_log, write_progress
+from autoseg.recipe import check_new_fold, check_resume, recipe_digest
 from autoseg.serial import to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
@@ -90,6 +91,8 @@ class TrainSettings:
         tracking: ``none`` or ``tensorboard`` (``autoseg.tracking``): per-epoch figures.
         compile: ``torch.compile`` the network, falling back to eager with one log line if the
             first step fails (``autoseg.compiled``); None = on CUDA only.
+        replace: when the model folder holds folds trained with other plans, move it aside
+            (``autoseg.recipe.check_new_fold``) instead of refusing.
     """
 
     epochs: int = 1000
@@ -109,6 +112,7 @@ class TrainSettings:
     augment: tuple[str, ...] = ()
     tracking: str = "none"
     compile: bool | None = None
+    replace: bool = False
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -229,6 +233,11 @@ class _Trainer:
                 )
             self.augmentation = "cpu"
         self.tracker = None
+        if settings.replace and settings.resume:
+            raise AutosegError("--replace and --resume: a replaced run cannot be resumed")
+        # last of the checks: one recipe per model folder (--replace moves the old one aside)
+        if self.dist.main or not settings.replace:
+            check_new_fold(self.model, plans, config_name, fold, settings.replace)
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -274,6 +283,7 @@ class _Trainer:
             augmentation=self.step.augmentation,
             loss=self.settings.loss,
             autoseg_version=__version__,
+            recipe=recipe_digest(self.plans, self.config.name),
         )
 
     def _save(self, checkpoint: str, epoch: int) -> None:
@@ -311,6 +321,21 @@ class _Trainer:
         ckpt = load_checkpoint(source, map_location=self.device)
         if ckpt.meta.configuration != self.config.name:
             raise AutosegError(f"{source}: checkpoint of another configuration")
+        check_resume(source, ckpt.meta, to_dict(self.settings), ckpt.meta.epoch + 1)
+        recorded_epochs = ckpt.meta.settings.get("epochs")
+        if isinstance(recorded_epochs, int) and recorded_epochs < self.settings.epochs:
+            lr = poly_lr(
+                self.settings.optimizer.initial_lr, ckpt.meta.epoch + 1, self.settings.epochs
+            )
+            log.warning(
+                "extending the run from %d to %d epochs: the poly learning rate is recomputed "
+                "over %d epochs (epoch %d gets %.2e)",
+                recorded_epochs,
+                self.settings.epochs,
+                self.settings.epochs,
+                ckpt.meta.epoch + 1,
+                lr,
+            )
         self.step.network.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is not None:
             self.step.optimizer.load_state_dict(ckpt.optimizer_state)

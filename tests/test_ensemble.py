@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoseg.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.evaluate import evaluate_arrays
 from autoseg.io import read_array, write_label
 from autoseg.model_folder import ModelFolder
-from autoseg.plans import Plans
+from autoseg.plans import Configuration, Normalization, Plans
+from autoseg.serial import to_dict
 from tests.reliability_helpers import assert_clean_failure, cli, save_nifti, tiny_dataset
 from tests.test_exchange import make_model
 
@@ -99,7 +101,11 @@ def _fake_cv_model(home: Path, dataset: str, config: str, probs_of: dict, refs: 
     """A model folder whose 5 folds are validated, each with saved probabilities."""
     folder = ModelFolder(home / dataset / "models" / "default" / config)
     folder.path.mkdir(parents=True)
-    Plans(dataset, "default", 8.0, 8, ("MRI",), LABELS).to_json(folder.plans)
+    tiny = Configuration(
+        config, (1.0,) * 3, (8,) * 3, 2, ((1,) * 3,), ((3,) * 3,), (4,), (Normalization("zscore"),)
+    )
+    plans = Plans(dataset, "default", 8.0, 8, ("MRI",), LABELS, {config: tiny})
+    plans.to_json(folder.plans)
     cases = sorted(probs_of)
     for k in range(5):
         fold = str(k)
@@ -116,7 +122,9 @@ def _fake_cv_model(home: Path, dataset: str, config: str, probs_of: dict, refs: 
             write_label(pred, geometry, val / f"{case}.nii.gz")
             pairs.append((case, pred, refs[case], geometry.spacing))
         evaluate_arrays(pairs, LABELS).to_json(folder.summary(fold))
-        folder.checkpoint(fold).write_bytes(b"")  # only its presence matters to find-best
+        # find-best reads only the metadata: the plans the fold was trained with
+        meta = CheckpointMeta(config, fold, 0, len(LABELS), 1, to_dict(plans))
+        save_checkpoint(folder.checkpoint(fold), {}, None, meta)
         folder.validation_done(fold).write_text("ok\n")
 
 
