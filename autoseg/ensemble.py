@@ -22,7 +22,12 @@ from autoseg.evaluate import Evaluation, evaluate_arrays
 from autoseg.inputs import refuse_outputs_that_are_inputs
 from autoseg.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
 from autoseg.model_folder import ModelFolder
-from autoseg.probability_files import load_probabilities, probability_files, probability_header
+from autoseg.probability_files import (
+    check_pairing,
+    load_probabilities,
+    probability_files,
+    probability_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,8 @@ def ensemble_folders(
 
     Raises:
         DatasetError: fewer than two folders, a folder without probabilities, cases missing
-            from some folders, or a case without its label map (for the geometry).
+            from some folders, or a ``CASE.npz`` without the label map predicted with it
+            (``probability_files.check_pairing``: shape, geometry, identifier).
     """
     inputs, output = [Path(p) for p in inputs], Path(output)
     problems: list[Problem] = []
@@ -114,14 +120,18 @@ def ensemble_folders(
         if missing:
             problems.append(Problem(f"{case}.npz", f"missing in {', '.join(missing)}"))
             continue
-        if _label_map_of(inputs[0], case) is None:
-            problems.append(Problem(str(inputs[0] / case), "no label map beside CASE.npz"))
         shapes = {}
-        for files in found.values():
+        for folder, files in found.items():
             try:
                 shapes[files[case]] = probability_header(files[case])
             except AutosegError as exc:
                 problems.append(Problem(str(files[case]), str(exc).split(": ", 1)[1]))
+                continue
+            label_map = _label_map_of(folder, case)  # the one predicted with this CASE.npz
+            wrong = "no label map beside CASE.npz" if label_map is None else None
+            wrong = wrong or check_pairing(files[case], label_map)
+            if wrong:
+                problems.append(Problem(str(files[case]), wrong))
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{p}: {s[0]}" for p, s in shapes.items())
             problems.append(Problem(f"{case}.npz", f"shapes differ ({listing})"))
