@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from autoseg.cache import require_planned
+from autoseg.cache import require_planned, require_unchanged
 from autoseg.ensemble import evaluate_cv_ensembles
 from autoseg.evaluate import Evaluation
 from autoseg.ignore import mask_ignored
@@ -188,9 +188,11 @@ def find_best_configuration(dirs: DatasetDirs) -> BestConfiguration:
     """Rank every trained configuration of a dataset by its mean validation Dice.
 
     Raises:
-        AutosegError: the dataset's last ``autoseg plan`` did not finish.
+        AutosegError: the dataset's last ``autoseg plan`` did not finish, its files changed
+            since, or a configuration's folds were trained with other plans.
     """
     require_planned(dirs.work, dirs.name)
+    require_unchanged(dirs)  # scores of models trained on data that has changed since
     results = []
     for model in find_model_folders(dirs.work.parent, dirs.work.name):
         folder = model.path

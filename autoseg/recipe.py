@@ -12,7 +12,8 @@ digest of an older autoseg never decides alone).
 - ``predict`` (so ``load_model``, ``import``, the validation), ``export`` and ``find-best``
   refuse a fold whose checkpoint's recipe differs from the folder's ``plans.json``
   (``check_fold_recipe``), naming the fold and what differs.
-- ``train --resume`` refuses settings that change the run's meaning (``check_resume``).
+- ``train --resume`` refuses settings that change the run's meaning (``check_resume``), and a
+  ``--planner`` other than the run's (``refuse_resume_elsewhere``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "recipe",
     "recipe_differences",
     "recipe_digest",
+    "refuse_resume_elsewhere",
     "trained_folds",
 ]
 
@@ -286,6 +288,26 @@ def check_resume(
             "run's own options (a larger --epochs extends it), or train a new fold (another "
             "--home, or delete the fold folder)"
         )
+
+
+def refuse_resume_elsewhere(folder: ModelFolder, fold: str) -> None:
+    """``--resume`` of a fold with no run in ``folder``: refuse when the fold has a run under
+    another planner (``--planner`` differs from the run's), rather than start a new run.
+
+    Raises:
+        AutosegError: naming the run found and the ``--planner`` that continues it.
+    """
+    for other in sorted(folder.path.parent.parent.glob(f"*/{folder.name}")):
+        if other == folder.path:
+            continue
+        runs = ModelFolder(other)
+        if any(runs.checkpoint(fold, c).is_file() for c in ("latest", "final")):
+            raise AutosegError(
+                f"--resume: {folder.path} holds no run of fold {fold}; the fold's run is in "
+                f"{runs.fold_dir(fold)}, planner '{other.parent.name}': resume it with "
+                f"--planner {other.parent.name} (a run keeps its planner), or leave out --resume "
+                "to start a new run with this planner"
+            )
 
 
 def _same_json(a: Any, b: Any) -> bool:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
-from autoseg.cache import complete_cases
+from autoseg.cache import complete_cases, require_unchanged
 from autoseg.cascade import input_channels, prepare_previous_stage
 from autoseg.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from autoseg.compiled import compile_with_fallback, use_compile
@@ -48,7 +48,7 @@ from autoseg.paths import DatasetDirs
 from autoseg.plans import Configuration, Plans
 from autoseg.preprocess import plans_key, preprocessed_folder
 from autoseg.progress import History, add_file_log, write_progress
-from autoseg.recipe import check_new_fold, check_resume, recipe_digest
+from autoseg.recipe import check_new_fold, check_resume, recipe_digest, refuse_resume_elsewhere
 from autoseg.serial import to_dict
 from autoseg.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.step import OptimizerSettings, TrainingStep
@@ -155,10 +155,13 @@ def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, 
 
     Raises:
         AutosegError: the folder is not completely preprocessed with the configuration's
-            settings (never planned, or the last plan failed or was stopped).
+            settings (never planned, or the last plan failed or was stopped), or the dataset's
+            files changed since (``cache.require_unchanged``).
     """
     folder = preprocessed_folder(dirs.work, config)
-    return folder, complete_cases(folder, plans_key(config), dirs.name)
+    cases = complete_cases(folder, plans_key(config), dirs.name)
+    require_unchanged(dirs)
+    return folder, cases
 
 
 def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:
@@ -316,6 +319,7 @@ class _Trainer:
             return
         source = latest if latest.exists() else final if final.exists() else None
         if source is None:
+            refuse_resume_elsewhere(self.model, self.fold)  # --planner other than the run's
             log.info("nothing to resume in %s: starting at epoch 0", self.fold_dir)
             return
         ckpt = load_checkpoint(source, map_location=self.device)
