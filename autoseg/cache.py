@@ -12,8 +12,8 @@ files changed). A plan that fails or is killed therefore leaves no folder that `
 ``benchmark`` or ``find-best`` accept.
 
 Those three also refuse a dataset whose raw files changed since the plan (``require_unchanged``):
-the marker keeps each source file's stamp (resolved path, size, mtime, content hash); size and
-mtime are compared every time, the content hash only where they differ.
+the marker keeps each source file's stamp (resolved path, size, mtime, content hash); path, size
+and mtime are compared every time, the content hash only where the mtime alone differs.
 """
 
 from __future__ import annotations
@@ -238,34 +238,36 @@ def require_planned(work: Path, dataset: str) -> None:
             )
 
 
-def _changed(stamp: FileStamp, path: Path) -> bool:
-    """Whether ``path`` is no longer the file ``stamp`` describes: the cheap parts (resolved
-    path, size, mtime) first; the content hash decides when size or mtime differ."""
+def _file_state(stamp: FileStamp, path: Path) -> str:
+    """``same``, ``touched`` (new mtime, same content) or ``changed``: the cheap parts (resolved
+    path, size, mtime) first; the content hash decides when the mtime differs."""
     real = os.path.realpath(path)
     try:
         stat = os.stat(real)
     except OSError:
-        return True
+        return "changed"
     if real != stamp.path or stat.st_size != stamp.size:
-        return True
+        return "changed"
     if stat.st_mtime_ns == stamp.mtime_ns:
-        return False
+        return "same"
     try:
-        return _read_file(Path(real))[1].sha256 != stamp.sha256  # touched: same content?
+        same = _read_file(Path(real))[1].sha256 == stamp.sha256
     except OSError:
-        return True
+        return "changed"
+    return "touched" if same else "changed"
 
 
 def require_unchanged(dirs: DatasetDirs) -> None:
     """Refuse a dataset whose files changed since ``autoseg plan`` preprocessed them.
 
     Compares every case's stored file stamps (``PreprocessingDone.files``) with the raw files:
-    resolved path, size and mtime always, the content hash where size or mtime differ (a file
+    resolved path, size and mtime always, the content hash where only the mtime differs (a file
     touched but identical passes). Images, labels and dataset.json; cases added or removed.
     Without the raw folder (training from a copied home) nothing can be compared: a warning.
 
     Raises:
-        AutosegError: ``dataset changed since plan: run autoseg plan``, naming the cases.
+        AutosegError: ``dataset changed since plan: run autoseg plan``, naming the changed
+            files and the cases added or removed.
     """
     root = dirs.work / "preprocessed"
     markers = [read_marker(f) for f in sorted(root.iterdir())] if root.is_dir() else []
@@ -284,22 +286,24 @@ def require_unchanged(dirs: DatasetDirs) -> None:
         raise AutosegError(f"{dirs.raw}: {again} ({exc})") from exc
     now = {c.case_id: c for c in spec.cases}
     changed: list[str] = []
+    touched = 0
     for marker in {json.dumps(m.cases, sort_keys=True): m for m in markers}.values():
-        if marker.dataset_json is not None and _changed(
-            marker.dataset_json, spec.root / "dataset.json"
-        ):
-            changed.append("dataset.json")
+        pairs = [(marker.dataset_json, spec.root / "dataset.json")] if marker.dataset_json else []
+        for case_id, stamps in sorted(marker.files.items()):
+            if case_id in now:
+                files = _case_files(now[case_id])
+                if len(files) != len(stamps):  # another channel count, a label added
+                    changed.append(case_id)
+                pairs += list(zip(stamps, files, strict=False))
+        for stamp, path in pairs:
+            state = _file_state(stamp, path)
+            touched += state == "touched"
+            if state == "changed":
+                changed.append(os.path.relpath(path, spec.root))
         if not marker.files:  # written before file stamps: the whole keys decide
             stored = marker.cases
             fresh = dataset_sources(spec).keys if set(now) == set(stored) else {}
             changed += [c for c in sorted(stored) if c in fresh and fresh[c] != stored[c]]
-        for case_id, stamps in sorted(marker.files.items()):
-            case = now.get(case_id)
-            if case is None:
-                continue
-            files = _case_files(case)
-            if len(files) != len(stamps) or any(map(_changed, stamps, files)):
-                changed.append(case_id)
         added = sorted(set(now) - set(marker.cases))
         removed = sorted(set(marker.cases) - set(now))
         parts = [
@@ -313,3 +317,10 @@ def require_unchanged(dirs: DatasetDirs) -> None:
         ]
         if parts:
             raise AutosegError(f"{dirs.raw}: {again} ({'; '.join(parts)})")
+    if touched:
+        log.info(
+            "%d file(s) of %s have a new time but the same content; `autoseg plan` records "
+            "their times (sparing this hashing)",
+            touched,
+            dirs.name,
+        )
