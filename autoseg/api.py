@@ -171,7 +171,8 @@ def load_model(
         The :class:`Segmenter`.
 
     Raises:
-        AutosegError: not a model folder, a missing fold or checkpoint, or an unknown device.
+        AutosegError: not a model folder, a missing fold or checkpoint, a fold trained with
+            other plans than the folder's plans.json (``autoseg.recipe``), or an unknown device.
     """
     return Segmenter(
         Predictor.from_folder(
