@@ -258,7 +258,8 @@ def check_resume(
 
     ``loss``, ``seed``, ``augment``, ``iterations`` and the optimiser are the run's; ``epochs``
     may grow (a finished run is then extended, the poly learning rate recomputed over the new
-    total: see docs/reliability.md) but not drop below the epochs already done.
+    total: see docs/reliability.md) but not shrink (that would change the schedule of the
+    epochs already done).
 
     Args:
         source: the checkpoint resumed from.
@@ -280,8 +281,12 @@ def check_resume(
                 f"{option} {json.dumps(settings.get(key))} (now) vs "
                 f"{json.dumps(recorded[key])} (the run)"
             )
-    if int(settings.get("epochs", 0)) < done_epochs:
-        lines.append(f"--epochs {settings.get('epochs')}: the run has done {done_epochs} epochs")
+    epochs, planned = int(settings.get("epochs", 0)), recorded.get("epochs")
+    if epochs < done_epochs or (isinstance(planned, int) and epochs < planned):
+        lines.append(
+            f"--epochs {epochs} (now) vs {planned} (the run): a run is extended, never shortened "
+            f"(it has done {done_epochs} epochs)"
+        )
     if lines:
         raise AutosegError(
             f"{source}: --resume would change the run: {'; '.join(lines)}. Resume with the "

@@ -61,7 +61,7 @@ def model(home: Path) -> Path:
         (("--epochs", 2, "--seed", 7), ["--seed", "7", "0"]),
         (("--epochs", 2, "--augment", "elastic"), ["--augment", "elastic"]),
         (("--epochs", 2, "--iterations", 3), ["--iterations", "3", "1"]),
-        (("--epochs", 1), ["--epochs 1", "done 2 epochs"]),
+        (("--epochs", 1), ["--epochs 1 (now) vs 2 (the run)", "never shortened"]),
         (("--epochs", 3, "--seed", 1, "--loss", "focal"), ["--seed", "--loss"]),
     ],
     ids=["loss", "seed", "augment", "iterations", "fewer epochs", "two at once"],
