@@ -172,7 +172,9 @@ def load_model(
         The :class:`Segmenter`.
 
     Raises:
-        AutosegError: not a model folder, a missing fold or checkpoint, or an unknown device.
+        AutosegError: not a model folder, a missing fold or checkpoint, a fold trained with
+            other plans than the folder's plans.json (``autoseg.data.recipe``), or an unknown
+            device.
     """
     return Segmenter(
         Predictor.from_folder(

@@ -133,6 +133,14 @@ def train(
     val_iterations: Annotated[int, typer.Option(min=1, help="Validation batches/epoch.")] = 50,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last run.")] = False,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="When the model folder holds folds trained with other plans, move it aside "
+            "(to <home>/<dataset>/replaced_models/) instead of refusing.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 0,
     planner: PlansOpt = "default",
     workers: Annotated[
@@ -225,6 +233,7 @@ def train(
         tracking_uri=tracking_uri,
         compile=compile,
         patience=patience,
+        replace=replace,
     )
     folder = train_fold(dirs, plans, configuration, parse_fold(fold), settings)
     _console().print(f"trained: {folder}")

@@ -46,6 +46,8 @@ class CheckpointMeta:
         iteration: training iterations already done in epoch ``epoch + 1`` (a checkpoint saved
             on a stop signal, ``autoseg.training.preemption``); 0 when that epoch has not begun.
         iteration_losses: the training losses of those iterations.
+        recipe: ``autoseg.data.recipe.recipe_digest`` of ``plans`` for this configuration (empty in
+            checkpoints written before recipes; the checks compare ``plans`` themselves).
     """
 
     configuration: str = ""
@@ -61,6 +63,7 @@ class CheckpointMeta:
     autoseg_version: str = ""
     iteration: int = 0
     iteration_losses: tuple[float, ...] = ()
+    recipe: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,15 @@ def save_checkpoint(
         fh.flush()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> Checkpoint:
     """Load a checkpoint written by ``save_checkpoint``, weights only.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors go.
+        mmap: memory-map the file instead of reading it (cheap when only ``meta`` is wanted).
 
     Raises:
         AutosegError: the file is missing, corrupt, holds pickled objects (refused: loading them
@@ -126,7 +136,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise AutosegError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         text = str(exc)
         if "GLOBAL" in text or "Unsupported global" in text:  # a class or function to import

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,28 @@ class ModelFolder:
     def previous_stage_index(self) -> Path:
         """``previous_stage/index.json``: case -> SHA-256 of its source prediction (last)."""
         return self.previous_stage_dir / "index.json"
+
+    @property
+    def replaced_root(self) -> Path:
+        """``<home>/<dataset>/replaced_models/<planner>/``: where ``set_aside`` moves a model
+        folder (outside ``models/``, so that no command takes it for a model)."""
+        return self.path.parent.parent.parent / "replaced_models" / self.path.parent.name
+
+    def set_aside(self) -> Path:
+        """Move the whole folder (folds, plans, decisions) to ``replaced_root/<config>-<time>``.
+
+        Returns:
+            The folder's new place.
+        """
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = self.replaced_root / f"{self.name}-{stamp}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.replaced_root / f"{self.name}-{stamp}-{n}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.path.rename(target)
+        return target
 
     # ------------------------------------------------------------------ files of one fold
     def fold_dir(self, fold: str) -> Path:

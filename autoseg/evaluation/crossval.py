@@ -19,12 +19,13 @@ from autoseg.data.io import file_ending, read_array, strip_ending
 from autoseg.data.model_folder import CV_FOLDS, ModelFolder, find_model_folders
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Plans
+from autoseg.data.recipe import check_model_folder
 from autoseg.data.splits import NUM_FOLDS
 from autoseg.errors import AutosegError
 from autoseg.evaluation.ensemble import evaluate_cv_ensembles
 from autoseg.evaluation.evaluate import Evaluation
 from autoseg.inference.postprocess import decide_postprocessing
-from autoseg.preprocessing.cache import require_planned
+from autoseg.preprocessing.cache import require_planned, require_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,13 @@ def find_best_configuration(dirs: DatasetDirs, plans: str | None = None) -> Best
         plans: only the models of this plans name (a planner's or a named plan's); None: all.
 
     Raises:
-        AutosegError: the dataset's last ``autoseg plan`` did not finish, ``plans`` names
-            no plans of the dataset, or no configuration has a validated fold (nothing to
+        AutosegError: the dataset's last ``autoseg plan`` did not finish, its files changed
+            since, ``plans`` names no plans of the dataset, a configuration's folds were
+            trained with other plans, or no configuration has a validated fold (nothing to
             compare).
     """
     require_planned(dirs.work, dirs.name)
+    require_unchanged(dirs)  # scores of models trained on data that has changed since
     if plans is not None:
         dirs.require_plans(plans)
     results = []
@@ -206,6 +209,7 @@ def find_best_configuration(dirs: DatasetDirs, plans: str | None = None) -> Best
         found = [(k, Evaluation.from_json(p)) for k, p in summaries if p.is_file()]
         if not found:
             continue
+        check_model_folder(model, [k for k, _ in found])  # one recipe, or no score
         labels = found[0][1].labels
         per_label = {
             labels[v]: sum(e.label_means[v].dice for _, e in found) / len(found)

@@ -23,6 +23,7 @@ from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.evaluation.evaluate import Evaluation, evaluate_arrays
 from autoseg.inference.inputs import refuse_outputs_that_are_inputs
 from autoseg.inference.probability_files import (
+    check_pairing,
     load_probabilities,
     probability_files,
     probability_header,
@@ -103,7 +104,8 @@ def ensemble_folders(
     Raises:
         DatasetError: before anything is written: fewer than two folders, a folder without
             probabilities, cases missing from some folders, a ``CASE.npz`` refused from its
-            headers (``probability_header``), or a case without a label map of its grid.
+            headers (``probability_header``), or a ``CASE.npz`` without the label map predicted
+            with it (``probability_files.check_pairing``: shape, geometry, identifier).
     """
     inputs, output = [Path(p) for p in inputs], Path(output)
     check_output_folder(output, "-o")
@@ -125,11 +127,17 @@ def ensemble_folders(
             problems.append(Problem(f"{case}.npz", f"missing in {', '.join(missing)}"))
             continue
         shapes = {}
-        for files in found.values():
+        for folder, files in found.items():
             try:
                 shapes[files[case]] = probability_header(files[case])
             except AutosegError as exc:
                 problems.append(Problem(str(files[case]), str(exc).split(": ", 1)[1]))
+                continue
+            label_map = _label_map_of(folder, case)  # the one predicted with this CASE.npz
+            wrong = "no label map beside CASE.npz" if label_map is None else None
+            wrong = wrong or check_pairing(files[case], label_map)
+            if wrong:
+                problems.append(Problem(str(files[case]), wrong))
         if len(set(shapes.values())) > 1:
             listing = ", ".join(f"{p}: {s[0]}" for p, s in shapes.items())
             problems.append(Problem(f"{case}.npz", f"shapes differ ({listing})"))

@@ -37,6 +37,7 @@ from autoseg.data.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.data.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Plans
+from autoseg.data.recipe import check_fold_recipe
 from autoseg.errors import AutosegError
 from autoseg.serial import (
     atomic_output,
@@ -185,6 +186,10 @@ def export_model(
                 staged[_REL.postprocessing.as_posix()] = folder.postprocessing
             for fold in chosen:
                 ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
+                config = ckpt.meta.configuration or folder.name
+                check_fold_recipe(
+                    folder, plans, config, fold, folder.checkpoint(fold, checkpoint), ckpt.meta
+                )
                 slim = Path(tmp) / f"fold_{fold}.pt"
                 save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
                 staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim

@@ -92,7 +92,10 @@ def predict_folder(
 
     Each case is written as ``output_dir/CASE<ending of its input>`` (``.nhdr``/``.mhd`` inputs
     give ``.nrrd``/``.mha``) with the input's exact geometry, and with ``save_probabilities``
-    also ``output_dir/CASE.npz`` (``probabilities`` float16 (K, Z, Y, X), ``labels`` (K,)).
+    also ``output_dir/CASE.npz`` (``probabilities`` float16 (K, Z, Y, X), ``labels`` (K,), and
+    the identifier of the label map: ``autoseg.inference.probability_files``); without it, a
+    ``CASE.npz``
+    left by an earlier prediction of the case is removed when the case is predicted.
     Reading and preprocessing the next case and exporting the previous one run in background
     threads while the network works. A case that cannot be read is recorded in ``failed`` and
     the others go on. A case whose outputs all exist is skipped (with a warning) and listed in
@@ -134,9 +137,12 @@ def predict_folder(
         + ([output_dir / f"{case}.npz"] if save_probabilities else [])
         for case, files in cases.items()
     }
-    # never write over a file the user gave (symlinks, hard links, -o equal to -i, ...)
+    # never write over a file the user gave (symlinks, hard links, -o equal to -i, ...);
+    # CASE.npz too when it is not written: an older prediction's is removed (below)
+    probability_paths = [output_dir / f"{case}.npz" for case in cases]
     refuse_outputs_that_are_inputs(
-        list_input_files(inputs), [t for targets in targets_of.values() for t in targets]
+        list_input_files(inputs),
+        [t for targets in targets_of.values() for t in targets] + probability_paths,
     )
     todo: list[tuple[str, list[Path], Path]] = []
     skipped: list[Path] = []
@@ -174,14 +180,19 @@ def predict_folder(
     ) -> Path | Problem:
         labels, restored = predictor.finalize(probs, props)
         del probs
+        npz = output_dir / f"{case}.npz"
         try:
-            if save_probabilities:
+            if save_probabilities:  # it names the label map written with it (ensemble checks)
                 write_probabilities(
                     restored,
                     predictor.label_values,
-                    output_dir / f"{case}.npz",
+                    npz,
                     regions=bool(predictor.regions),
+                    label_map=labels,
+                    affine=np.asarray(geometry.affine),
                 )
+            else:  # a case's outputs go together: an older prediction's probabilities go
+                npz.unlink(missing_ok=True)
             del restored
             write_label(labels, geometry, out)  # last: its presence marks the case done
         except OSError as exc:

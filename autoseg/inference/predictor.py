@@ -24,6 +24,7 @@ from autoseg.data.checkpoint import load_checkpoint
 from autoseg.data.io import Geometry, Image
 from autoseg.data.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.data.plans import Configuration, Plans
+from autoseg.data.recipe import check_fold_recipe
 from autoseg.data.regions import regions_to_labels
 from autoseg.device import autocast, inference_settings, resolve_device
 from autoseg.errors import AutosegError
@@ -158,7 +159,8 @@ class Predictor:
 
         Raises:
             AutosegError: the folder is not a model folder, a fold or checkpoint is missing or
-                does not match the plans.
+                does not match the plans (a fold trained with other plans than the folder's
+                ``plans.json`` is refused, naming the fold: ``autoseg.data.recipe``).
         """
         # resolved: MODEL/fold_0/.. is MODEL (its name is the configuration), not '..'
         folder = ModelFolder(Path(model_folder).resolve())
@@ -188,7 +190,8 @@ class Predictor:
                 f"{folder.path}: folds trained with different configurations {names}"
             )
         config = plans.configuration(names.pop())
-        for path, ckpt in zip(paths, checkpoints, strict=True):
+        for fold, path, ckpt in zip(chosen, paths, checkpoints, strict=True):
+            check_fold_recipe(folder, plans, config.name, fold, path, ckpt.meta)
             for key, planned in (
                 ("num_classes", plans.num_classes),
                 ("in_channels", input_channels(plans, config)),

@@ -5,10 +5,16 @@ classes) and ``labels`` ``(K,)``, the label value of each channel. A region-base
 ``region_probabilities`` (one sigmoid per region) instead, with ``labels`` holding each region's
 written value: not a distribution, so ``ensemble`` refuses to average it as one. Files are read
 with ``allow_pickle=False``, and their array headers can be checked without reading the data.
+
+A file also names the label map predicted with it (``check_pairing``): ``label_map_sha256``, the
+SHA-256 of that label map's voxel values, and ``affine``, its 4x4 voxel-to-world matrix. The
+label map carries the identifier in its own voxels, so it survives any image format and any
+header rewrite; ``ensemble`` refuses a ``CASE.npz`` whose label map is another prediction's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import zipfile
@@ -16,12 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.data.io import read_array
 from autoseg.errors import AutosegError
 from autoseg.memory import require_memory
 from autoseg.serial import atomic_output
 
 __all__ = [
     "PROBABILITIES",
+    "check_pairing",
+    "label_map_digest",
     "load_probabilities",
     "probability_files",
     "probability_header",
@@ -128,20 +137,81 @@ def load_probabilities(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return probs, labels
 
 
+def label_map_digest(labels: np.ndarray) -> str:
+    """SHA-256 of a label map's voxel values (as int64, C order), whatever their dtype; one
+    plane at a time (no copy of the volume)."""
+    digest = hashlib.sha256()
+    array = np.asarray(labels)
+    for plane in array.reshape(array.shape[0], -1) if array.ndim > 1 else (array,):
+        digest.update(np.ascontiguousarray(plane, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def save_probabilities(
-    probs: np.ndarray, label_values: np.ndarray, path: Path, regions: bool = False
+    probs: np.ndarray,
+    label_values: np.ndarray,
+    path: Path,
+    regions: bool = False,
+    label_map: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
 ) -> None:
     """``probabilities`` (K, Z, Y, X) float16 and ``labels`` (K,) in an .npz, atomically.
 
     Like ``np.savez_compressed``, but with fixed timestamps: the same result, the same bytes.
     A region-based model's sigmoid outputs are stored as ``region_probabilities`` instead
     (they are not a distribution over classes, so ``ensemble`` must not average them as one).
+
+    Args:
+        label_map: the label map written with these probabilities: its ``label_map_digest``
+            is stored as ``label_map_sha256``.
+        affine: that label map's 4x4 voxel-to-world matrix, stored as ``affine``.
     """
     key = "region_probabilities" if regions else "probabilities"
     arrays = {key: probs.astype(np.float16), "labels": label_values}
+    if label_map is not None:
+        arrays["label_map_sha256"] = np.array(label_map_digest(label_map))
+    if affine is not None:
+        arrays["affine"] = np.asarray(affine, dtype=np.float64)
     with atomic_output(path) as (fd, _), os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
         for name, array in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(info, "w", force_zip64=True) as member:  # streamed, no copy
                 np.lib.format.write_array(member, np.asanyarray(array))
+
+
+def check_pairing(npz: Path, label_map: Path) -> str | None:
+    """Whether ``npz`` and ``label_map`` are one prediction's outputs: the spatial shape, the
+    geometry (affine) and the label map's identifier must match.
+
+    Returns:
+        None when they belong together, else what is wrong (for a ``Problem`` of ``npz``).
+    """
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            recorded = str(data["label_map_sha256"]) if "label_map_sha256" in data else None
+            affine = data.get("affine")
+    except (OSError, ValueError, KeyError) as exc:
+        return f"not a probability file of autoseg predict --save-probabilities ({exc})"
+    if recorded is None or affine is None:
+        return (
+            "names no label map (written by an older autoseg, or by hand): it cannot be told "
+            "whether it belongs to the label map beside it; predict again with "
+            "--save-probabilities"
+        )
+    try:
+        shape, _ = probability_header(npz)
+        labels, geometry = read_array(label_map)
+    except AutosegError as exc:
+        return str(exc)
+    if tuple(shape[1:]) != tuple(labels.shape):
+        return f"shape {tuple(shape[1:])} differs from {label_map.name}'s {tuple(labels.shape)}"
+    if not np.allclose(affine, np.asarray(geometry.affine), atol=1e-3, rtol=1e-4):
+        return f"its geometry (affine) differs from {label_map.name}'s"
+    if label_map_digest(labels) != recorded:
+        return (
+            f"{label_map.name} is not the label map predicted with these probabilities (another "
+            "prediction's, or rewritten without them); predict the case again with "
+            "--save-probabilities --overwrite"
+        )
+    return None

@@ -10,60 +10,119 @@ A preprocessed folder is usable for training only when it holds the marker
 next ``autoseg plan`` before anything else is written (and by any plan that finds the dataset's
 files changed). A plan that fails or is killed therefore leaves no folder that ``train``,
 ``benchmark`` or ``find-best`` accept.
+
+Those three also refuse a dataset whose raw files changed since the plan (``require_unchanged``):
+the marker keeps each source file's stamp (resolved path, size, mtime, content hash); path, size
+and mtime are compared every time, the content hash only where the mtime alone differs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.data.dataset import Case, DatasetSpec
-from autoseg.errors import AutosegError
+from autoseg.data.dataset import Case, DatasetSpec, load_dataset
+from autoseg.data.paths import DatasetDirs
+from autoseg.errors import AutosegError, DatasetError
 from autoseg.serial import InvalidJsonFile, dump_json, load_json
+
+log = logging.getLogger(__name__)
 
 MARKER = "preprocessing.complete"
 
 
-def file_key(path: Path) -> str:
-    """sha256 over a file's resolved path, size, mtime (ns) and content."""
+@dataclass(frozen=True)
+class FileStamp:
+    """What a source file was when it was preprocessed: its cheap parts and its content.
+
+    Attributes:
+        path: the resolved path (a symlink retargeted is another file).
+        size: bytes.
+        mtime_ns: modification time (ns).
+        sha256: the content's hash (read again only when size or mtime differ).
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def _read_file(path: Path) -> tuple[str, FileStamp]:
+    """``file_key`` and the ``FileStamp`` of one file, in one read."""
     real = os.path.realpath(path)
-    digest = hashlib.sha256()
+    digest, content = hashlib.sha256(), hashlib.sha256()
     with open(real, "rb") as fh:
         stat = os.fstat(fh.fileno())
         digest.update(f"{real}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+            content.update(chunk)
+    return digest.hexdigest(), FileStamp(real, stat.st_size, stat.st_mtime_ns, content.hexdigest())
+
+
+def file_key(path: Path) -> str:
+    """sha256 over a file's resolved path, size, mtime (ns) and content."""
+    return _read_file(path)[0]
+
+
+def _case_files(case: Case) -> list[Path]:
+    return [*case.images, *([case.label] if case.label is not None else [])]
+
+
+def _case_read(case: Case) -> tuple[str, tuple[FileStamp, ...]]:
+    keys, stamps = zip(*(_read_file(p) for p in _case_files(case)), strict=True)
+    text = json.dumps([case.case_id, list(keys)])
+    return hashlib.sha256(text.encode()).hexdigest(), tuple(stamps)
 
 
 def case_sources(case: Case) -> str:
     """One key for every file of a case (images in channel order, then the label)."""
-    files = [*case.images, *([case.label] if case.label is not None else [])]
-    text = json.dumps([case.case_id, [file_key(p) for p in files]])
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _case_read(case)[0]
 
 
-def dataset_sources(spec: DatasetSpec, workers: int = 1) -> dict[str, str]:
-    """case id -> ``case_sources`` for every case (hashed in ``workers`` threads).
+@dataclass(frozen=True)
+class DatasetSources:
+    """The sources of a dataset as ``autoseg plan`` read them.
+
+    Attributes:
+        keys: case id -> ``case_sources``.
+        files: case id -> the ``FileStamp`` of each of its files (images, then the label).
+        dataset_json: the stamp of dataset.json (None when not read).
+    """
+
+    keys: dict[str, str]
+    files: dict[str, tuple[FileStamp, ...]] = field(default_factory=dict)
+    dataset_json: FileStamp | None = None
+
+
+def dataset_sources(spec: DatasetSpec, workers: int = 1) -> DatasetSources:
+    """``case_sources`` and the file stamps of every case (hashed in ``workers`` threads).
 
     Raises:
         AutosegError: a file cannot be read (it names the file).
     """
 
-    def one(case: Case) -> str:
+    def one(case: Case) -> tuple[str, tuple[FileStamp, ...]]:
         try:
-            return case_sources(case)
+            return _case_read(case)
         except OSError as exc:
             raise AutosegError(f"{exc.filename or case.case_id}: cannot be read ({exc})") from exc
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        keys = list(pool.map(one, spec.cases))
-    return {c.case_id: k for c, k in zip(spec.cases, keys, strict=True)}
+        read = list(pool.map(one, spec.cases))
+    meta = spec.root / "dataset.json"
+    return DatasetSources(
+        keys={c.case_id: k for c, (k, _) in zip(spec.cases, read, strict=True)},
+        files={c.case_id: f for c, (_, f) in zip(spec.cases, read, strict=True)},
+        dataset_json=_read_file(meta)[1] if meta.is_file() else None,
+    )
 
 
 def case_key(sources: str, plans_key: str) -> str:
@@ -80,17 +139,23 @@ class PreprocessingDone:
         plans_key: the settings every case was made with.
         autoseg_version: the version that made them.
         cases: case id -> ``case_sources`` of the files it was made from.
+        files: case id -> the stamps of its files (``require_unchanged`` compares them).
+        dataset_json: the stamp of dataset.json.
     """
 
     plans_key: str
     autoseg_version: str
     cases: dict[str, str]
+    files: dict[str, tuple[FileStamp, ...]] = field(default_factory=dict)
+    dataset_json: FileStamp | None = None
 
 
-def write_marker(folder: Path, plans_key: str, sources: dict[str, str]) -> None:
+def write_marker(folder: Path, plans_key: str, sources: DatasetSources) -> None:
     """Mark ``folder`` complete (call after its last case is stored); an equal marker is kept
     as it is."""
-    done = PreprocessingDone(plans_key, __version__, dict(sources))
+    done = PreprocessingDone(
+        plans_key, __version__, dict(sources.keys), dict(sources.files), sources.dataset_json
+    )
     if read_marker(folder) != done:
         dump_json(done, Path(folder) / MARKER)
 
@@ -108,7 +173,7 @@ def read_marker(folder: Path) -> PreprocessingDone | None:
         return None
 
 
-def invalidate_markers(work: Path, writing: dict[Path, str], sources: dict[str, str]) -> None:
+def invalidate_markers(work: Path, writing: dict[Path, str], sources: DatasetSources) -> None:
     """Before a plan writes anything: remove every marker that no longer tells the truth.
 
     Args:
@@ -121,7 +186,7 @@ def invalidate_markers(work: Path, writing: dict[Path, str], sources: dict[str, 
         marker = read_marker(folder)
         fresh = (
             marker is not None
-            and marker.cases == sources
+            and marker.cases == sources.keys
             and marker.autoseg_version == __version__
             and writing.get(folder, marker.plans_key) == marker.plans_key
         )
@@ -171,3 +236,91 @@ def require_planned(work: Path, dataset: str) -> None:
                 f"{folder}: the preprocessed data is incomplete (the last `autoseg plan` failed, "
                 f"was stopped or found the dataset changed); run `autoseg plan {dataset}` again"
             )
+
+
+def _file_state(stamp: FileStamp, path: Path) -> str:
+    """``same``, ``touched`` (new mtime, same content) or ``changed``: the cheap parts (resolved
+    path, size, mtime) first; the content hash decides when the mtime differs."""
+    real = os.path.realpath(path)
+    try:
+        stat = os.stat(real)
+    except OSError:
+        return "changed"
+    if real != stamp.path or stat.st_size != stamp.size:
+        return "changed"
+    if stat.st_mtime_ns == stamp.mtime_ns:
+        return "same"
+    try:
+        same = _read_file(Path(real))[1].sha256 == stamp.sha256
+    except OSError:
+        return "changed"
+    return "touched" if same else "changed"
+
+
+def require_unchanged(dirs: DatasetDirs) -> None:
+    """Refuse a dataset whose files changed since ``autoseg plan`` preprocessed them.
+
+    Compares every case's stored file stamps (``PreprocessingDone.files``) with the raw files:
+    resolved path, size and mtime always, the content hash where only the mtime differs (a file
+    touched but identical passes). Images, labels and dataset.json; cases added or removed.
+    Without the raw folder (training from a copied home) nothing can be compared: a warning.
+
+    Raises:
+        AutosegError: ``dataset changed since plan: run autoseg plan``, naming the changed
+            files and the cases added or removed.
+    """
+    root = dirs.work / "preprocessed"
+    markers = [read_marker(f) for f in sorted(root.iterdir())] if root.is_dir() else []
+    markers = [m for m in markers if m is not None]
+    if not markers:
+        return  # complete_cases / require_planned say what is missing
+    if dirs.raw is None or not dirs.raw.is_dir():
+        log.warning(
+            "the raw data of %s is not found: cannot check it is unchanged since plan", dirs.name
+        )
+        return
+    again = f"dataset changed since plan: run `autoseg plan {dirs.name}`"
+    try:
+        spec = load_dataset(dirs.raw)
+    except DatasetError as exc:
+        raise AutosegError(f"{dirs.raw}: {again} ({exc})") from exc
+    now = {c.case_id: c for c in spec.cases}
+    changed: list[str] = []
+    touched = 0
+    for marker in {json.dumps(m.cases, sort_keys=True): m for m in markers}.values():
+        pairs = [(marker.dataset_json, spec.root / "dataset.json")] if marker.dataset_json else []
+        for case_id, stamps in sorted(marker.files.items()):
+            if case_id in now:
+                files = _case_files(now[case_id])
+                if len(files) != len(stamps):  # another channel count, a label added
+                    changed.append(case_id)
+                pairs += list(zip(stamps, files, strict=False))
+        for stamp, path in pairs:
+            state = _file_state(stamp, path)
+            touched += state == "touched"
+            if state == "changed":
+                changed.append(os.path.relpath(path, spec.root))
+        if not marker.files:  # written before file stamps: the whole keys decide
+            stored = marker.cases
+            fresh = dataset_sources(spec).keys if set(now) == set(stored) else {}
+            changed += [c for c in sorted(stored) if c in fresh and fresh[c] != stored[c]]
+        added = sorted(set(now) - set(marker.cases))
+        removed = sorted(set(marker.cases) - set(now))
+        parts = [
+            f"{what}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}"
+            for what, names in (
+                ("changed", sorted(set(changed))),
+                ("added", added),
+                ("removed", removed),
+            )
+            if names
+        ]
+        if parts:
+            raise AutosegError(f"{dirs.raw}: {again} ({'; '.join(parts)})")
+    if touched:
+        log.info(
+            "%d file(s) of %s have a new time but the same content; `autoseg plan` records "
+            "their times (sparing this hashing)",
+            touched,
+            dirs.name,
+        )

@@ -386,7 +386,7 @@ def run_preprocessing(
     config_names: Iterable[str],
     home_dataset_dir: Path,
     workers: int,
-    sources: dict[str, str] | None = None,
+    sources: cache.DatasetSources | None = None,
     storage: str = "npy",
 ) -> None:
     """Preprocess every case of ``spec`` for each distinct data identifier of ``config_names``.
@@ -433,7 +433,7 @@ def run_preprocessing(
         if _remove_other_cases(folder, {c.case_id for c in spec.cases}):
             cache.remove_marker(folder)
         key = plans_key(config)
-        keys = {c.case_id: cache.case_key(sources[c.case_id], key) for c in spec.cases}
+        keys = {c.case_id: cache.case_key(sources.keys[c.case_id], key) for c in spec.cases}
         todo = [c for c in spec.cases if not _is_done(folder, c, key, keys[c.case_id], storage)]
         todo.sort(key=_case_size, reverse=True)  # big cases first balances the workers
         reused = len(spec.cases) - len(todo)
@@ -448,7 +448,7 @@ def run_preprocessing(
                     problems.append(Problem(f"case {case.case_id}", str(error)))
                 progress.advance(task)
         if len(problems) == failed:  # every case of the folder is stored: mark it, last
-            cache.write_marker(folder, key, {c.case_id: sources[c.case_id] for c in spec.cases})
+            cache.write_marker(folder, key, sources)
         took = time.perf_counter() - start
         logger.info("%s: %d case(s) done, %d reused, %.1f s", folder, len(todo), reused, took)
     if problems:

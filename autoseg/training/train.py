@@ -39,6 +39,7 @@ from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkp
 from autoseg.data.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Configuration, Plans
+from autoseg.data.recipe import check_new_fold, check_resume, recipe_digest, refuse_resume_elsewhere
 from autoseg.data.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
 from autoseg.device import autocast, cpu_count, resolve_device
 from autoseg.errors import AutosegError
@@ -46,7 +47,7 @@ from autoseg.evaluation.validation import validate_fold
 from autoseg.inference.cascade import input_channels, prepare_previous_stage
 from autoseg.networks.compiled import compile_with_fallback, use_compile
 from autoseg.planning.transfer import load_pretrained, pretrained_checkpoint
-from autoseg.preprocessing.cache import complete_cases
+from autoseg.preprocessing.cache import complete_cases, require_unchanged
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import remove_temp_files, to_dict
@@ -98,6 +99,8 @@ class TrainSettings:
             first step fails (``autoseg.networks.compiled``); None = on CUDA only.
         patience: stop early when the smoothed (EMA) validation pseudo-Dice has not improved
             for this many epochs, saving the final checkpoint as usual; None = never.
+        replace: when the model folder holds folds trained with other plans, move it aside
+            (``autoseg.data.recipe.check_new_fold``) instead of refusing.
     """
 
     epochs: int = 1000
@@ -119,6 +122,7 @@ class TrainSettings:
     tracking_uri: str | None = None
     compile: bool | None = None
     patience: int | None = None
+    replace: bool = False
 
 
 def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
@@ -161,10 +165,13 @@ def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, 
 
     Raises:
         AutosegError: the folder is not completely preprocessed with the configuration's
-            settings (never planned, or the last plan failed or was stopped).
+            settings (never planned, or the last plan failed or was stopped), or the dataset's
+            files changed since (``cache.require_unchanged``).
     """
     folder = preprocessed_folder(dirs.work, config)
-    return folder, complete_cases(folder, plans_key(config), dirs.name)
+    cases = complete_cases(folder, plans_key(config), dirs.name)
+    require_unchanged(dirs)
+    return folder, cases
 
 
 def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:
@@ -239,6 +246,11 @@ class _Trainer(StoppingMixin):
                 )
             self.augmentation = "cpu"
         self.tracker = None
+        if settings.replace and settings.resume:
+            raise AutosegError("--replace and --resume: a replaced run cannot be resumed")
+        # last of the checks: one recipe per model folder (--replace moves the old one aside)
+        if self.dist.main or not settings.replace:
+            check_new_fold(self.model, plans, config_name, fold, settings.replace)
 
     # ----------------------------------------------------------------- setup
     def _build(self) -> None:
@@ -288,6 +300,7 @@ class _Trainer(StoppingMixin):
             autoseg_version=__version__,
             iteration=iteration,
             iteration_losses=tuple(losses),
+            recipe=recipe_digest(self.plans, self.config.name),
         )
 
     def _save(self, checkpoint: str, epoch: int, iteration: int = 0, losses=()) -> None:
@@ -324,11 +337,27 @@ class _Trainer(StoppingMixin):
             return
         source = latest if latest.exists() else final if final.exists() else None
         if source is None:
+            refuse_resume_elsewhere(self.model, self.fold)  # --planner other than the run's
             log.info("nothing to resume in %s: starting at epoch 0", self.fold_dir)
             return
         ckpt = load_checkpoint(source, map_location=self.device)
         if ckpt.meta.configuration != self.config.name:
             raise AutosegError(f"{source}: checkpoint of another configuration")
+        check_resume(source, ckpt.meta, to_dict(self.settings), ckpt.meta.epoch + 1)
+        recorded_epochs = ckpt.meta.settings.get("epochs")
+        if isinstance(recorded_epochs, int) and recorded_epochs < self.settings.epochs:
+            lr = poly_lr(
+                self.settings.optimizer.initial_lr, ckpt.meta.epoch + 1, self.settings.epochs
+            )
+            log.warning(
+                "extending the run from %d to %d epochs: the poly learning rate is recomputed "
+                "over %d epochs (epoch %d gets %.2e)",
+                recorded_epochs,
+                self.settings.epochs,
+                self.settings.epochs,
+                ckpt.meta.epoch + 1,
+                lr,
+            )
         self.step.network.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is not None:
             self.step.optimizer.load_state_dict(ckpt.optimizer_state)

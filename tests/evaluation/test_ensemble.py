@@ -8,18 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.data.io import read_array, write_label
 from autoseg.data.model_folder import ModelFolder
-from autoseg.data.plans import Plans
+from autoseg.data.plans import Configuration, Normalization, Plans
 from autoseg.evaluation.evaluate import evaluate_arrays
+from autoseg.inference.probability_files import save_probabilities
+from autoseg.serial import to_dict
 from tests.inference.test_exchange import make_model
 from tests.reliability_helpers import assert_clean_failure, cli, save_nifti, tiny_dataset
 
 LABELS = {0: "background", 1: "blob"}
 
 
-def _npz(path: Path, probs: np.ndarray) -> None:
-    np.savez_compressed(path, probabilities=probs.astype(np.float16), labels=np.array([0, 1]))
+def _npz(path: Path, probs: np.ndarray, label_map: Path | None = None) -> None:
+    """``CASE.npz`` as predict writes it: with ``label_map``, it names that label map."""
+    labels, geometry = read_array(label_map) if label_map is not None else (None, None)
+    affine = np.asarray(geometry.affine) if geometry is not None else None
+    save_probabilities(probs, np.array([0, 1]), path, label_map=labels, affine=affine)
 
 
 def _two_class(fg: np.ndarray) -> np.ndarray:
@@ -47,9 +53,9 @@ def test_ensemble_averages_probabilities(tmp_path: Path) -> None:
         _, pa, pb = _scene(rng)
         for folder, probs in (("A", pa), ("B", pb)):
             (tmp_path / folder).mkdir(exist_ok=True)
-            _npz(tmp_path / folder / f"{case}.npz", probs)
             labels = probs.argmax(0).astype(np.uint8)
             write_label(labels, geometry, tmp_path / folder / f"{case}.nii.gz")
+            _npz(tmp_path / folder / f"{case}.npz", probs, tmp_path / folder / f"{case}.nii.gz")
         mean = (pa.astype(np.float16).astype(np.float32) + pb.astype(np.float16)) / 2
         expected[case] = mean.argmax(0)
     result = cli("ensemble", "-i", tmp_path / "A", "-i", tmp_path / "B", "-o", tmp_path / "E")
@@ -99,7 +105,11 @@ def _fake_cv_model(home: Path, dataset: str, config: str, probs_of: dict, refs: 
     """A model folder whose 5 folds are validated, each with saved probabilities."""
     folder = ModelFolder(home / dataset / "models" / "default" / config)
     folder.path.mkdir(parents=True)
-    Plans(dataset, "default", 8.0, 8, ("MRI",), LABELS).to_json(folder.plans)
+    tiny = Configuration(
+        config, (1.0,) * 3, (8,) * 3, 2, ((1,) * 3,), ((3,) * 3,), (4,), (Normalization("zscore"),)
+    )
+    plans = Plans(dataset, "default", 8.0, 8, ("MRI",), LABELS, {config: tiny})
+    plans.to_json(folder.plans)
     cases = sorted(probs_of)
     for k in range(5):
         fold = str(k)
@@ -116,7 +126,9 @@ def _fake_cv_model(home: Path, dataset: str, config: str, probs_of: dict, refs: 
             write_label(pred, geometry, val / f"{case}.nii.gz")
             pairs.append((case, pred, refs[case], geometry.spacing))
         evaluate_arrays(pairs, LABELS).to_json(folder.summary(fold))
-        folder.checkpoint(fold).write_bytes(b"")  # only its presence matters to find-best
+        # find-best reads only the metadata: the plans the fold was trained with
+        meta = CheckpointMeta(config, fold, 0, len(LABELS), 1, to_dict(plans))
+        save_checkpoint(folder.checkpoint(fold), {}, None, meta)
         folder.validation_done(fold).write_text("ok\n")
 
 
@@ -156,8 +168,8 @@ def test_find_best_keeps_the_single_configuration_when_the_pair_is_not_better(
 def test_ensemble_refuses_foreign_probability_files(tmp_path: Path, bad: str) -> None:
     for folder in ("A", "B"):
         (tmp_path / folder).mkdir()
-        save_nifti(np.zeros((4, 4, 4), dtype=np.uint8), tmp_path / folder / "c.nii.gz")
-        _npz(tmp_path / folder / "c.npz", _two_class(np.zeros((4, 4, 4))))
+        label_map = save_nifti(np.zeros((4, 4, 4), dtype=np.uint8), tmp_path / folder / "c.nii.gz")
+        _npz(tmp_path / folder / "c.npz", _two_class(np.zeros((4, 4, 4))), label_map)
     evil = tmp_path / "B" / "c.npz"
     if bad == "not a zip":
         evil.write_bytes(b"garbage")
