@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 __all__ = [
     "CPU_VOXELS_PER_FORWARD",
+    "TileProgress",
     "default_tile_batch",
     "gaussian_importance_map",
     "inference_tile_size",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+#: ``progress(tiles_done, tiles_total)``, called after every forward pass of a sliding window
+TileProgress = Callable[[int, int], None]
 
 # On the CPU one forward pass of several inputs costs less than several passes of fewer (the
 # 3d_fullres Hippocampus network: the 8 mirrorings of a 36x52x36 tile in one pass took 0.84x the
@@ -188,6 +191,7 @@ def _accumulate_tiles(
     flips: Sequence[tuple[int, ...]],
     tile_batch: int,
     importance: torch.Tensor,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Weighted average of the network's logits over tiles of ``image``.
 
@@ -200,6 +204,7 @@ def _accumulate_tiles(
         flips: tuples of tile axes (0-based, spatial) to flip; the logits are averaged over them.
         tile_batch: network inputs per forward pass (mirrored copies count).
         importance: float32 ``tile_shape`` weights on the image's device.
+        progress: called with (tiles whose every flip is done, tiles) after each forward pass.
 
     Returns:
         float32 ``(K, *S)`` logits on the image's device.
@@ -233,6 +238,8 @@ def _accumulate_tiles(
             logits[(slice(None), *window)] += tile_logits * share
             if not flip:
                 weight[window] += importance
+        if progress is not None:
+            progress((first + len(chunk)) // len(flips), len(corners))
     return logits.div_(weight)  # in place: no second (K, *S) array
 
 
@@ -246,6 +253,7 @@ def sliding_window_logits(
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
     use_gaussian: bool = True,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Logits of ``network`` over a whole image by overlapping, Gaussian-weighted tiles.
 
@@ -261,6 +269,8 @@ def sliding_window_logits(
             logits are averaged over all 2**len(mirror_axes) flip combinations.
         tile_batch: network inputs per forward pass (tiles times mirrored copies).
         use_gaussian: weight tiles by ``gaussian_importance_map``; False weights them equally.
+        progress: called with ``(tiles done, tiles)`` after every forward pass (a tile is done
+            when all its mirrorings are).
 
     Returns:
         float32 ``(K, *S)`` logits on ``image.device``. An image smaller than the patch is padded
@@ -284,6 +294,7 @@ def sliding_window_logits(
             mirror_combinations(mirror_axes),
             tile_batch,
             importance,
+            progress,
         )
     return logits[(slice(None), *crop)]
 
@@ -298,6 +309,7 @@ def sliding_window_logits_slices(
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
     use_gaussian: bool = True,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Logits of a 2D network over every Z-slice of a volume.
 
@@ -314,6 +326,7 @@ def sliding_window_logits_slices(
         mirror_axes: in-plane axes to mirror: 0 = Y, 1 = X.
         tile_batch: network inputs per forward pass.
         use_gaussian: weight tiles by the 2D Gaussian importance map.
+        progress: called with ``(tiles done, tiles)`` (over every slice) after each pass.
 
     Returns:
         float32 ``(K, Z, Y, X)`` logits on ``volume.device``; identical (up to rounding) to
@@ -341,7 +354,15 @@ def sliding_window_logits_slices(
     flips = [tuple(a + 1 for a in flip) for flip in mirror_combinations(mirror_axes)]
     with torch.inference_mode():
         logits = _accumulate_tiles(
-            slice_network, padded, corners, tile_shape, num_classes, flips, tile_batch, importance
+            slice_network,
+            padded,
+            corners,
+            tile_shape,
+            num_classes,
+            flips,
+            tile_batch,
+            importance,
+            progress,
         )
     return logits[(slice(None), *crop)]
 

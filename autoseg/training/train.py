@@ -40,7 +40,7 @@ from autoseg.data.model_folder import CHECKPOINTS, ModelFolder
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Configuration, Plans
 from autoseg.data.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
-from autoseg.device import autocast, cpu_count, resolve_device
+from autoseg.device import autocast, cpu_count, resolve_device, use_cpu_share
 from autoseg.errors import AutosegError
 from autoseg.evaluation.validation import validate_fold
 from autoseg.inference.cascade import input_channels, prepare_previous_stage
@@ -50,7 +50,7 @@ from autoseg.preprocessing.cache import complete_cases
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import to_dict
-from autoseg.terminal import progress_bar
+from autoseg.terminal import Heartbeat
 from autoseg.training.augment.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.training.loader import BatchLoader
 from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs_weights
@@ -402,23 +402,26 @@ class _Trainer:
     def _epochs(self) -> None:
         s = self.settings
         last_save = time.monotonic()
-        with progress_bar(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
+        with Heartbeat(
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
+            title="train",
             enabled=self.dist.main,
-            transient=False,
         ) as bar:
-            task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
+            task = bar.add_task("epoch", total=s.iterations, unit="it", info="")
             for epoch in range(self.start_epoch, s.epochs):
                 t0 = time.perf_counter()
                 lr = poly_lr(s.optimizer.initial_lr, epoch, s.epochs)
                 self.step.set_lr(lr)
-                bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}", info="")
+                name = f"epoch {epoch + 1}/{s.epochs}"
+                self._share_cpu()
+                bar.reset(task, total=s.iterations, description=f"{name} train", info="")
                 losses = self._train_epoch(epoch, lambda: bar.advance(task))
-                val_loss, dice = self._validate_epoch()
+                bar.reset(task, total=s.val_iterations, description=f"{name} validation")
+                val_loss, dice = self._validate_epoch(lambda: bar.advance(task))
                 seconds = time.perf_counter() - t0
                 best = self.history.add(float(np.mean(losses)), val_loss, dice, lr, seconds)
                 info = (
@@ -429,6 +432,15 @@ class _Trainer:
                 log.info("epoch %d: %s lr %.5f", epoch, info, lr)
                 if self._checkpoint_epoch(epoch, best, time.monotonic() - last_save > 300):
                     last_save = time.monotonic()
+
+    def _share_cpu(self) -> None:
+        """On the CPU, torch threads = the CPUs other work leaves free now (autoseg.device)."""
+        if self.device.type != "cpu":
+            return
+        before = torch.get_num_threads()
+        threads = use_cpu_share()
+        if threads != before:
+            log.info("CPU threads: %d of %d (other work holds the rest)", threads, cpu_count())
 
     def _train_epoch(self, epoch: int, advance) -> list[float]:
         """``iterations`` training steps on augmented batches seeded by ``(seed, epoch)``."""
@@ -448,7 +460,7 @@ class _Trainer:
                 advance()
         return losses
 
-    def _validate_epoch(self) -> tuple[float, list[float]]:
+    def _validate_epoch(self, advance) -> tuple[float, list[float]]:
         """Mean validation loss and the pseudo-Dice per foreground label (all ranks pooled)."""
         s = self.settings
         self.step.model.eval()
@@ -459,6 +471,7 @@ class _Trainer:
                 loss, c = self.step.val_batch(next(loader))
                 val_losses.append(loss)
                 counts += c
+                advance()
         tp, fp, fn = self._reduce(counts)
         dice = [float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn, strict=True)]
         return float(np.mean(val_losses)), dice
