@@ -35,6 +35,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _PROC_STAT = Path("/proc/stat")
+_PROC_SELF_TASKS = Path("/proc/self/task")
 
 
 def _cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> float | None:
@@ -85,11 +86,26 @@ def configure_cpu_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _others_running(stat: Path | None = None, samples: int = 5, pause: float = 0.005) -> float:
+def _own_running(tasks: Path) -> int:
+    """Threads of this process that are running or runnable now (this one included)."""
+    running = 0
+    for stat in tasks.glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # a thread that has just ended
+            continue
+        running += text[text.rfind(")") + 2 : text.rfind(")") + 3] == "R"
+    return max(1, running)
+
+
+def _others_running(
+    stat: Path | None = None, tasks: Path | None = None, samples: int = 5, pause: float = 0.005
+) -> float:
     """Runnable tasks of other processes on this process's CPUs, now (median of ``samples``).
 
-    ``procs_running`` of /proc/stat counts the whole machine's runnable tasks, the reader
-    included (minus 1); it is scaled to the share of the machine's CPUs this process may use.
+    ``procs_running`` of /proc/stat counts the whole machine's runnable tasks; this process's
+    own running threads (/proc/self/task: the reader, a thread reading the next case) are not
+    others. The count is scaled to the share of the machine's CPUs this process may use.
     """
     counts = []
     for i in range(samples):
@@ -99,7 +115,8 @@ def _others_running(stat: Path | None = None, samples: int = 5, pause: float = 0
             return 0.0
         for line in text.splitlines():
             if line.startswith("procs_running "):
-                counts.append(max(0, int(line.split()[1]) - 1))
+                own = _own_running(tasks or _PROC_SELF_TASKS)
+                counts.append(max(0, int(line.split()[1]) - own))
         if i + 1 < samples:
             time.sleep(pause)
     if not counts:

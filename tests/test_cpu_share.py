@@ -28,15 +28,32 @@ def _stat(tmp_path: Path, running: int) -> Path:
     return path
 
 
-def test_other_running_tasks_are_counted_without_the_reader(monkeypatch, tmp_path) -> None:
+def _tasks(tmp_path: Path, states: str) -> Path:
+    """A fake /proc/self/task: one thread per letter of ``states`` (R running, S sleeping)."""
+    root = tmp_path / "task"
+    for i, state in enumerate(states):
+        (root / str(100 + i)).mkdir(parents=True)
+        (root / str(100 + i) / "stat").write_text(f"{100 + i} (py (x) 1) {state} 1 2 3 4\n")
+    return root
+
+
+def test_other_running_tasks_are_counted_without_our_own(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(device, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    assert device._others_running(_stat(tmp_path, 3), pause=0) == 2  # 2 others + this reader
-    assert device._others_running(_stat(tmp_path, 1), pause=0) == 0
+    alone, reading = _tasks(tmp_path / "a", "RSSS"), _tasks(tmp_path / "b", "RRSS")
+    others = device._others_running
+    assert others(_stat(tmp_path, 3), alone, pause=0) == 2  # 2 others + this reader
+    assert others(_stat(tmp_path, 1), alone, pause=0) == 0
+    assert others(_stat(tmp_path, 2), reading, pause=0) == 0  # our thread reading a case
+    assert others(_stat(tmp_path, 4), reading, pause=0) == 2
     # a process allowed 2 of the machine's 8 CPUs sees a quarter of the machine's load
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert device._others_running(_stat(tmp_path, 9), pause=0) == 2
-    assert device._others_running(tmp_path / "missing", pause=0) == 0
+    assert others(_stat(tmp_path, 9), alone, pause=0) == 2
+    assert others(tmp_path / "missing", alone, pause=0) == 0
+
+
+def test_this_process_counts_itself_running(tmp_path) -> None:
+    assert device._own_running(Path("/proc/self/task")) >= 1
 
 
 def test_a_busy_machine_gets_one_thread_and_a_free_one_all(monkeypatch, tmp_path) -> None:
