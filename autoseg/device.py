@@ -128,10 +128,11 @@ def cpu_share_threads(others: float | None = None) -> int:
     """Torch threads for this process's share of the CPUs: ``cpu_count()`` less the tasks of
     other processes that are running now, at least 1.
 
-    Every extra thread on an oversubscribed CPU slows the others down: oneDNN's kernels wait
-    for their partners at spinning barriers, so a team of 2 threads on 2 busy cores took 4 to 6
-    times the CPU time per training step of one thread (docs/benchmarks.md). Read again at
-    every epoch and case, so that a machine that frees up is used again.
+    Every extra thread on an oversubscribed CPU slows the others down: the threads of one
+    kernel wait for partners the scheduler took off the CPU, so a team of 2 threads on 2 busy
+    cores took 5 (passive wait) to 17 times the CPU time per training step of one thread
+    (docs/benchmarks.md). Read again at every epoch and case, so that a machine that frees up
+    is used again.
 
     Args:
         others: runnable tasks of other processes (None: counted now from /proc/stat).
