@@ -8,8 +8,11 @@ worker counts of plan and evaluate). torch is imported inside the functions that
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
+import statistics
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,9 +22,20 @@ from autoseg.errors import AutosegError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["autocast", "cpu_count", "cpu_has_bf16", "resolve_device"]
+__all__ = [
+    "autocast",
+    "configure_cpu_threads",
+    "cpu_count",
+    "cpu_has_bf16",
+    "cpu_share_threads",
+    "resolve_device",
+    "use_cpu_share",
+]
 
+logger = logging.getLogger(__name__)
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PROC_STAT = Path("/proc/stat")
+_PROC_SELF_TASKS = Path("/proc/self/task")
 
 
 def _cgroup_cpu_limit(root: Path = _CGROUP_ROOT) -> float | None:
@@ -59,6 +73,85 @@ def cpu_count() -> int:
     if limit is not None:
         count = min(count, math.ceil(limit))
     return max(1, count)
+
+
+def configure_cpu_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning; call before torch is imported.
+
+    libgomp (torch's OpenMP) reads ``OMP_WAIT_POLICY`` once, when it loads: by default a thread
+    that waits at a barrier spins for some 300k iterations first, which on a machine shared with
+    other work burns the time slice its partner needs (docs/benchmarks.md, "Progress and CPU
+    sharing"). The CLI calls this first thing; a value the user set is kept.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _own_running(tasks: Path) -> int:
+    """Threads of this process that are running or runnable now (this one included)."""
+    running = 0
+    for stat in tasks.glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # a thread that has just ended
+            continue
+        running += text[text.rfind(")") + 2 : text.rfind(")") + 3] == "R"
+    return max(1, running)
+
+
+def _others_running(
+    stat: Path | None = None, tasks: Path | None = None, samples: int = 5, pause: float = 0.005
+) -> float:
+    """Runnable tasks of other processes on this process's CPUs, now (median of ``samples``).
+
+    ``procs_running`` of /proc/stat counts the whole machine's runnable tasks; this process's
+    own running threads (/proc/self/task: the reader, a thread reading the next case) are not
+    others. The count is scaled to the share of the machine's CPUs this process may use.
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            text = (stat or _PROC_STAT).read_text()
+        except OSError:
+            return 0.0
+        for line in text.splitlines():
+            if line.startswith("procs_running "):
+                own = _own_running(tasks or _PROC_SELF_TASKS)
+                counts.append(max(0, int(line.split()[1]) - own))
+        if i + 1 < samples:
+            time.sleep(pause)
+    if not counts:
+        return 0.0
+    return statistics.median(counts) * cpu_count() / (os.cpu_count() or cpu_count())
+
+
+def cpu_share_threads(others: float | None = None) -> int:
+    """Torch threads for this process's share of the CPUs: ``cpu_count()`` less the tasks of
+    other processes that are running now, at least 1.
+
+    Every extra thread on an oversubscribed CPU slows the others down: the threads of one
+    kernel wait for partners the scheduler took off the CPU, so a team of 2 threads on 2 busy
+    cores took 5 (passive wait) to 17 times the CPU time per training step of one thread
+    (docs/benchmarks.md). Read again at every epoch and case, so that a machine that frees up
+    is used again.
+
+    Args:
+        others: runnable tasks of other processes (None: counted now from /proc/stat).
+    """
+    if others is None:
+        others = _others_running()
+    count = cpu_count()
+    return max(1, min(count, count - math.floor(others + 0.5)))
+
+
+def use_cpu_share() -> int:
+    """Set torch's CPU threads to ``cpu_share_threads()`` and return the number."""
+    import torch  # heavy: not at module import (see the module docstring)
+
+    threads = cpu_share_threads()
+    if threads != torch.get_num_threads():
+        logger.debug("CPU threads: %d of %d (other work holds the rest)", threads, cpu_count())
+        torch.set_num_threads(threads)
+    return threads
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -115,8 +208,9 @@ def autocast(device: torch.device, cpu_bf16: bool = False) -> contextlib.Abstrac
 def inference_settings(device: torch.device) -> Iterator[None]:
     """Process-wide torch settings for a prediction, restored afterwards.
 
-    On the CPU torch uses ``cpu_count()`` threads (the cgroup quota, not every core of the
-    host); on CUDA cuDNN benchmarks its kernels (one patch size: the fastest ones pay off).
+    On the CPU torch uses ``cpu_share_threads()`` (the cgroup quota, not every core of the
+    host, less the cores other work holds now); on CUDA cuDNN benchmarks its kernels (one
+    patch size: the fastest ones pay off).
     Nothing outlives the ``with``: building or holding a predictor changes no global state.
     """
     import torch  # heavy: not at module import (see the module docstring)
@@ -124,7 +218,7 @@ def inference_settings(device: torch.device) -> Iterator[None]:
     threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     try:
         if device.type == "cpu":
-            torch.set_num_threads(cpu_count())
+            use_cpu_share()
         else:
             torch.backends.cudnn.benchmark = True
         yield

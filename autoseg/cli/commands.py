@@ -21,7 +21,7 @@ from autoseg import __version__
 from autoseg.cli.habits import HabitGroup
 from autoseg.cli.init import register_init_command
 from autoseg.cli.models import register_model_commands
-from autoseg.cli.options import MAX_SEED, CompileOpt, DeviceOpt, HomeOpt, PlansOpt
+from autoseg.cli.options import MAX_SEED, CompileOpt, DeviceOpt, HomeOpt, PlansOpt, heading
 from autoseg.cli.options import console as _console
 from autoseg.cli.options import cpu_workers as _workers
 from autoseg.cli.options import err as _err
@@ -97,23 +97,53 @@ def _main(
         bool,
         typer.Option("--quiet", "-q", help="Only warnings and the final summary; no bars."),
     ] = False,
+    progress_interval: Annotated[
+        float,
+        typer.Option(
+            "--progress-interval",
+            min=0,
+            envvar="AUTOSEG_PROGRESS_INTERVAL",
+            help="Seconds between progress lines in a log (stderr that is not a terminal, "
+            "training.log).",
+        ),
+    ] = 30.0,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     _state["debug"] = debug
-    from rich.logging import RichHandler
+    from autoseg.device import configure_cpu_threads
+    from autoseg.terminal import set_progress, set_progress_interval  # only once a command runs
 
-    from autoseg.terminal import set_progress  # rich.progress: only once a command runs
+    configure_cpu_threads()  # before any command imports torch (OpenMP reads it once)
 
     level = logging.DEBUG if debug or verbose else logging.WARNING if quiet else logging.INFO
-    handler = RichHandler(show_path=False, show_time=False, console=_console(stderr=True))
+    set_progress(not quiet)
+    set_progress_interval(progress_interval)
+    handler = _log_handler()
     handler.setLevel(level)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     # the package logger stays at INFO at least: training.log records INFO whatever the console
     logging.getLogger("autoseg").setLevel(min(level, logging.INFO))
-    set_progress(not quiet)
+
+
+def _log_handler() -> logging.Handler:
+    """The console's log handler: rich on a terminal (progress lines hidden where bars show
+    them), else plain ``LEVEL message`` lines, never wrapped, for a log file or a pipe."""
+    from autoseg.terminal import HideProgressLines, bars_shown
+
+    console = _console(stderr=True)
+    if not console.is_terminal:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        return handler
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, show_time=False, console=console)
+    if bars_shown():
+        handler.addFilter(HideProgressLines())
+    return handler
 
 
 register_init_command(app, user_errors)  # init (autoseg.cli.init): first in --help
@@ -336,7 +366,7 @@ def demo(
         workers=_workers(workers),
         console=console,
     )
-    console.rule("[bold]done")
+    heading(console, "done")
     dice = ", ".join(f"{k} {v:.3f}" for k, v in result.mean_dice.items())
     console.print(f"mean Dice on the 6 held-out cases: {dice}")
     console.print(f"predictions: {result.predictions}")

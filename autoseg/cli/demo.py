@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.cli.options import heading
 from autoseg.data.io import read_array
 from autoseg.data.model_folder import ModelFolder
 from autoseg.data.paths import resolve_dataset
@@ -124,7 +125,7 @@ def run_demo(
     config = settings.configuration
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    console.rule("[bold]1/4 plan: check, fingerprint, plan, preprocess")
+    heading(console, "1/4 plan: check, fingerprint, plan, preprocess")
     summary = plan_dataset(
         str(source), home=home, planner="default", gpu_memory_gb=8.0, workers=workers
     )
@@ -133,9 +134,10 @@ def run_demo(
 
     t0 = time.perf_counter()
     n_train = len(list((source / "imagesTr").glob("*.nii.gz")))
-    console.rule(
-        f"[bold]2/4 train {config} on all {n_train} cases: "
-        f"{settings.epochs} epochs x {settings.iterations}"
+    heading(
+        console,
+        f"2/4 train {config} on all {n_train} cases: "
+        f"{settings.epochs} epochs x {settings.iterations}",
     )
     dirs = resolve_dataset(str(source), home)
     train_settings = TrainSettings(
@@ -158,7 +160,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     tta = "mirroring TTA" if settings.tta else "no TTA"
-    console.rule(f"[bold]3/4 predict the held-out cases (sliding window, {tta})")
+    heading(console, f"3/4 predict the held-out cases (sliding window, {tta})")
     predictions = dirs.work / "demo_predictions"
     predictor = Predictor.from_folder(
         model.path, folds=["all"], device=device, tta=settings.tta, tile_batch=settings.tile_batch
@@ -171,7 +173,7 @@ def run_demo(
     seconds["predict"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    console.rule("[bold]4/4 evaluate against the reference labels")
+    heading(console, "4/4 evaluate against the reference labels")
     evaluation = evaluate_folders(predictions, source / "labelsTs", labels=summary.plans.labels)
     evaluation_json = dirs.work / "demo_evaluation.json"
     evaluation.to_json(evaluation_json)

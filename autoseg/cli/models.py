@@ -14,13 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
+from autoseg.cli.options import console as _console
+
 __all__ = ["register_model_commands"]
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
 
 
 def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> None:

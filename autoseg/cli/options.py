@@ -21,6 +21,7 @@ __all__ = [
     "console",
     "cpu_workers",
     "err",
+    "heading",
     "number_in",
 ]
 
@@ -73,11 +74,30 @@ def number_in(
     return check
 
 
+#: the width of tables and rules written to a file or a pipe (a terminal uses its own width)
+LOG_WIDTH = 1000
+
+
 def console(stderr: bool = False):
-    """A rich console without highlighting, soft-wrapped (paths stay whole)."""
+    """A rich console without highlighting, soft-wrapped (paths stay whole).
+
+    Off a terminal (a log file, a pipe) it is ``LOG_WIDTH`` columns wide instead of rich's 80,
+    so a table keeps its own width and no row is cut or wrapped.
+    """
     from rich.console import Console  # lazily: rich is only needed once a command runs
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    out = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not out.is_terminal:
+        out.width = LOG_WIDTH
+    return out
+
+
+def heading(out, title: str) -> None:
+    """A section heading: a rule across a terminal, one ``== title ==`` line in a log."""
+    if out.is_terminal:
+        out.rule(f"[bold]{title}")
+    else:
+        out.print(f"== {title} ==")
 
 
 def err(message: str) -> None:

@@ -12,7 +12,7 @@ import errno
 import itertools
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from autoseg.inference.inputs import (
 from autoseg.inference.probability_files import save_probabilities as write_probabilities
 from autoseg.inference.shards import select_part
 from autoseg.serial import check_output_folder, temp_files
-from autoseg.terminal import progress_bar
+from autoseg.terminal import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ class CasePredictor(Protocol):
 
     def preprocess(self, image: Image, case_id: str = "") -> tuple[np.ndarray, Any]: ...
 
-    def predict_preprocessed(self, array: np.ndarray) -> np.ndarray: ...
+    def predict_preprocessed(
+        self, array: np.ndarray, progress: Callable[[int, int], None] | None = None
+    ) -> np.ndarray: ...
 
     def finalize(self, probs: np.ndarray, props: Any) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -108,7 +110,8 @@ def predict_folder(
         predictor: the loaded model.
         overwrite: replace existing outputs.
         save_probabilities: also write the probabilities.
-        progress: show a progress bar.
+        progress: show progress (``autoseg.terminal.Heartbeat``): bars of the cases and of the
+            current case's tiles on a terminal, else a line every 30 s (tiles done, time left).
         part, parts: predict only share ``part`` of ``parts`` (``autoseg.inference.shards``): n
             processes with parts n and parts 0 .. n-1 predict every case once.
         workers: threads reading (and, as many, writing) cases beside the network.
@@ -209,13 +212,14 @@ def predict_folder(
         result = done.result()
         (failed if isinstance(result, Problem) else written).append(result)
 
-    bar = progress_bar(*Progress.get_default_columns(), MofNCompleteColumn(), enabled=progress)
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn())
     with (
-        bar,
+        Heartbeat(*columns, title="predict", enabled=progress) as bar,
         ThreadPoolExecutor(workers, thread_name_prefix="autoseg-read") as reader,
         ThreadPoolExecutor(workers, thread_name_prefix="autoseg-write") as writer,
     ):
-        task = bar.add_task("predicting", total=len(todo))
+        task = bar.add_task("cases", total=len(todo), unit="case")
+        tiles = bar.add_task("tiles", unit="tile", visible=False)
         reads: deque[tuple[str, list[Path], Path, Future]] = deque()
         writes: deque[Future] = deque()
         queue = iter(todo)
@@ -238,7 +242,10 @@ def predict_folder(
                 failed.append(Problem(str(files[0]), message))
                 bar.advance(task)
                 continue
-            probs = predictor.predict_preprocessed(array)
+            bar.reset(tiles, total=None, description=f"{case} tiles")
+            probs = predictor.predict_preprocessed(
+                array, progress=lambda done, total: bar.update(tiles, completed=done, total=total)
+            )
             del array
             writes.append(writer.submit(export, probs, props, geometry, case, out))
             del probs  # the export holds it, until it is written

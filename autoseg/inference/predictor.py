@@ -33,6 +33,7 @@ from autoseg.inference.folder import PredictionReport, predict_folder
 from autoseg.inference.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.inference.sliding_window import (
     DEFAULT_TILE_SCALE,
+    TileProgress,
     default_tile_batch,
     inference_tile_size,
     sliding_window_logits,
@@ -298,11 +299,15 @@ class Predictor:
             spatial, config.patch_size, config.total_stride(), self.max_tile_scale
         )
 
-    def predict_preprocessed(self, array: np.ndarray) -> np.ndarray:
+    def predict_preprocessed(
+        self, array: np.ndarray, progress: TileProgress | None = None
+    ) -> np.ndarray:
         """Softmax probabilities on the network grid, logits averaged over folds and mirrors.
 
         Args:
             array: preprocessed ``(C, Z, Y, X)`` float32.
+            progress: called with ``(tiles done, tiles)`` over all folds after every forward
+                pass (``autoseg.inference.folder`` shows it).
 
         Returns:
             float32 ``(K, Z, Y, X)`` probabilities (host memory).
@@ -315,7 +320,11 @@ class Predictor:
         total = torch.zeros(0)
         # threads / cuDNN benchmarking only for this call: the process keeps its own settings
         with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
+            folds = len(self.networks)
             for i, net in enumerate(self.networks):
+                fold_progress = None
+                if progress is not None:  # tiles of all folds: fold i's come after i * tiles
+                    fold_progress = lambda d, t, i=i: progress(i * t + d, folds * t)  # noqa: E731
                 logits = window(  # (K, Z, Y, X) float32
                     net,
                     image,
@@ -324,6 +333,7 @@ class Predictor:
                     step=self.step,
                     mirror_axes=mirror_axes,
                     tile_batch=self.tile_batch(tile),
+                    progress=fold_progress,
                 )
                 if i and total.device != logits.device:  # a fold ran out of device memory
                     total, logits = total.cpu(), logits.cpu()

@@ -45,6 +45,7 @@ _oom_logged = [False]  # one message per process, however many cases run out of 
 
 __all__ = [
     "CPU_VOXELS_PER_FORWARD",
+    "TileProgress",
     "default_tile_batch",
     "gaussian_importance_map",
     "inference_tile_size",
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+#: ``progress(tiles_done, tiles_total)``, called after every forward pass of a sliding window
+TileProgress = Callable[[int, int], None]
 
 # On the CPU one forward pass of several inputs costs less than several passes of fewer (the
 # 3d_fullres Hippocampus network: the 8 mirrorings of a 36x52x36 tile in one pass took 0.84x the
@@ -197,6 +200,7 @@ def _accumulate_tiles(
     flips: Sequence[tuple[int, ...]],
     tile_batch: int,
     importance: torch.Tensor,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Weighted average of the network's logits over tiles of ``image``.
 
@@ -209,6 +213,7 @@ def _accumulate_tiles(
         flips: tuples of tile axes (0-based, spatial) to flip; the logits are averaged over them.
         tile_batch: network inputs per forward pass (mirrored copies count).
         importance: float32 ``tile_shape`` weights on the image's device.
+        progress: called with (tiles whose every flip is done, tiles) after each forward pass.
 
     Returns:
         float32 ``(K, *S)`` logits on the image's device (in host memory after an
@@ -224,6 +229,8 @@ def _accumulate_tiles(
             for _ in _add_tiles(network, image, chunk, tile_shape, num_classes, logits, weight,
                                 importance, len(flips)):  # fmt: skip
                 first += 1  # this tile is in the sums: a retry starts after it
+            if progress is not None:
+                progress(first // len(flips), len(corners))
         except torch.OutOfMemoryError:
             if on_host and batch == 1:
                 raise
@@ -316,6 +323,7 @@ def sliding_window_logits(
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
     use_gaussian: bool = True,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Logits of ``network`` over a whole image by overlapping, Gaussian-weighted tiles.
 
@@ -331,6 +339,8 @@ def sliding_window_logits(
             logits are averaged over all 2**len(mirror_axes) flip combinations.
         tile_batch: network inputs per forward pass (tiles times mirrored copies).
         use_gaussian: weight tiles by ``gaussian_importance_map``; False weights them equally.
+        progress: called with ``(tiles done, tiles)`` after every forward pass (a tile is done
+            when all its mirrorings are).
 
     Returns:
         float32 ``(K, *S)`` logits on ``image.device``. An image smaller than the patch is padded
@@ -354,6 +364,7 @@ def sliding_window_logits(
             mirror_combinations(mirror_axes),
             tile_batch,
             importance,
+            progress,
         )
     return logits[(slice(None), *crop)]
 
@@ -368,6 +379,7 @@ def sliding_window_logits_slices(
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
     use_gaussian: bool = True,
+    progress: TileProgress | None = None,
 ) -> torch.Tensor:
     """Logits of a 2D network over every Z-slice of a volume.
 
@@ -384,6 +396,7 @@ def sliding_window_logits_slices(
         mirror_axes: in-plane axes to mirror: 0 = Y, 1 = X.
         tile_batch: network inputs per forward pass.
         use_gaussian: weight tiles by the 2D Gaussian importance map.
+        progress: called with ``(tiles done, tiles)`` (over every slice) after each pass.
 
     Returns:
         float32 ``(K, Z, Y, X)`` logits on ``volume.device``; identical (up to rounding) to
@@ -411,7 +424,15 @@ def sliding_window_logits_slices(
     flips = [tuple(a + 1 for a in flip) for flip in mirror_combinations(mirror_axes)]
     with torch.inference_mode():
         logits = _accumulate_tiles(
-            slice_network, padded, corners, tile_shape, num_classes, flips, tile_batch, importance
+            slice_network,
+            padded,
+            corners,
+            tile_shape,
+            num_classes,
+            flips,
+            tile_batch,
+            importance,
+            progress,
         )
     return logits[(slice(None), *crop)]
 

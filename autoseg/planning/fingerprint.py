@@ -34,7 +34,7 @@ from autoseg.data.io import Geometry, file_ending, read_array
 from autoseg.data.regions import Region
 from autoseg.errors import AutosegError, DatasetError, Problem
 from autoseg.serial import dump_json, load_json
-from autoseg.terminal import progress_bar
+from autoseg.terminal import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +345,8 @@ def compute_fingerprint(spec: DatasetSpec, workers: int = 1) -> Fingerprint:
 
 def _with_progress(results: Iterator[CaseInspection], spec: DatasetSpec) -> list[CaseInspection]:
     columns = (*Progress.get_default_columns(), MofNCompleteColumn())
-    with progress_bar(*columns, transient=True) as progress:
-        task = progress.add_task(f"fingerprint {spec.name}", total=len(spec.cases))
+    with Heartbeat(*columns, title="plan", transient=True) as progress:
+        task = progress.add_task(f"fingerprint {spec.name}", total=len(spec.cases), unit="case")
         out = []
         for result in results:
             out.append(result)

@@ -56,7 +56,7 @@ from autoseg.preprocessing.storage import (
     save_locations,
 )
 from autoseg.serial import dump_json, load_json, to_dict
-from autoseg.terminal import progress_bar
+from autoseg.terminal import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -439,9 +439,10 @@ def run_preprocessing(
         reused = len(spec.cases) - len(todo)
         if todo:
             cache.remove_marker(folder)
-        with progress_bar(transient=False) as progress:
-            task = progress.add_task(f"preprocess {folder.name}", total=len(spec.cases))
-            progress.advance(task, reused)
+        with Heartbeat(title="plan") as progress:
+            task = progress.add_task(f"preprocess {folder.name}", total=len(todo), unit="case")
+            if reused:
+                logger.info("%s: %d case(s) already preprocessed", folder.name, reused)
             failed = len(problems)
             for case, error in _run_tasks(todo, config, folder, workers, keys, storage):
                 if error is not None:

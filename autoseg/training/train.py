@@ -41,7 +41,7 @@ from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Configuration, Plans
 from autoseg.data.recipe import check_new_fold, check_resume, recipe_digest, refuse_resume_elsewhere
 from autoseg.data.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
-from autoseg.device import autocast, cpu_count, resolve_device
+from autoseg.device import autocast, cpu_count, resolve_device, use_cpu_share
 from autoseg.errors import AutosegError
 from autoseg.evaluation.validation import validate_fold
 from autoseg.inference.cascade import input_channels, prepare_previous_stage
@@ -51,7 +51,7 @@ from autoseg.preprocessing.cache import complete_cases, require_unchanged
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import remove_temp_files, to_dict
-from autoseg.terminal import progress_bar
+from autoseg.terminal import Heartbeat
 from autoseg.training.augment.elastic import AUGMENTATIONS, ELASTIC
 from autoseg.training.loader import BatchLoader
 from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs_weights
@@ -496,23 +496,26 @@ class _Trainer(StoppingMixin):
     def _epochs(self) -> None:
         s = self.settings
         last_save = time.monotonic()
-        with progress_bar(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
+        with Heartbeat(
+            TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
+            title="train",
             enabled=self.dist.main,
-            transient=False,
         ) as bar:
-            task = bar.add_task("train", total=s.iterations, epoch=self.start_epoch, info="")
+            task = bar.add_task("epoch", total=s.iterations, unit="it", info="")
             for epoch in range(self.start_epoch, s.epochs):
                 t0 = time.perf_counter()
                 lr = poly_lr(s.optimizer.initial_lr, epoch, s.epochs)
                 self.step.set_lr(lr)
-                bar.reset(task, total=s.iterations, epoch=f"{epoch + 1}/{s.epochs}", info="")
+                name = f"epoch {epoch + 1}/{s.epochs}"
+                self._share_cpu()
+                bar.reset(task, total=s.iterations, description=f"{name} train", info="")
                 losses = self._train_epoch(epoch, lambda: bar.advance(task))
-                val_loss, dice = self._validate_epoch()
+                bar.reset(task, total=s.val_iterations, description=f"{name} validation")
+                val_loss, dice = self._validate_epoch(lambda: bar.advance(task))
                 seconds = time.perf_counter() - t0
                 best = self.history.add(float(np.mean(losses)), val_loss, dice, lr, seconds)
                 info = (
@@ -525,6 +528,15 @@ class _Trainer(StoppingMixin):
                     last_save = time.monotonic()
                 if self._patience_exhausted(epoch):
                     break
+
+    def _share_cpu(self) -> None:
+        """On the CPU, torch threads = the CPUs other work leaves free now (autoseg.device)."""
+        if self.device.type != "cpu":
+            return
+        before = torch.get_num_threads()
+        threads = use_cpu_share()
+        if threads != before:
+            log.info("CPU threads: %d of %d (other work holds the rest)", threads, cpu_count())
 
     def _train_epoch(self, epoch: int, advance) -> list[float]:
         """``iterations`` training steps on augmented batches seeded by ``(seed, epoch)``."""
@@ -550,7 +562,7 @@ class _Trainer(StoppingMixin):
                     self._preempt(epoch, i + 1, losses)
         return losses
 
-    def _validate_epoch(self) -> tuple[float, list[float]]:
+    def _validate_epoch(self, advance) -> tuple[float, list[float]]:
         """Mean validation loss and the pseudo-Dice per foreground label (all ranks pooled)."""
         s = self.settings
         self.step.model.eval()
@@ -561,6 +573,7 @@ class _Trainer(StoppingMixin):
                 loss, c = self.step.val_batch(next(loader))
                 val_losses.append(loss)
                 counts += c
+                advance()
         tp, fp, fn = self._reduce(counts)
         dice = [float(2 * t / max(2 * t + p + n, 1)) for t, p, n in zip(tp, fp, fn, strict=True)]
         return float(np.mean(val_losses)), dice

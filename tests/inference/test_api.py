@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import autoseg
+import autoseg.device
 from autoseg.data.io import read_image
 from autoseg.device import cpu_count
 from autoseg.errors import AutosegError
@@ -108,7 +109,13 @@ def test_axis_order_is_required(model) -> None:
         model.predict_array(np.ones((8, 8, 8)), (1, 1, 1))  # no guessing
 
 
-def test_loading_and_predicting_leave_torch_settings_alone(model_dir: Path) -> None:
+def test_loading_and_predicting_leave_torch_settings_alone(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a machine with nothing else running: the predictor takes every CPU (a busy one: fewer,
+    # tests/test_cpu_share.py)
+    (tmp_path / "stat").write_text("procs_running 1\n")
+    monkeypatch.setattr(autoseg.device, "_PROC_STAT", tmp_path / "stat")
     before = torch.get_num_threads()
     mine = cpu_count() + 1  # a value no predictor would choose
     torch.set_num_threads(mine)
