@@ -209,3 +209,21 @@ def shrink_network(plans_path: Path) -> dict:
         config["features_per_stage"] = [4 * 2**i for i in range(len(config["strides"]))]
     plans_path.write_text(json.dumps(raw))
     return raw
+
+
+def pairing_arrays(npz: Path) -> dict[str, np.ndarray]:
+    """The arrays by which a ``CASE.npz`` names the label map ``CASE.nii.gz`` beside it (as
+    ``predict --save-probabilities`` writes them): its voxels' digest and its affine."""
+    from autoseg.data.io import read_array
+    from autoseg.inference.probability_files import label_map_digest
+
+    array, geometry = read_array(npz.with_name(npz.name[: -len(".npz")] + ".nii.gz"))
+    return {
+        "label_map_sha256": np.array(label_map_digest(array)),
+        "affine": np.asarray(geometry.affine, dtype=np.float64),
+    }
+
+
+def save_npz_beside(npz: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` of ``arrays`` plus the arrays that name the label map beside it."""
+    np.savez(npz, **arrays, **pairing_arrays(npz))

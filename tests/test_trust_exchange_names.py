@@ -8,12 +8,17 @@ refused by ``export`` before anything is written, and by ``import`` when an arch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from autoseg.data.checkpoint import load_checkpoint, save_checkpoint
+from autoseg.data.plans import Plans
+from autoseg.data.recipe import recipe_digest
+from autoseg.serial import from_dict
 from tests.inference.test_exchange import _members, _rehash, _with_manifest, _write, make_model
 from tests.reliability_helpers import assert_clean_failure, cli, files_in
 
@@ -44,12 +49,20 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _renamed(model: Path, tmp_path: Path, key: str, name: str) -> Path:
-    """A copy of ``model`` whose plans.json names ``key`` (dataset_name, planner) ``name``."""
+    """A copy of ``model`` trained under another name: its plans.json, and the plans each
+    checkpoint records (one recipe per model folder), name ``key`` (dataset_name, planner)
+    ``name``."""
     copy = tmp_path / "copy" / "3d_fullres"
     shutil.copytree(model, copy)
     plans = json.loads((copy / "plans.json").read_text())
     plans[key] = name
     (copy / "plans.json").write_text(json.dumps(plans, ensure_ascii=False))
+    for path in copy.glob("fold_*/checkpoint_*.pt"):
+        ckpt = load_checkpoint(path)
+        recorded = {**ckpt.meta.plans, key: name}
+        recipe = recipe_digest(from_dict(Plans, recorded), ckpt.meta.configuration)
+        meta = dataclasses.replace(ckpt.meta, plans=recorded, recipe=recipe)
+        save_checkpoint(path, ckpt.model_state, ckpt.optimizer_state, meta)
     return copy
 
 

@@ -25,6 +25,7 @@ from tests.reliability_helpers import (
     cli,
     files_in,
     save_nifti,
+    save_npz_beside,
     snapshot,
     tiny_dataset,
 )
@@ -191,7 +192,7 @@ def test_ensemble_removes_a_killed_runs_temp_files(tmp_path: Path) -> None:
     fg = np.zeros((6, 6, 6), dtype=np.float16)
     for folder in ("A", "B"):
         _label(tmp_path / folder / "c.nii.gz")
-        np.savez(
+        save_npz_beside(
             tmp_path / folder / "c.npz",
             probabilities=np.stack([1 - fg, fg]),
             labels=np.array([0, 1]),

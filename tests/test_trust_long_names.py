@@ -25,6 +25,7 @@ from tests.reliability_helpers import (
     files_in,
     make_model,
     save_nifti,
+    save_npz_beside,
     snapshot,
     tiny_dataset,
 )
@@ -141,7 +142,7 @@ def test_evaluate_and_ensemble_with_names_at_the_limit(tmp_path: Path) -> None:
     fg = label.transpose(2, 1, 0).astype(np.float16)  # (Z, Y, X)
     for folder in ("A", "B"):
         for case in (LONG, "short"):
-            np.savez(
+            save_npz_beside(
                 tmp_path / folder / f"{case}.npz",
                 probabilities=np.stack([1 - fg, fg]),
                 labels=np.array([0, 1]),

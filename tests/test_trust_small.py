@@ -25,6 +25,7 @@ from tests.reliability_helpers import (
     load_nifti,
     make_model,
     save_nifti,
+    save_npz_beside,
     tiny_dataset,
 )
 
@@ -75,7 +76,7 @@ def test_ensemble_and_instances_refuse_a_folder_where_an_output_goes(tmp_path: P
     fg = label.astype(np.float16)
     for folder in ("A", "B"):
         save_nifti(label, tmp_path / folder / "c.nii.gz")
-        np.savez(
+        save_npz_beside(
             tmp_path / folder / "c.npz",
             probabilities=np.stack([1 - fg, fg]),
             labels=np.array([0, 1]),
@@ -101,7 +102,7 @@ def test_an_output_folder_that_is_a_file_is_named(
     for folder in ("A", "B"):
         save_nifti(label, tmp_path / folder / "c.nii.gz")
         fg = label.transpose(2, 1, 0).astype(np.float16)
-        np.savez(
+        save_npz_beside(
             tmp_path / folder / "c.npz",
             probabilities=np.stack([1 - fg, fg]),
             labels=np.array([0, 1]),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.data.io import read_array, write_label
 from autoseg.data.model_folder import ModelFolder
 from autoseg.data.paths import DatasetDirs
@@ -23,6 +24,7 @@ from autoseg.evaluation.crossval import (
 from autoseg.evaluation.ensemble import evaluate_cv_ensembles
 from autoseg.evaluation.evaluate import evaluate_arrays
 from autoseg.inference.cascade import cv_predictions
+from autoseg.serial import to_dict
 from tests.reliability_helpers import save_nifti
 
 LABELS = {0: "background", 1: "blob"}
@@ -70,7 +72,18 @@ def _fake_model(home: Path, config: str, folds: list[int], noisy: bool = False) 
     component) to every prediction."""
     folder = ModelFolder(home / "D" / "models" / "default" / config)
     folder.path.mkdir(parents=True)
-    Plans("D", "default", 8.0, 8, ("MRI",), LABELS).to_json(folder.plans)
+    configuration = Configuration(
+        name=config,
+        spacing=(1.0, 1.0, 1.0),
+        patch_size=(8, 8, 8),
+        batch_size=2,
+        strides=((1, 1, 1), (2, 2, 2)),
+        kernel_sizes=((3, 3, 3), (3, 3, 3)),
+        features_per_stage=(4, 8),
+        normalization=(Normalization("zscore"),),
+    )
+    plans = Plans("D", "default", 8.0, 8, ("MRI",), LABELS, {config: configuration})
+    plans.to_json(folder.plans)
     for k in folds:
         fold = str(k)
         val, ref_dir = folder.validation_dir(fold), folder.validation_refs(fold)
@@ -90,7 +103,9 @@ def _fake_model(home: Path, config: str, folds: list[int], noisy: bool = False) 
             write_label(pred, geometry, val / f"{case}.nii.gz")
             pairs.append((case, pred, ref, geometry.spacing))
         evaluate_arrays(pairs, LABELS).to_json(folder.summary(fold))
-        folder.checkpoint(fold).write_bytes(b"")
+        # find-best reads only the metadata: the plans the fold was trained with
+        meta = CheckpointMeta(config, fold, 0, len(LABELS), 1, to_dict(plans))
+        save_checkpoint(folder.checkpoint(fold), {}, None, meta)
         folder.validation_done(fold).write_text("ok\n")
     return folder
 
@@ -181,6 +196,7 @@ def test_find_best_end_to_end_at_each_fold_count(tmp_path: Path, monkeypatch, n_
     """From model folders: the folds found are reported, an incomplete configuration is not
     best, and pooled ensembles are listed only when two configurations have five folds."""
     monkeypatch.setattr(crossval, "require_planned", lambda work, name: None)
+    monkeypatch.setattr(crossval, "require_unchanged", lambda dirs: None)  # no raw data here
     _fake_model(tmp_path, "3d_fullres", list(range(5)), noisy=True)  # lower Dice
     _fake_model(tmp_path, "2d", list(range(n_folds)))  # perfect
     found = crossval.find_best_configuration(DatasetDirs(name="D", raw=None, work=tmp_path / "D"))
