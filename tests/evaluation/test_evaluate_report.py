@@ -134,7 +134,7 @@ def test_read_label_names_from_a_model_folder(tmp_path: Path) -> None:
 
 
 def test_an_evaluation_written_before_the_monai_definitions_says_so(tmp_path: Path) -> None:
-    from autoseg.evaluation.evaluate import Evaluation
+    from autoseg.evaluation.report import Evaluation
 
     preds, refs = _folders(tmp_path)
     result = runner.invoke(
