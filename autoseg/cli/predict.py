@@ -448,7 +448,7 @@ def _ignore_beside(reference: Path) -> int | None:
     """Without --dataset-json: the ignore label of the dataset.json beside the reference folder
     (the dataset layout's ``labelsTr``/``labelsTs``), so that its voxels are never scored as a
     class; None when there is no such file or it names no ignore label."""
-    from autoseg.data.dataset import read_label_names
+    from autoseg.data.dataset_json import read_label_names
     from autoseg.data.ignore import ignore_label
     from autoseg.errors import AutosegError
 

@@ -161,10 +161,11 @@ def evaluate_folders(
     Args:
         pred_dir: folder of predicted label maps.
         ref_dir: folder of reference label maps (file names ``<case_id><ending>``).
-        labels: value -> name of the labels to score (``autoseg.data.dataset.read_label_names``);
-            other values in the files are not scored (with a warning). Default: every non-zero
-            value found in the references or the predictions, named by its value. Reference
-            voxels of a label named ``ignore`` are left out of every score.
+        labels: value -> name of the labels to score
+            (``autoseg.data.dataset_json.read_label_names``); other values in the files are not
+            scored (with a warning). Default: every non-zero value found in the references or
+            the predictions, named by its value. Reference voxels of a label named ``ignore``
+            are left out of every score.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
         workers: processes reading and scoring cases.
         chill: score only the references that have a prediction (nnU-Net's ``--chill``);

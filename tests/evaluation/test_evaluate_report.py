@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg.cli.commands import app
-from autoseg.data.dataset import read_label_names
+from autoseg.data.dataset_json import read_label_names
 from autoseg.errors import DatasetError
 
 runner = CliRunner()
