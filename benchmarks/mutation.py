@@ -72,6 +72,25 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
             "tests/evaluation/test_pinned_evaluate.py",
         ),
     ),
+    # evaluate.py's report and file checks, split out of it: the same targeted tests
+    "evaluation_report": (
+        "autoseg/evaluation/report.py",
+        (
+            "tests/evaluation/test_evaluate.py",
+            "tests/evaluation/test_evaluate_report.py",
+            "tests/evaluation/test_evaluate_regions.py",
+            "tests/evaluation/test_pinned_evaluate.py",
+        ),
+    ),
+    "evaluation_files": (
+        "autoseg/evaluation/case_files.py",
+        (
+            "tests/evaluation/test_evaluate.py",
+            "tests/evaluation/test_evaluate_report.py",
+            "tests/evaluation/test_evaluate_regions.py",
+            "tests/evaluation/test_pinned_evaluate.py",
+        ),
+    ),
     "evaluation_labels": (
         "autoseg/evaluation/labels.py",
         ("tests/evaluation/test_evaluate_regions.py",),

@@ -147,7 +147,7 @@ def test_a_killed_import_is_cleaned_up_by_the_next(archive: Path, tmp_path: Path
     home, tmp = tmp_path / "home", tmp_path / "tmp"
     tmp.mkdir()
     code = (
-        "from pathlib import Path\nfrom autoseg.inference.exchange import import_model\n"
+        "from pathlib import Path\nfrom autoseg.inference.exchange_import import import_model\n"
         f"import_model(Path({str(archive)!r}), Path({str(home)!r}))\n"
     )
     _killed_at("autoseg.data.checkpoint.load_checkpoint", code, tmp)

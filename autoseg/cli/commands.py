@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from autoseg import __version__
+from autoseg.cli.evaluation import register_evaluation_commands
 from autoseg.cli.habits import HabitGroup
 from autoseg.cli.init import register_init_command
 from autoseg.cli.models import register_model_commands
@@ -269,8 +270,9 @@ def train(
     _console().print(f"trained: {folder}")
 
 
-# predict, evaluate, instances (autoseg.cli.predict), listed after train in --help
-register_predict_commands(app, user_errors)  # predict, evaluate, instances
+# predict (autoseg.cli.predict), evaluate, instances (autoseg.cli.evaluation): after train in --help
+register_predict_commands(app, user_errors)  # predict
+register_evaluation_commands(app, user_errors)  # evaluate, instances
 
 
 @app.command()

@@ -88,7 +88,7 @@ def register_model_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> No
     ) -> None:
         """Install an exported model into the home folder (refuses anything unexpected)."""
         from autoseg.data.paths import resolve_home
-        from autoseg.inference.exchange import import_model
+        from autoseg.inference.exchange_import import import_model
 
         folder = import_model(archive, resolve_home(home), overwrite=overwrite)
         _console().print(

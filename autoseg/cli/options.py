@@ -1,5 +1,6 @@
 """Option types and console helpers shared by the command modules (``autoseg.cli.commands``,
-``autoseg.cli.predict``); torch-free, like every module the CLI imports at start-up."""
+``autoseg.cli.predict``, ``autoseg.cli.evaluation``); torch-free, like every module the CLI
+imports at start-up."""
 
 from __future__ import annotations
 

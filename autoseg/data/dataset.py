@@ -10,11 +10,14 @@ MSD layout: dataset.json lists ``training: [{"image": "./imagesTr/x.nii.gz", "la
 one 4D file. nnU-Net v2 layout: dataset.json holds ``channel_names``, ``labels: {"background":
 0, ...}`` and ``file_ending``; cases are found by listing ``imagesTr/CASE_0000<ending>`` (one
 file per channel) and ``labelsTr/CASE<ending>``.
+
+This module owns the folder: the layout, its cases and their files. What dataset.json itself
+says (its channels, labels and their rules, ``read_label_names``) is
+:mod:`autoseg.data.dataset_json`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,16 +27,22 @@ from typing import Any
 
 from autoseg.data.bitmaps import ENDINGS as MICROSCOPY_ENDINGS
 from autoseg.data.bitmaps import is_sidecar
-from autoseg.data.ignore import ignore_label_problem
+from autoseg.data.dataset_json import MAX_LABEL_VALUE as MAX_LABEL_VALUE  # for preprocess.py
+from autoseg.data.dataset_json import (
+    DatasetProblems,
+    channel_names,
+    nnunet_file_ending,
+    parse_labels,
+    read_meta,
+)
 from autoseg.data.io import IMAGE_ENDINGS, file_ending, strip_ending
 from autoseg.data.regions import Region, is_region_based, parse_regions
-from autoseg.errors import DatasetError, Problem
-from autoseg.serial import NAME_MAX, ascii_int
+from autoseg.errors import DatasetError
+from autoseg.serial import NAME_MAX
 
 log = logging.getLogger(__name__)
 
 _CHANNEL_SUFFIX = re.compile(r"(.+)_([0-9]{4})")
-MAX_LABEL_VALUE = 255  # preprocessed label maps are uint8
 # the longest name autoseg gives a case's files is CASE.img.b2nd / CASE.seg.b2nd (preprocessed)
 LONGEST_CASE_SUFFIX = ".img.b2nd"
 
@@ -45,22 +54,6 @@ def split_channel_suffix(stem: str) -> tuple[str, int] | None:
     """
     match = _CHANNEL_SUFFIX.fullmatch(stem)
     return None if match is None else (match.group(1), int(match.group(2)))
-
-
-class _Problems(list):
-    """Problems collected while reading the dataset folder ``root``."""
-
-    def __init__(self, root: Path):
-        super().__init__()
-        self.root = root
-        self.json = str(root / "dataset.json")
-
-    def add(self, path: str | Path, message: str) -> None:
-        self.append(Problem(str(path), message))
-
-    def meta(self, message: str) -> None:
-        """A problem with dataset.json itself."""
-        self.add(self.json, message)
 
 
 @dataclass(frozen=True)
@@ -126,20 +119,20 @@ def load_dataset(path: str | Path) -> DatasetSpec:
             typed keys, missing or unpaired files, paths outside the folder, duplicate ids).
     """
     root = Path(os.path.abspath(Path(path).expanduser()))
-    problems = _Problems(root)
-    meta = _read_meta(problems)
+    problems = DatasetProblems(root)
+    meta = read_meta(problems)
     regions: tuple[Region, ...] = ()
     if meta is not None and "channel_names" in meta:
         layout = "nnunet"
-        channels = _channel_names(meta, "channel_names", problems)
-        labels = _labels(meta, layout, problems)
-        ending = _nnunet_file_ending(meta, problems)
+        channels = channel_names(meta, "channel_names", problems)
+        labels = parse_labels(meta, layout, problems)
+        ending = nnunet_file_ending(meta, problems)
         regions = parse_regions(meta)[0] if is_region_based(meta) else ()
         cases = _nnunet_cases(ending, len(channels or ()), problems) if ending else ()
     elif meta is not None and ("modality" in meta or "training" in meta):
         layout = "msd"
-        channels = _channel_names(meta, "modality", problems)
-        labels = _labels(meta, layout, problems)
+        channels = channel_names(meta, "modality", problems)
+        labels = parse_labels(meta, layout, problems)
         cases = _msd_cases(meta, problems)
         ending = file_ending(cases[0].images[0]) if cases else ".nii.gz"
     else:
@@ -172,7 +165,7 @@ def load_dataset(path: str | Path) -> DatasetSpec:
     )
 
 
-def _check_case_id_length(case: Case, problems: _Problems) -> None:
+def _check_case_id_length(case: Case, problems: DatasetProblems) -> None:
     """A case id must leave room for the longest file name autoseg derives from it."""
     size = len(case.case_id.encode("utf-8", "surrogateescape"))
     if size + len(LONGEST_CASE_SUFFIX) > NAME_MAX:
@@ -184,160 +177,10 @@ def _check_case_id_length(case: Case, problems: _Problems) -> None:
         )
 
 
-# --- dataset.json ------------------------------------------------------------------------------
-
-
-def read_label_names(path: str | Path) -> dict[int, str]:
-    """Label value -> name from a dataset.json or plans.json, or a folder holding one.
-
-    The ``labels`` of any such file autoseg reads work: MSD
-    (``{"0": "background", "1": "Anterior"}``), nnU-Net v2 (``{"background": 0, "Anterior": 1}``)
-    and autoseg's plans. A folder is a dataset folder (its dataset.json) or a model folder (its
-    plans.json).
-
-    Raises:
-        DatasetError: the file is missing, unreadable, or its labels are not valid.
-    """
-    path = label_file(path)
-    problems = _Problems(path.parent)
-    problems.json = str(path)
-    meta = _read_meta(problems)
-    labels = None
-    if meta is not None:
-        value = meta.get("labels")
-        keys = value.keys() if isinstance(value, dict) else ()
-        layout = "msd" if keys and all(_index(k) is not None for k in keys) else "nnunet"
-        labels = _labels(meta, layout, problems)
-    if problems or labels is None:
-        raise DatasetError(problems, what="dataset.json")
-    return labels
-
-
-def label_file(path: str | Path) -> Path:
-    """The file ``read_label_names`` reads: ``path`` itself, or a folder's dataset.json (its
-    plans.json when it has only that: a model folder)."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        return path
-    plans, meta = path / "plans.json", path / "dataset.json"
-    return plans if plans.is_file() and not meta.exists() else meta
-
-
-def _read_meta(problems: _Problems) -> dict[str, Any] | None:
-    if not problems.root.is_dir():
-        what = "is not a folder" if problems.root.exists() else "does not exist"
-        problems.add(problems.root, f"dataset folder {what}")
-        return None
-    try:
-        text = Path(problems.json).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        problems.meta("dataset.json not found; every dataset folder needs one")
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.meta(f"cannot be read ({exc})")
-        return None
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.meta(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
-        return None
-    except RecursionError:
-        problems.meta("nested too deeply to be a dataset description; refused")
-        return None
-    if not isinstance(meta, dict):
-        problems.meta(f"must hold a JSON object, found {type(meta).__name__}")
-        return None
-    return meta
-
-
-def _index(key: Any) -> int | None:
-    """A dataset.json key that is a non-negative integer in ASCII digits (``"0"``, ``"12"``)."""
-    value = ascii_int(key) if isinstance(key, str) else None
-    return value if value is not None and value >= 0 and "+" not in key else None
-
-
-def _channel_names(meta: dict[str, Any], key: str, problems: _Problems) -> tuple[str, ...] | None:
-    """``{"0": "CT", "1": "T2"}`` -> ``("CT", "T2")``."""
-    value = meta.get(key)
-    if not isinstance(value, dict) or not value:
-        what = f"missing key '{key}'" if value is None else f"'{key}' must be a non-empty object"
-        problems.meta(f'{what} like {{"0": "MRI"}}')
-        return None
-    names: dict[int, str] = {}
-    for k, v in value.items():
-        index = _index(k)
-        if index is None or not isinstance(v, str):
-            problems.meta(f"'{key}': entry {k!r}: {v!r} must map an index to a name")
-            return None
-        names[index] = v
-    if sorted(names) != list(range(len(names))):
-        problems.meta(f"'{key}' indices must be 0..{len(names) - 1}, got {sorted(names)}")
-        return None
-    return tuple(names[i] for i in range(len(names)))
-
-
-def _labels(meta: dict[str, Any], layout: str, problems: _Problems) -> dict[int, str] | None:
-    """MSD ``{"0": "background", ...}`` or nnU-Net ``{"background": 0, ...}`` -> value: name."""
-    value = meta.get("labels")
-    example = '{"0": "background", ...}' if layout == "msd" else '{"background": 0, ...}'
-    if not isinstance(value, dict) or not value:
-        what = "missing key 'labels'" if value is None else "'labels' must be a non-empty object"
-        problems.meta(f"{what} like {example}")
-        return None
-    if layout == "msd":
-        pairs = [(v, k) for k, v in value.items()]
-        bad = [k for k, v in value.items() if _index(k) is None or not isinstance(v, str)]
-        pairs = [(n, _index(k)) for n, k in pairs if k not in bad]
-    else:
-        if is_region_based(meta):  # label values of the maps; the regions: parse_regions
-            _, names, region_problems = parse_regions(meta)
-            for problem in region_problems:
-                problems.meta(problem)
-            return None if region_problems else names
-        pairs = list(value.items())
-        bad = [k for k, v in pairs if isinstance(v, bool) or not isinstance(v, int)]
-    if bad:
-        problems.meta(f"'labels': entries {bad} must map like {example}")
-        return None
-    labels: dict[int, str] = {}
-    for name, v in pairs:
-        if v in labels:
-            problems.meta(f"'labels': {labels[v]!r} and {name!r} share the value {v}")
-            return None
-        labels[v] = name
-    values = sorted(labels)
-    if 0 not in labels:
-        problems.meta(f"'labels' has no background (value 0): {values}")
-        return None
-    if values != list(range(len(values))):
-        problems.meta(f"label values must be consecutive 0..{len(values) - 1}, got {values}")
-        return None
-    if values[-1] > MAX_LABEL_VALUE:
-        problems.meta(
-            f"{len(values)} labels (0..{values[-1]}): at most {MAX_LABEL_VALUE + 1} are supported "
-            f"(values 0..{MAX_LABEL_VALUE}, stored as 8 bits)"
-        )
-        return None
-    ignore_problem = ignore_label_problem(labels)  # sparse annotation: autoseg.data.ignore
-    if ignore_problem is not None:
-        problems.meta(f"'labels': {ignore_problem}")
-        return None
-    return {v: labels[v] for v in values}
-
-
-def _nnunet_file_ending(meta: dict[str, Any], problems: _Problems) -> str | None:
-    ending = meta.get("file_ending")
-    if not isinstance(ending, str) or ending.lower() not in IMAGE_ENDINGS:
-        what = "missing key 'file_ending'" if ending is None else f"'file_ending' {ending!r}"
-        problems.meta(f"{what}: must be one of {', '.join(IMAGE_ENDINGS)}")
-        return None
-    return ending.lower()
-
-
 # --- MSD layout --------------------------------------------------------------------------------
 
 
-def _msd_cases(meta: dict[str, Any], problems: _Problems) -> tuple[Case, ...]:
+def _msd_cases(meta: dict[str, Any], problems: DatasetProblems) -> tuple[Case, ...]:
     training = meta.get("training")
     if not isinstance(training, list):
         what = "missing key 'training'" if training is None else "'training' must be a list"
@@ -388,7 +231,9 @@ def _msd_cases(meta: dict[str, Any], problems: _Problems) -> tuple[Case, ...]:
     return tuple(cases)
 
 
-def _listed_file(entry: dict[str, Any], key: str, where: str, problems: _Problems) -> Path | None:
+def _listed_file(
+    entry: dict[str, Any], key: str, where: str, problems: DatasetProblems
+) -> Path | None:
     """The file ``entry[key]`` names, if it is a safe, existing image path inside the folder."""
     if key not in entry:
         return None
@@ -413,7 +258,7 @@ def _listed_file(entry: dict[str, Any], key: str, where: str, problems: _Problem
 # --- nnU-Net v2 layout -------------------------------------------------------------------------
 
 
-def _nnunet_cases(ending: str, n_channels: int, problems: _Problems) -> tuple[Case, ...]:
+def _nnunet_cases(ending: str, n_channels: int, problems: DatasetProblems) -> tuple[Case, ...]:
     images_dir, labels_dir = problems.root / "imagesTr", problems.root / "labelsTr"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():
@@ -467,7 +312,7 @@ def _nnunet_cases(ending: str, n_channels: int, problems: _Problems) -> tuple[Ca
     return tuple(cases)
 
 
-def _stem(path: Path, ending: str, problems: _Problems) -> str | None:
+def _stem(path: Path, ending: str, problems: DatasetProblems) -> str | None:
     """File name without ``ending``; None (and a problem) if it has another image ending."""
     found = file_ending(path.name)
     if found != ending:

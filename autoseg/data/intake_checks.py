@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.data.dataset import MAX_LABEL_VALUE
+from autoseg.data.dataset_json import MAX_LABEL_VALUE
 from autoseg.data.io import Geometry
 from autoseg.errors import Problem
 

@@ -23,7 +23,7 @@ from autoseg.data.recipe import check_model_folder
 from autoseg.data.splits import NUM_FOLDS
 from autoseg.errors import AutosegError
 from autoseg.evaluation.ensemble import evaluate_cv_ensembles
-from autoseg.evaluation.evaluate import Evaluation
+from autoseg.evaluation.report import Evaluation
 from autoseg.inference.postprocess import decide_postprocessing
 from autoseg.preprocessing.cache import require_planned, require_unchanged
 

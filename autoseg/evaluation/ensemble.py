@@ -20,7 +20,8 @@ import numpy as np
 from autoseg.data.io import IMAGE_ENDINGS, read_array, strip_ending, write_label
 from autoseg.data.model_folder import ModelFolder
 from autoseg.errors import AutosegError, DatasetError, Problem
-from autoseg.evaluation.evaluate import Evaluation, evaluate_arrays
+from autoseg.evaluation.evaluate import evaluate_arrays
+from autoseg.evaluation.report import Evaluation
 from autoseg.inference.inputs import refuse_outputs_that_are_inputs
 from autoseg.inference.probability_files import (
     check_pairing,

@@ -1,10 +1,10 @@
 """What ``autoseg evaluate --dataset-json`` scores: the labels, or the regions of a region-based
 dataset.
 
-The file is the one ``autoseg.data.dataset.read_label_names`` reads (a dataset.json or plans.json,
-or a dataset or model folder holding one). A region-based nnU-Net v2 dataset.json (labels given
-as lists of values, ``regions_class_order``) or the plans of a region-based model make evaluate
-score each region (the union of its label values, in prediction and reference alike), as
+The file is the one ``autoseg.data.dataset_json.read_label_names`` reads (a dataset.json or
+plans.json, or a dataset or model folder holding one). A region-based nnU-Net v2 dataset.json
+(labels given as lists of values, ``regions_class_order``) or the plans of a region-based model make
+evaluate score each region (the union of its label values, in prediction and reference alike), as
 nnU-Net's ``evaluate_folder`` does with such a dataset.json; any other file gives its labels.
 """
 
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg.data.dataset import label_file, read_label_names
+from autoseg.data.dataset_json import label_file, read_label_names
 from autoseg.data.plans import Plans
 from autoseg.data.regions import Region, is_region_based, parse_regions
 from autoseg.errors import AutosegError

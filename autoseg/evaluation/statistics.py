@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from autoseg.data.dataset import MAX_LABEL_VALUE
+from autoseg.data.dataset_json import MAX_LABEL_VALUE
 from autoseg.data.io import read_array, read_image, strip_ending
 from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError

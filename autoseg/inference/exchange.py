@@ -5,24 +5,17 @@ manifest: dataset, planner, configuration, folds, the SHA-256 of every other mem
 ``plans.json``, ``postprocessing.json`` when decided, and per exported fold its checkpoint,
 re-saved weights only (no optimiser state), and its ``summary.json`` when validated.
 
-Import trusts nothing in the archive. Before anything is written it refuses the whole archive
-for: a member the manifest does not list or that is not one of those files, a name that could
-escape the target (absolute, ``..``, backslashes, drive letters), a symlink or other non-file
-entry, a name given twice, a member larger than its limit, or a manifest naming unsafe folders.
-Members are then extracted into a temporary folder beside the target (sizes counted while
-copying, hashes checked), the checkpoints are loaded weights-only and the networks built and
-filled on the CPU, and only then is the folder renamed into place.
+This module owns the archive's format, shared by both sides: its members' names
+(``MEMBER_PATHS``, relative to the model folder), the manifest (``ExportManifest``), the one name
+rule for the dataset, planner and configuration folders (``name_problem``), and ``autoseg
+export`` (staged beside the archive, written atomically). ``autoseg import``, which trusts nothing
+in the archive, is :mod:`autoseg.inference.exchange_import`.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 import logging
 import os
-import re
-import secrets
 import shutil
 import stat
 import tempfile
@@ -30,12 +23,11 @@ import unicodedata
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from autoseg import __version__
 from autoseg.data.checkpoint import load_checkpoint, save_checkpoint
 from autoseg.data.model_folder import ModelFolder, checkpoint_file, named_folds
-from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Plans
 from autoseg.data.recipe import check_fold_recipe
 from autoseg.errors import AutosegError
@@ -44,23 +36,20 @@ from autoseg.serial import (
     dumps,
     file_sha256,
     folder_for_output,
-    from_dict,
     remove_temp_files,
     temp_stem,
 )
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExportManifest", "export_model", "import_model", "name_problem", "read_manifest"]
+__all__ = ["ExportManifest", "export_model", "name_problem"]
 
 FORMAT_VERSION = 1
-MAX_JSON_BYTES = 16 * 1024**2  # plans, manifest, summaries, decision
-MAX_CHECKPOINT_BYTES = 8 * 1024**3  # a 3D ResEnc-XL fold is well under 2 GB
 MAX_NAME_BYTES = 200  # a folder name, with room for the staging names beside it
 _NOT_IN_NAMES = set('/\\<>:"|?*')  # separators, and what Windows refuses in file names
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed: the same model gives the same archive bytes
-_REL = ModelFolder(Path())  # member names are paths relative to the model folder
-_MANIFEST = _REL.export_manifest.as_posix()
+MEMBER_PATHS = ModelFolder(Path())  # member names are paths relative to the model folder
+MANIFEST_MEMBER = MEMBER_PATHS.export_manifest.as_posix()
 
 
 @dataclass(frozen=True)
@@ -88,10 +77,14 @@ class ExportManifest:
 
     def allowed_members(self) -> set[str]:
         """Every member name an archive with this manifest may hold."""
-        names = {_MANIFEST, _REL.plans.as_posix(), _REL.postprocessing.as_posix()}
+        names = {
+            MANIFEST_MEMBER,
+            MEMBER_PATHS.plans.as_posix(),
+            MEMBER_PATHS.postprocessing.as_posix(),
+        }
         for fold in self.folds:
-            names.add(_REL.checkpoint(fold, self.checkpoint).as_posix())
-            names.add(_REL.summary(fold).as_posix())
+            names.add(MEMBER_PATHS.checkpoint(fold, self.checkpoint).as_posix())
+            names.add(MEMBER_PATHS.summary(fold).as_posix())
         return names
 
 
@@ -116,13 +109,6 @@ def name_problem(name: object) -> str | None:
     if bad:
         return f"holds {', '.join(map(repr, bad))}"
     return None
-
-
-def _limit(name: str) -> int:
-    return MAX_CHECKPOINT_BYTES if name.endswith(".pt") else MAX_JSON_BYTES
-
-
-# ---------------------------------------------------------------------- export
 
 
 def export_model(
@@ -181,9 +167,9 @@ def export_model(
         with tempfile.TemporaryDirectory(
             prefix=f".{temp_stem(archive.name)}.", suffix=".part", dir=archive.parent
         ) as tmp:
-            staged: dict[str, Path] = {_REL.plans.as_posix(): folder.plans}
+            staged: dict[str, Path] = {MEMBER_PATHS.plans.as_posix(): folder.plans}
             if folder.postprocessing.is_file():
-                staged[_REL.postprocessing.as_posix()] = folder.postprocessing
+                staged[MEMBER_PATHS.postprocessing.as_posix()] = folder.postprocessing
             for fold in chosen:
                 ckpt = load_checkpoint(folder.checkpoint(fold, checkpoint))  # weights only
                 config = ckpt.meta.configuration or folder.name
@@ -192,9 +178,9 @@ def export_model(
                 )
                 slim = Path(tmp) / f"fold_{fold}.pt"
                 save_checkpoint(slim, ckpt.model_state, None, ckpt.meta)  # no optimiser state
-                staged[_REL.checkpoint(fold, checkpoint).as_posix()] = slim
+                staged[MEMBER_PATHS.checkpoint(fold, checkpoint).as_posix()] = slim
                 if folder.summary(fold).is_file():
-                    staged[_REL.summary(fold).as_posix()] = folder.summary(fold)
+                    staged[MEMBER_PATHS.summary(fold).as_posix()] = folder.summary(fold)
             manifest = ExportManifest(
                 format_version=FORMAT_VERSION,
                 dataset=plans.dataset_name,
@@ -210,7 +196,7 @@ def export_model(
                 os.fdopen(fd, "wb") as fh,
                 zipfile.ZipFile(fh, "w") as zf,
             ):
-                zf.writestr(_zip_info(_MANIFEST), dumps(manifest))
+                zf.writestr(_zip_info(MANIFEST_MEMBER), dumps(manifest))
                 for name, path in sorted(staged.items()):
                     with (
                         path.open("rb") as src,
@@ -226,215 +212,3 @@ def _zip_info(name: str) -> zipfile.ZipInfo:
     info.compress_type = zipfile.ZIP_DEFLATED
     info.external_attr = (stat.S_IFREG | 0o644) << 16
     return info
-
-
-# ---------------------------------------------------------------------- import
-
-
-def _refuse(archive: Path, why: str) -> AutosegError:
-    return AutosegError(f"{archive}: refused: {why}; nothing was imported")
-
-
-def _check_name(archive: Path, name: str) -> None:
-    """A member name must be a plain relative POSIX path that stays inside the target."""
-    parts = PurePosixPath(name).parts
-    if (
-        name.startswith(("/", "\\"))
-        or "\\" in name
-        or re.match(r"^[A-Za-z]:", name)
-        or any(p in ("..", ".", "") for p in name.rstrip("/").split("/"))
-        or not parts
-    ):
-        raise _refuse(archive, f"member {name!r} escapes the target folder")
-
-
-def _check_members(archive: Path, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """Name, type, duplicate and size checks of every member; returns the files by name."""
-    files: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
-        _check_name(archive, info.filename)
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
-            raise _refuse(archive, f"member {info.filename!r} is a symbolic link")
-        if info.is_dir():
-            if not re.fullmatch(r"fold_([0-9]+|all)/", info.filename):
-                raise _refuse(archive, f"unexpected folder {info.filename!r}")
-            continue
-        if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded (Python, DOS)
-            raise _refuse(archive, f"member {info.filename!r} is not a regular file")
-        if info.filename in files:
-            raise _refuse(archive, f"member {info.filename!r} appears twice")
-        if info.file_size > _limit(info.filename):
-            raise _refuse(
-                archive,
-                f"member {info.filename!r} is {info.file_size} bytes "
-                f"(limit {_limit(info.filename)})",
-            )
-        files[info.filename] = info
-    return files
-
-
-def _read_small(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    with zf.open(info) as fh:
-        data = fh.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise _refuse(archive, f"member {info.filename!r} is larger than it says")
-    return data
-
-
-def read_manifest(archive: str | Path) -> ExportManifest:
-    """Check an archive's members and read its manifest, extracting nothing.
-
-    Raises:
-        AutosegError: not a zip, an unsafe or unexpected member, or a missing/invalid manifest.
-    """
-    archive = Path(archive)
-    with _open_zip(archive) as zf:
-        return _manifest(archive, zf, _check_members(archive, zf))
-
-
-def _open_zip(archive: Path) -> zipfile.ZipFile:
-    if not archive.is_file():
-        raise AutosegError(f"{archive}: archive not found")
-    try:
-        return zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise AutosegError(f"{archive}: not a zip archive ({exc})") from exc
-
-
-def _manifest(
-    archive: Path, zf: zipfile.ZipFile, files: dict[str, zipfile.ZipInfo]
-) -> ExportManifest:
-    if _MANIFEST not in files:
-        raise _refuse(archive, f"no {_MANIFEST} (not made by autoseg export)")
-    try:
-        raw = json.loads(_read_small(archive, zf, files[_MANIFEST]).decode("utf-8"))
-        manifest = from_dict(ExportManifest, raw)
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, AttributeError) as exc:
-        raise _refuse(archive, f"{_MANIFEST} is not a valid manifest ({exc})") from exc
-    if manifest.format_version != FORMAT_VERSION:
-        raise _refuse(archive, f"format version {manifest.format_version} is not supported")
-    for what in ("dataset", "planner", "configuration"):
-        problem = name_problem(getattr(manifest, what))
-        if problem is not None:
-            raise _refuse(archive, f"{what} name {getattr(manifest, what)!r}: {problem}")
-    if not manifest.folds or not all(re.fullmatch(r"[0-9]+|all", f) for f in manifest.folds):
-        raise _refuse(archive, f"folds {list(manifest.folds)} are not fold names")
-    if not re.fullmatch(r"checkpoint_[A-Za-z0-9_]+\.pt", manifest.checkpoint):
-        raise _refuse(archive, f"checkpoint name {manifest.checkpoint!r} is not a safe name")
-    allowed = manifest.allowed_members()
-    unexpected = sorted(set(files) - allowed)
-    if unexpected:
-        raise _refuse(archive, f"unexpected member(s) {', '.join(map(repr, unexpected))}")
-    unlisted = sorted(set(files) - set(manifest.files) - {_MANIFEST})
-    absent = sorted(set(manifest.files) - set(files))
-    if unlisted or absent:
-        raise _refuse(archive, f"members and manifest differ ({unlisted or absent})")
-    needed = [_REL.plans.as_posix()] + [
-        _REL.checkpoint(f, manifest.checkpoint).as_posix() for f in manifest.folds
-    ]
-    missing = [n for n in needed if n not in files]
-    if missing:
-        raise _refuse(archive, f"missing member(s) {', '.join(missing)}")
-    return manifest
-
-
-def _extract(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> str:
-    """Copy one member to ``dest`` counting bytes; returns its SHA-256."""
-    digest, size, limit = hashlib.sha256(), 0, min(info.file_size, _limit(info.filename))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with zf.open(info) as src, dest.open("xb") as dst:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            size += len(chunk)
-            if size > limit:
-                raise _refuse(archive, f"member {info.filename!r} is larger than it says")
-            digest.update(chunk)
-            dst.write(chunk)
-    return digest.hexdigest()
-
-
-def import_model(archive: str | Path, home: Path, overwrite: bool = False) -> Path:
-    """Install an exported model as ``<home>/<dataset>/models/<planner>/<config>/``.
-
-    Args:
-        archive: a zip written by ``export_model``.
-        home: the home folder to install into.
-        overwrite: replace an existing model folder of the same name (only once the new one
-            has passed every check).
-
-    Returns:
-        The installed model folder.
-
-    Raises:
-        AutosegError: every reason listed in the module docstring; nothing is written then.
-    """
-    archive = Path(archive)
-    # heavy: torch and the network, only to check that the weights fit (start-up time)
-    from autoseg.inference.predictor import Predictor
-
-    with _open_zip(archive) as zf:
-        files = _check_members(archive, zf)
-        manifest = _manifest(archive, zf, files)
-        dirs = DatasetDirs(name=manifest.dataset, raw=None, work=Path(home) / manifest.dataset)
-        target = ModelFolder(dirs.model_folder(manifest.planner, manifest.configuration))
-        _recover_killed_import(target.path)
-        if target.path.exists() and not overwrite:
-            raise AutosegError(
-                f"{target.path}: a model is already there; remove it or pass --overwrite"
-            )
-        with folder_for_output(target.path.parent):
-            _install(archive, zf, files, manifest, target, Predictor)
-    log.info("imported %s into %s", archive, target.path)
-    return target.path
-
-
-def _recover_killed_import(target: Path) -> None:
-    """Undo what a killed import of ``target`` left: staging folders are removed; a model it
-    had moved aside to replace, and not yet replaced, is put back."""
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    for staging in parent.glob(f".{glob.escape(target.name)}.import-*"):
-        shutil.rmtree(staging, ignore_errors=True)
-    for old in sorted(parent.glob(f".{glob.escape(target.name)}.replaced-*")):
-        if not target.exists():
-            old.rename(target)  # killed between the two renames: the old model comes back
-            log.warning("%s: restored the model a killed import had moved aside", target)
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _install(
-    archive: Path,
-    zf: zipfile.ZipFile,
-    files: dict[str, zipfile.ZipInfo],
-    manifest: ExportManifest,
-    target: ModelFolder,
-    predictor: type,
-) -> None:
-    """Extract, check and rename the archive's model into ``target`` (its parent exists)."""
-    staging = target.path.parent / f".{target.name}.import-{secrets.token_hex(4)}"
-    staging.mkdir()
-    try:
-        for name, info in sorted(files.items()):
-            digest = _extract(archive, zf, info, staging / name)
-            if name != _MANIFEST and digest != manifest.files[name]:
-                raise _refuse(archive, f"member {name!r} does not match its SHA-256")
-        staged = ModelFolder(staging)
-        for fold in manifest.folds:
-            meta = load_checkpoint(staged.checkpoint(fold, manifest.checkpoint)).meta
-            if meta.configuration and meta.configuration != manifest.configuration:
-                raise _refuse(archive, f"fold {fold} was trained as {meta.configuration!r}")
-        predictor.from_folder(  # the weights fit the planned network, on the CPU
-            staging, folds=manifest.folds, checkpoint=manifest.checkpoint, device="cpu"
-        )
-        if target.path.exists():
-            old = target.path.parent / f".{target.name}.replaced-{secrets.token_hex(4)}"
-            target.path.rename(old)
-            staging.rename(target.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target.path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

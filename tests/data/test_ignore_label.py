@@ -15,7 +15,9 @@ from autoseg.data.checkpoint import load_checkpoint
 from autoseg.data.dataset import load_dataset
 from autoseg.data.plans import Plans
 from autoseg.errors import DatasetError
-from autoseg.evaluation.evaluate import Evaluation, case_metrics, evaluate_arrays
+from autoseg.evaluation.evaluate import evaluate_arrays
+from autoseg.evaluation.metrics import case_metrics
+from autoseg.evaluation.report import Evaluation
 from autoseg.planning.fingerprint import inspect_case
 from autoseg.preprocessing.preprocess import PreprocessedCase
 from autoseg.training.loader import _Sampler

@@ -15,7 +15,8 @@ from autoseg.data.checkpoint import load_checkpoint
 from autoseg.data.dataset import load_dataset
 from autoseg.data.regions import Region, region_masks, regions_to_labels
 from autoseg.errors import DatasetError
-from autoseg.evaluation.evaluate import Evaluation, case_metrics
+from autoseg.evaluation.metrics import case_metrics
+from autoseg.evaluation.report import Evaluation
 from autoseg.training.losses.region import RegionDiceBCELoss, region_dice_counts
 from tests.reliability_helpers import cli, shrink_network, tiny_dataset
 

@@ -12,7 +12,9 @@ from rich.console import Console
 from scipy.spatial.distance import cdist
 
 from autoseg.errors import DatasetError
-from autoseg.evaluation.evaluate import Evaluation, case_metrics, evaluate_arrays, evaluate_folders
+from autoseg.evaluation.evaluate import evaluate_arrays, evaluate_folders
+from autoseg.evaluation.metrics import case_metrics
+from autoseg.evaluation.report import Evaluation
 
 
 def _brute_surface(mask: np.ndarray) -> np.ndarray:

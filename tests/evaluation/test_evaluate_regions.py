@@ -16,8 +16,8 @@ from autoseg.cli.commands import app
 from autoseg.data.plans import Plans
 from autoseg.data.regions import Region
 from autoseg.errors import AutosegError
-from autoseg.evaluation.evaluate import Evaluation
 from autoseg.evaluation.labels import read_evaluation_labels
+from autoseg.evaluation.report import Evaluation
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoseg.cli.commands import app
-from autoseg.data.dataset import read_label_names
+from autoseg.data.dataset_json import read_label_names
 from autoseg.errors import DatasetError
 
 runner = CliRunner()
@@ -134,7 +134,7 @@ def test_read_label_names_from_a_model_folder(tmp_path: Path) -> None:
 
 
 def test_an_evaluation_written_before_the_monai_definitions_says_so(tmp_path: Path) -> None:
-    from autoseg.evaluation.evaluate import Evaluation
+    from autoseg.evaluation.report import Evaluation
 
     preds, refs = _folders(tmp_path)
     result = runner.invoke(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image as PILImage
 
-from autoseg.evaluation.evaluate import Evaluation, evaluate_arrays, evaluate_folders
+from autoseg.evaluation.evaluate import evaluate_arrays, evaluate_folders
 from autoseg.evaluation.metrics_microscopy import matched_objects, object_metrics
+from autoseg.evaluation.report import Evaluation
 
 
 def discs(centres: list[tuple[int, int]], radius: int = 5, shape=(40, 60)) -> np.ndarray:

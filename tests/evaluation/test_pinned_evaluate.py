@@ -19,7 +19,8 @@ from rich.console import Console
 
 from autoseg.data.regions import Region
 from autoseg.errors import DatasetError
-from autoseg.evaluation.evaluate import Evaluation, MeanMetrics, evaluate_arrays, evaluate_folders
+from autoseg.evaluation.evaluate import evaluate_arrays, evaluate_folders
+from autoseg.evaluation.report import Evaluation, MeanMetrics
 
 SPACING = (1.0, 1.0, 1.0)
 

@@ -16,7 +16,7 @@ from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkp
 from autoseg.data.model_folder import ModelFolder
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Plans
-from autoseg.inference import exchange
+from autoseg.inference import exchange_import
 from autoseg.inference.postprocess import PostprocessingDecision
 from autoseg.networks.unet import build_network
 from autoseg.serial import to_dict
@@ -188,7 +188,7 @@ def test_import_refuses_hostile_archives(
 def test_import_refuses_oversized_members(
     exported: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exchange, "MAX_JSON_BYTES", 64)
-    with pytest.raises(exchange.AutosegError, match="bytes \\(limit 64\\)"):
-        exchange.import_model(exported[2], tmp_path / "home")
+    monkeypatch.setattr(exchange_import, "MAX_JSON_BYTES", 64)
+    with pytest.raises(exchange_import.AutosegError, match="bytes \\(limit 64\\)"):
+        exchange_import.import_model(exported[2], tmp_path / "home")
     assert not (tmp_path / "home").exists()
