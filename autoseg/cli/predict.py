@@ -76,6 +76,13 @@ def predict(
             "patch; default 1.25 in 3D, 1 in 2D).",
         ),
     ] = None,
+    body_mask: Annotated[
+        bool,
+        typer.Option(
+            "--body-mask/--no-body-mask",
+            help="CT: skip the tiles that hold no body (air is background).",
+        ),
+    ] = True,
     part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
     parts: Annotated[
         int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
@@ -125,6 +132,7 @@ def predict(
         postprocess=postprocess,
         max_tile_scale=tile_scale,  # None: the predictor's default for 2D / 3D
         compile=compile,
+        body_mask=body_mask,
     )
     report = predict_folder(
         inputs,

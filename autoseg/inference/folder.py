@@ -150,9 +150,10 @@ def predict_folder(
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any]:
+    def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any, Any]:
         image = read_image(files)
-        return (image.geometry, *predictor.preprocess(image, case))  # the image is let go
+        array, props = predictor.preprocess(image, case)
+        return image.geometry, array, props, predictor.body(image, props)  # image let go
 
     def export(probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path) -> Path:
         labels, restored = predictor.finalize(probs, props)
@@ -191,7 +192,7 @@ def predict_folder(
             case, files, out, pending = reads.popleft()
             prefetch()
             try:
-                geometry, array, props = pending.result()
+                geometry, array, props, body = pending.result()
                 del pending  # the future would keep the arrays alive
             except AutosegError as exc:
                 log.warning("case %s not predicted: %s", case, exc)
@@ -199,8 +200,8 @@ def predict_folder(
                 failed.append(Problem(str(files[0]), message))
                 bar.advance(task)
                 continue
-            probs = predictor.predict_preprocessed(array)
-            del array
+            probs = predictor.predict_preprocessed(array, body)
+            del array, body
             writes.append(writer.submit(export, probs, props, geometry, case, out))
             del probs  # the export holds it, until it is written
             writes[-1].add_done_callback(lambda _: bar.advance(task))

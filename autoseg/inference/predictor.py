@@ -32,6 +32,7 @@ from autoseg.inference.folder import PredictionReport, predict_folder
 from autoseg.inference.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.inference.sliding_window import (
     DEFAULT_TILE_SCALE,
+    SKIPPED_LOGIT_GAP,
     default_tile_batch,
     inference_tile_size,
     sliding_window_logits,
@@ -39,6 +40,7 @@ from autoseg.inference.sliding_window import (
 )
 from autoseg.networks.compiled import compile_with_fallback, use_compile
 from autoseg.networks.unet import build_network
+from autoseg.preprocessing.body_mask import body_mask, ct_channels
 from autoseg.preprocessing.preprocess import preprocess_image, restore_probabilities
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ class Predictor:
         sources: where each state dict came from, named in errors (default ``fold <k>``).
         previous_stage: for a cascade stage, gives a case's previous-stage label map on its
             own grid (``from_folder`` runs the previous stage's model).
+        body_mask: with CT-normalised channels, skip the tiles that hold no body
+            (``autoseg.preprocessing.body_mask``: air around the patient is predicted
+            background without running the network); no effect on other images.
 
     Raises:
         AutosegError: a cascade stage without ``previous_stage``, or weights that do not fit.
@@ -93,6 +98,7 @@ class Predictor:
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
         previous_stage: PreviousStage | None = None,
+        body_mask: bool = True,
     ) -> None:
         self.plans = plans
         if isinstance(configuration, str):
@@ -131,6 +137,7 @@ class Predictor:
             with autocast(self.device):
                 self.networks = [compile_with_fallback(net, example) for net in self.networks]
         self.postprocessing = postprocessing
+        self.body_channels = ct_channels(configuration) if body_mask else ()
 
     @classmethod
     def from_folder(
@@ -145,6 +152,7 @@ class Predictor:
         tile_batch: int | None = None,
         max_tile_scale: float | None = None,
         compile: bool | None = None,
+        body_mask: bool = True,
     ) -> Predictor:
         """Load the trained folds of a model folder.
 
@@ -153,7 +161,8 @@ class Predictor:
             folds: fold names or numbers; None: ``ModelFolder.default_folds`` (the 5
                 cross-validation folds when all are trained, else ``all``; the log says which).
             checkpoint: ``final``, ``best``, ``latest`` or a checkpoint file name.
-            device, tta, step, tile_batch, max_tile_scale, compile: as for the constructor.
+            device, tta, step, tile_batch, max_tile_scale, compile, body_mask: as for the
+                constructor.
             postprocess: apply ``postprocessing.json`` when the model folder has one.
 
         Raises:
@@ -210,6 +219,7 @@ class Predictor:
                 tile_batch=tile_batch,
                 max_tile_scale=max_tile_scale,
                 compile=compile,
+                body_mask=body_mask,
             )
             previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
@@ -226,6 +236,7 @@ class Predictor:
             folds=chosen,
             sources=[str(p) for p in paths],
             previous_stage=previous,
+            body_mask=body_mask,
         )
         log.info(
             "loaded %s (%s, folds %s) on %s",
@@ -278,6 +289,26 @@ class Predictor:
         array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
         return array, props
 
+    def body(self, image: Image, props: Any) -> np.ndarray | None:
+        """Where tiles must run for ``image``: its dilated body on the network grid, or None.
+
+        None (every tile runs) unless the configuration has CT-normalised channels and the
+        predictor was built with ``body_mask``.
+
+        Args:
+            image: the raw image, as given to ``preprocess``.
+            props: the ``CaseProperties`` that ``preprocess`` returned for it.
+        """
+        if not self.body_channels:
+            return None
+        return body_mask(
+            image.array,
+            image.geometry.spacing,
+            self.body_channels,
+            props.crop_bbox,
+            props.shape_after_resample,
+        )
+
     def tile_batch(self, tile: Sequence[int]) -> int:
         """Network inputs per forward pass for tiles of shape ``tile`` (see the constructor)."""
         return self._tile_batch or default_tile_batch(tile, self.device)
@@ -294,11 +325,13 @@ class Predictor:
             spatial, config.patch_size, config.total_stride(), self.max_tile_scale
         )
 
-    def predict_preprocessed(self, array: np.ndarray) -> np.ndarray:
+    def predict_preprocessed(self, array: np.ndarray, body: np.ndarray | None = None) -> np.ndarray:
         """Softmax probabilities on the network grid, logits averaged over folds and mirrors.
 
         Args:
             array: preprocessed ``(C, Z, Y, X)`` float32.
+            body: bool ``(Z, Y, X)`` from ``body``: tiles without a True voxel are skipped and
+                the voxels only they cover are background. None: every tile runs.
 
         Returns:
             float32 ``(K, Z, Y, X)`` probabilities (host memory).
@@ -308,6 +341,10 @@ class Predictor:
         window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
         mirror_axes = tuple(range(config.ndim)) if self.tta else ()
         tile = self.tile_size(array.shape[1:])
+        keep = None if body is None else torch.from_numpy(body).to(self.device)
+        # skipped voxels: background ahead (softmax), or every region off (sigmoid)
+        gap = [-SKIPPED_LOGIT_GAP] * self.num_classes
+        background = gap if self.regions else [0.0, *gap[1:]]
         total = torch.zeros(0)
         # threads / cuDNN benchmarking only for this call: the process keeps its own settings
         with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
@@ -320,6 +357,8 @@ class Predictor:
                     step=self.step,
                     mirror_axes=mirror_axes,
                     tile_batch=self.tile_batch(tile),
+                    keep=keep,
+                    background=background,
                 )
                 total = logits if i == 0 else total.add_(logits)
                 del logits
@@ -375,7 +414,8 @@ class Predictor:
             probability channel i belongs to label value ``plans.predicted_labels[i]``.
         """
         array, props = self.preprocess(image)
-        return self.finalize(self.predict_preprocessed(array), props)
+        probs = self.predict_preprocessed(array, self.body(image, props))
+        return self.finalize(probs, props)
 
     def predict_array(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """Segment a numpy volume (Python API).

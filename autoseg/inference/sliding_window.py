@@ -19,6 +19,12 @@ stride. A Hippocampus image just over the patch then takes one window instead of
 (docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases; fold-0 CV Dice of a trained
 3d_fullres model 0.8353 with the patch, 0.8349 widened). ``max_scale=1`` keeps the patch.
 
+A tile mask (``keep``, a bool map over the image: for CT the body, from
+``autoseg.preprocessing.body_mask``) skips every tile that holds no True voxel: the network never
+sees it, and a voxel no run tile covers gets the ``background`` logits. Every voxel where
+``keep`` is True is covered only by tiles that run, so its logits are those of the unskipped
+prediction.
+
 Model loading, folds and folders of cases live in ``autoseg.inference.predictor``; input files in
 ``autoseg.inference.inputs``; devices in ``autoseg.device``.
 """
@@ -40,6 +46,7 @@ __all__ = [
     "gaussian_importance_map",
     "inference_tile_size",
     "mirror_combinations",
+    "run_corners",
     "sliding_window_logits",
     "sliding_window_logits_slices",
     "sliding_window_positions",
@@ -51,6 +58,9 @@ Network = Callable[[torch.Tensor], torch.Tensor]
 # 3d_fullres Hippocampus network: the 8 mirrorings of a 36x52x36 tile in one pass took 0.84x the
 # CPU time of four passes of 2, same logits; docs/benchmarks.md); this bounds the activations.
 CPU_VOXELS_PER_FORWARD = 2**20
+
+#: a skipped voxel's logits: the background class this much above every other class
+SKIPPED_LOGIT_GAP = 30.0
 
 
 def default_tile_batch(tile: Sequence[int], device: torch.device) -> int:
@@ -153,6 +163,27 @@ def sliding_window_positions(
     return list(itertools.product(*per_axis))
 
 
+def run_corners(
+    corners: Sequence[tuple[int, ...]],
+    tile_shape: Sequence[int],
+    keep: torch.Tensor | np.ndarray | None,
+) -> list[tuple[int, ...]]:
+    """The tile corners whose tile holds at least one True voxel of ``keep`` (all without it).
+
+    Args:
+        corners: tile start corners over the image.
+        tile_shape: the tile's shape.
+        keep: bool map of the image's spatial shape, or None.
+    """
+    if keep is None:
+        return list(corners)
+    return [
+        corner
+        for corner in corners
+        if keep[tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))].any()
+    ]
+
+
 def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of ``mirror_axes`` (the empty one first): 2**len(mirror_axes) flips."""
     axes = tuple(sorted(set(mirror_axes)))
@@ -188,6 +219,8 @@ def _accumulate_tiles(
     flips: Sequence[tuple[int, ...]],
     tile_batch: int,
     importance: torch.Tensor,
+    keep: torch.Tensor | None = None,
+    background: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Weighted average of the network's logits over tiles of ``image``.
 
@@ -200,10 +233,14 @@ def _accumulate_tiles(
         flips: tuples of tile axes (0-based, spatial) to flip; the logits are averaged over them.
         tile_batch: network inputs per forward pass (mirrored copies count).
         importance: float32 ``tile_shape`` weights on the image's device.
+        keep: bool ``S`` map; tiles without a True voxel are skipped (None: run every tile).
+        background: K logits for voxels that no run tile covers (default: 0 for class 0,
+            ``-SKIPPED_LOGIT_GAP`` for the others).
 
     Returns:
         float32 ``(K, *S)`` logits on the image's device.
     """
+    corners = run_corners(corners, tile_shape, keep)
     spatial = tuple(image.shape[1:])
     logits = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=image.device)
     weight = torch.zeros(spatial, dtype=torch.float32, device=image.device)
@@ -233,7 +270,18 @@ def _accumulate_tiles(
             logits[(slice(None), *window)] += tile_logits * share
             if not flip:
                 weight[window] += importance
-    return logits.div_(weight)  # in place: no second (K, *S) array
+    if keep is None:
+        return logits.div_(weight)  # in place: no second (K, *S) array
+    empty = weight == 0  # covered by skipped tiles only
+    weight[empty] = 1.0
+    logits.div_(weight)
+    if background is None:
+        background = [0.0] + [-SKIPPED_LOGIT_GAP] * (num_classes - 1)
+    if len(background) != num_classes:
+        raise ValueError(f"{len(background)} background logits for {num_classes} classes")
+    for k, value in enumerate(background):
+        logits[k].masked_fill_(empty, float(value))
+    return logits
 
 
 def sliding_window_logits(
@@ -246,6 +294,8 @@ def sliding_window_logits(
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
     use_gaussian: bool = True,
+    keep: torch.Tensor | None = None,
+    background: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Logits of ``network`` over a whole image by overlapping, Gaussian-weighted tiles.
 
@@ -261,6 +311,10 @@ def sliding_window_logits(
             logits are averaged over all 2**len(mirror_axes) flip combinations.
         tile_batch: network inputs per forward pass (tiles times mirrored copies).
         use_gaussian: weight tiles by ``gaussian_importance_map``; False weights them equally.
+        keep: bool ``S`` map on the image's device (the CT body); tiles holding no True voxel
+            are not run. None: every tile runs.
+        background: K logits for voxels that only skipped tiles cover (default: class 0 ahead
+            by ``SKIPPED_LOGIT_GAP``; give all-negative values for sigmoid regions).
 
     Returns:
         float32 ``(K, *S)`` logits on ``image.device``. An image smaller than the patch is padded
@@ -272,6 +326,7 @@ def sliding_window_logits(
     if any(a < 0 or a >= ndim for a in mirror_axes):
         raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..{ndim - 1}")
     padded, crop = _pad_to_patch(image, patch_size)
+    keep = _pad_keep(keep, image.shape[1:], patch_size)
     corners = sliding_window_positions(padded.shape[1:], patch_size, step)
     importance = _importance(patch_size, use_gaussian, image.device)
     with torch.inference_mode():
@@ -284,6 +339,8 @@ def sliding_window_logits(
             mirror_combinations(mirror_axes),
             tile_batch,
             importance,
+            keep,
+            background,
         )
     return logits[(slice(None), *crop)]
 
@@ -298,6 +355,8 @@ def sliding_window_logits_slices(
     mirror_axes: Sequence[int] = (),
     tile_batch: int = 4,
     use_gaussian: bool = True,
+    keep: torch.Tensor | None = None,
+    background: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Logits of a 2D network over every Z-slice of a volume.
 
@@ -314,6 +373,7 @@ def sliding_window_logits_slices(
         mirror_axes: in-plane axes to mirror: 0 = Y, 1 = X.
         tile_batch: network inputs per forward pass.
         use_gaussian: weight tiles by the 2D Gaussian importance map.
+        keep, background: as for ``sliding_window_logits`` (``keep`` is ``(Z, Y, X)``).
 
     Returns:
         float32 ``(K, Z, Y, X)`` logits on ``volume.device``; identical (up to rounding) to
@@ -325,6 +385,7 @@ def sliding_window_logits_slices(
         raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..1 (Y, X)")
     tile_shape = (1, *patch_size)
     padded, crop = _pad_to_patch(volume, tile_shape)
+    keep = _pad_keep(keep, volume.shape[1:], tile_shape)
     corners = [
         (z, *corner)
         for z in range(padded.shape[1])
@@ -341,9 +402,38 @@ def sliding_window_logits_slices(
     flips = [tuple(a + 1 for a in flip) for flip in mirror_combinations(mirror_axes)]
     with torch.inference_mode():
         logits = _accumulate_tiles(
-            slice_network, padded, corners, tile_shape, num_classes, flips, tile_batch, importance
+            slice_network,
+            padded,
+            corners,
+            tile_shape,
+            num_classes,
+            flips,
+            tile_batch,
+            importance,
+            keep,
+            background,
         )
     return logits[(slice(None), *crop)]
+
+
+def _pad_keep(
+    keep: torch.Tensor | None, spatial: Sequence[int], tile_shape: Sequence[int]
+) -> torch.Tensor | None:
+    """``keep`` padded (with False) as ``_pad_to_patch`` pads the image."""
+    if keep is None:
+        return None
+    if tuple(keep.shape) != tuple(spatial):
+        raise ValueError(f"keep {tuple(keep.shape)} does not match the image {tuple(spatial)}")
+    keep = keep.bool()
+    if all(s >= t for s, t in zip(spatial, tile_shape, strict=True)):
+        return keep
+    shape = [max(s, t) for s, t in zip(spatial, tile_shape, strict=True)]
+    padded = torch.zeros(shape, dtype=torch.bool, device=keep.device)
+    place = tuple(
+        slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, spatial, strict=True)
+    )  # where _pad_to_patch puts the image
+    padded[place] = keep
+    return padded
 
 
 def _importance(
