@@ -75,13 +75,33 @@ def _ellipsoid(
     return box, inside
 
 
-def make_case(
-    rng: np.random.Generator, slices: int, preset: SizePreset
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """One case: ``(image int16 (Z, Y, X) HU, labels uint8 (Z, Y, X), spacing (Z, Y, X) mm)``."""
+def case_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of case ``index``: cases are independent of each other's sizes."""
+    return np.random.default_rng([seed, index])
+
+
+def draw_geometry(
+    rng: np.random.Generator, preset: SizePreset, test: bool
+) -> tuple[int, tuple[float, float, float]]:
+    """A case's slice count and spacing (Z, Y, X) mm: the first draws of its generator, so a
+    benchmark can plan from the geometry without making the voxels."""
+    lo, hi = preset.train_slices
+    slices = preset.test_slices if test else int(rng.integers(lo, hi + 1))
     inplane = float(rng.uniform(0.72, 0.88)) * preset.spacing_scale
     thick = float(rng.uniform(2.5, 3.0)) * preset.spacing_scale
-    spacing = np.array([thick, inplane, inplane])
+    return slices, (thick, inplane, inplane)
+
+
+def make_case(
+    rng: np.random.Generator,
+    slices: int,
+    spacing_zyx: tuple[float, float, float],
+    preset: SizePreset,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One case: ``(image int16 (Z, Y, X) HU, labels uint8 (Z, Y, X))``; ``rng`` continues
+    from ``draw_geometry``."""
+    spacing = np.array(spacing_zyx, dtype=np.float64)
+    inplane = float(spacing[1])
     shape = (slices, preset.edge, preset.edge)
     extent = np.array(shape) * spacing  # mm
     image = np.empty(shape, dtype=np.int16)
@@ -133,7 +153,7 @@ def make_case(
     for z in range(slices):  # noise slice by slice: no float64 copy of the volume
         noise = rng.standard_normal(shape[1:], dtype=np.float32) * NOISE_HU
         image[z] = np.clip(image[z] + np.rint(noise), -1024, 3071).astype(np.int16)
-    return image, labels, (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return image, labels
 
 
 def _save(path: Path, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
@@ -160,16 +180,15 @@ def write_dataset(
         seed: the generator's seed; equal arguments give equal files.
     """
     preset = SIZES[size]
-    rng = np.random.default_rng(seed)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     training, testing, ids = [], [], []
     for i in range(train + test):
         case = f"ct_{i:03d}"
         is_test = i >= train
-        lo, hi = preset.train_slices
-        slices = preset.test_slices if is_test else int(rng.integers(lo, hi + 1))
-        image, labels, spacing = make_case(rng, slices, preset)
+        rng = case_rng(seed, i)
+        slices, spacing = draw_geometry(rng, preset, is_test)
+        image, labels = make_case(rng, slices, spacing, preset)
         images, label_dir = ("imagesTs", "labelsTs") if is_test else ("imagesTr", "labelsTr")
         _save(out / images / f"{case}.nii.gz", image, spacing)
         _save(out / label_dir / f"{case}.nii.gz", labels, spacing)

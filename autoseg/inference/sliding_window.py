@@ -20,10 +20,10 @@ stride. A Hippocampus image just over the patch then takes one window instead of
 3d_fullres model 0.8353 with the patch, 0.8349 widened). ``max_scale=1`` keeps the patch.
 
 A tile mask (``keep``, a bool map over the image: for CT the body, from
-``autoseg.preprocessing.body_mask``) skips every tile that holds no True voxel: the network never
-sees it, and a voxel no run tile covers gets the ``background`` logits. Every voxel where
-``keep`` is True is covered only by tiles that run, so its logits are those of the unskipped
-prediction.
+``autoseg.preprocessing.body_mask``) limits the tiling to its bounding box (the tiles are spread
+over the box as over a cropped image, as the nonzero crop does for MRI) and skips every tile
+that holds no True voxel: the network never sees them, and a voxel no run tile covers gets the
+``background`` logits. Every True voxel is covered only by tiles that run.
 
 Model loading, folds and folders of cases live in ``autoseg.inference.predictor``; input files in
 ``autoseg.inference.inputs``; devices in ``autoseg.device``.
@@ -45,6 +45,7 @@ __all__ = [
     "default_tile_batch",
     "gaussian_importance_map",
     "inference_tile_size",
+    "keep_positions",
     "mirror_combinations",
     "run_corners",
     "sliding_window_logits",
@@ -161,6 +162,39 @@ def sliding_window_positions(
         raise ValueError(f"step must be in (0, 1], got {step}")
     per_axis = [_axis_starts(s, p, step) for s, p in zip(image_shape, patch_size, strict=True)]
     return list(itertools.product(*per_axis))
+
+
+def keep_positions(
+    image_shape: Sequence[int],
+    tile_shape: Sequence[int],
+    step: float,
+    keep: torch.Tensor | np.ndarray | None,
+) -> list[tuple[int, ...]]:
+    """Tile corners laid over the bounding box of ``keep`` (the whole image without it).
+
+    The box is widened to at least a tile per axis (inside the image); the tiles are spread
+    over it as ``sliding_window_positions`` spreads them over an image, then shifted to it. An
+    empty ``keep`` gives no tiles.
+    """
+    if keep is None:
+        return sliding_window_positions(image_shape, tile_shape, step)
+    box = []
+    for axis in range(len(image_shape)):
+        others = tuple(a for a in range(len(image_shape)) if a != axis)
+        hits = torch.as_tensor(keep).any(dim=others) if others else torch.as_tensor(keep)
+        found = torch.nonzero(hits).flatten()
+        if found.numel() == 0:
+            return []
+        lo, hi, size, tile = int(found[0]), int(found[-1]) + 1, image_shape[axis], tile_shape[axis]
+        if hi - lo < tile:  # widen around the box's centre, inside the image
+            lo = min(max(0, (lo + hi - tile) // 2), size - tile)
+            hi = lo + tile
+        box.append((lo, hi))
+    extent = [hi - lo for lo, hi in box]
+    return [
+        tuple(c + lo for c, (lo, _) in zip(corner, box, strict=True))
+        for corner in sliding_window_positions(extent, tile_shape, step)
+    ]
 
 
 def run_corners(
@@ -327,7 +361,7 @@ def sliding_window_logits(
         raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..{ndim - 1}")
     padded, crop = _pad_to_patch(image, patch_size)
     keep = _pad_keep(keep, image.shape[1:], patch_size)
-    corners = sliding_window_positions(padded.shape[1:], patch_size, step)
+    corners = keep_positions(padded.shape[1:], patch_size, step, keep)
     importance = _importance(patch_size, use_gaussian, image.device)
     with torch.inference_mode():
         logits = _accumulate_tiles(
@@ -386,10 +420,13 @@ def sliding_window_logits_slices(
     tile_shape = (1, *patch_size)
     padded, crop = _pad_to_patch(volume, tile_shape)
     keep = _pad_keep(keep, volume.shape[1:], tile_shape)
+    in_plane = keep_positions(
+        padded.shape[2:], patch_size, step, None if keep is None else keep.any(dim=0)
+    )
     corners = [
         (z, *corner)
         for z in range(padded.shape[1])
-        for corner in sliding_window_positions(padded.shape[2:], patch_size, step)
+        for corner in in_plane  # one layout for every slice: over the body's in-plane box
     ]
     importance = _importance(patch_size, use_gaussian, volume.device)[None]  # (1, Y, X)
 
