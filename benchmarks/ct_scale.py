@@ -92,6 +92,14 @@ def count(
     config: Configuration, shape: tuple[int, ...], tile: tuple[int, ...], step: float, keep
 ) -> int:
     """Tiles run over a preprocessed image of ``shape``; 2D configurations tile every slice."""
+    spatial = shape[1:] if config.ndim == 2 else shape
+    if keep is not None and any(s < t for s, t in zip(spatial, tile, strict=True)):
+        pad = [
+            (max(t - s, 0) // 2, max(t - s, 0) - max(t - s, 0) // 2)
+            for s, t in zip(spatial, tile, strict=True)
+        ]
+        keep = np.pad(keep, ([(0, 0)] if config.ndim == 2 else []) + pad)  # as the window pads
+        shape = keep.shape
     if config.ndim == 2:
         plane = keep_positions(shape[1:], tile, step, None if keep is None else keep.any(axis=0))
         corners = [(z, *c) for z in range(shape[0]) for c in plane]

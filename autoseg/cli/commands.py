@@ -157,9 +157,11 @@ def plan(
     storage: Annotated[
         str,
         typer.Option(
-            "--storage", help="Preprocessed arrays: npy (fastest) or blosc2 (compressed, extra)."
+            "--storage",
+            help="Preprocessed arrays: auto (blosc2 above 2 GiB, else npy), npy (fastest) or "
+            "blosc2 (compressed, extra).",
         ),
-    ] = "npy",
+    ] = "auto",
 ) -> None:
     """Check the dataset, fingerprint it, plan the configurations and preprocess the cases."""
     from autoseg.planning.runner import plan_dataset

@@ -186,7 +186,9 @@ def keep_positions(
         if found.numel() == 0:
             return []
         lo, hi, size, tile = int(found[0]), int(found[-1]) + 1, image_shape[axis], tile_shape[axis]
-        if hi - lo < tile:  # widen around the box's centre, inside the image
+        if size <= tile:  # one tile covers the axis (the image is padded to it)
+            lo, hi = 0, size
+        elif hi - lo < tile:  # widen around the box's centre, inside the image
             lo = min(max(0, (lo + hi - tile) // 2), size - tile)
             hi = lo + tile
         box.append((lo, hi))

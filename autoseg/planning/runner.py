@@ -8,6 +8,7 @@ home folder untouched.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,14 +21,28 @@ from autoseg.data.paths import DatasetDirs, record_source, resolve_dataset, reso
 from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
 from autoseg.planners import Budget, get_planner
-from autoseg.planning.fingerprint import compute_fingerprint
+from autoseg.planning.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.planning.transfer import plans_from as transfer_plans
 from autoseg.preprocessing.cache import dataset_sources, invalidate_markers
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder, run_preprocessing
-from autoseg.preprocessing.storage import check_storage
+from autoseg.preprocessing.resample import target_shape
+from autoseg.preprocessing.storage import check_storage, choose_storage
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 
 log = logging.getLogger(__name__)
+
+
+def preprocessed_bytes(fingerprint: Fingerprint, plans: Plans) -> int:
+    """Bytes the preprocessed data takes as npy: per preprocessed folder (data identifier),
+    every case's crop resampled to the folder's spacing, float32 per channel + uint8 labels."""
+    folders = {c.data_identifier or c.name: c for c in plans.configurations.values()}
+    per_voxel = 4 * len(plans.channels) + 1
+    total = 0
+    for config in folders.values():
+        for case in fingerprint.cases:
+            shape = target_shape(case.shape_after_crop, case.spacing, config.spacing)
+            total += math.prod(shape) * per_voxel
+    return total
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ def plan_dataset(
     replan: bool = False,
     plans_from: str | None = None,
     border_weights: bool = False,
-    storage: str = "npy",
+    storage: str = "auto",
 ) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases
     (with ``border_weights``, also their border weight maps for ``--loss border_ce``).
@@ -89,6 +104,8 @@ def plan_dataset(
         replan: start the dataset's work folder afresh (its plans, fingerprint, splits and
             preprocessed data are removed first): needed when another dataset folder of the
             same name was planned in this home before.
+        storage: ``auto`` (npy, or blosc2 for large data: ``choose_storage``), ``npy`` or
+            ``blosc2``.
         plans_from: a dataset folder or name, already planned with ``planner``, whose network
             topology the configurations take (``autoseg.planning.transfer.plans_from``), so that its
             trained weights fit for ``train --pretrained``.
@@ -98,7 +115,8 @@ def plan_dataset(
             planner is unknown, or another dataset of this name is planned in the home (without
             ``replan``); nothing is written then.
     """
-    check_storage(storage)  # before anything is written
+    if storage != "auto":
+        check_storage(storage)  # before anything is written
     t0 = time.perf_counter()
     home_dir = resolve_home(home)
     dirs = resolve_dataset(dataset, home_dir, same_source=not replan)
@@ -126,6 +144,8 @@ def plan_dataset(
     fingerprint.to_json(dirs.fingerprint)
     plans.to_json(dirs.plans(planner))
     if preprocess:
+        storage = choose_storage(storage, preprocessed_bytes(fingerprint, plans))
+        log.info("preprocessed arrays stored as %s", storage)
         run_preprocessing(
             spec, plans, list(plans.configurations), dirs.work, workers, sources, storage
         )
