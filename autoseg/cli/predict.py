@@ -83,6 +83,10 @@ def predict(
             help="CT: skip the tiles that hold no body (air is background).",
         ),
     ] = True,
+    cpu_bf16: Annotated[
+        bool,
+        typer.Option("--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on a bf16-capable CPU."),
+    ] = False,
     part: Annotated[int, typer.Option("--part", help="This process's share (0-based).")] = 0,
     parts: Annotated[
         int, typer.Option("--parts", help="Shares the cases are split into (one per machine).")
@@ -133,6 +137,7 @@ def predict(
         max_tile_scale=tile_scale,  # None: the predictor's default for 2D / 3D
         compile=compile,
         body_mask=body_mask,
+        cpu_bf16=cpu_bf16,
     )
     report = predict_folder(
         inputs,

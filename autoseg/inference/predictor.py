@@ -77,6 +77,8 @@ class Predictor:
         body_mask: with CT-normalised channels, skip the tiles that hold no body
             (``autoseg.preprocessing.body_mask``: air around the patient is predicted
             background without running the network); no effect on other images.
+        cpu_bf16: bf16 autocast on a bf16-capable CPU (CUDA always uses bf16); off by
+            default, so CPU labels are those of fp32.
 
     Raises:
         AutosegError: a cascade stage without ``previous_stage``, or weights that do not fit.
@@ -99,8 +101,10 @@ class Predictor:
         sources: Sequence[str] | None = None,
         previous_stage: PreviousStage | None = None,
         body_mask: bool = True,
+        cpu_bf16: bool = False,
     ) -> None:
         self.plans = plans
+        self.cpu_bf16 = cpu_bf16
         if isinstance(configuration, str):
             configuration = plans.configuration(configuration)
         self.configuration: Configuration = configuration
@@ -134,7 +138,7 @@ class Predictor:
             example = torch.zeros(
                 (batch, self.network_channels, *configuration.patch_size), device=self.device
             )
-            with autocast(self.device):
+            with autocast(self.device, self.cpu_bf16):
                 self.networks = [compile_with_fallback(net, example) for net in self.networks]
         self.postprocessing = postprocessing
         self.body_channels = ct_channels(configuration) if body_mask else ()
@@ -153,6 +157,7 @@ class Predictor:
         max_tile_scale: float | None = None,
         compile: bool | None = None,
         body_mask: bool = True,
+        cpu_bf16: bool = False,
     ) -> Predictor:
         """Load the trained folds of a model folder.
 
@@ -161,8 +166,8 @@ class Predictor:
             folds: fold names or numbers; None: ``ModelFolder.default_folds`` (the 5
                 cross-validation folds when all are trained, else ``all``; the log says which).
             checkpoint: ``final``, ``best``, ``latest`` or a checkpoint file name.
-            device, tta, step, tile_batch, max_tile_scale, compile, body_mask: as for the
-                constructor.
+            device, tta, step, tile_batch, max_tile_scale, compile, body_mask, cpu_bf16: as
+                for the constructor.
             postprocess: apply ``postprocessing.json`` when the model folder has one.
 
         Raises:
@@ -220,6 +225,7 @@ class Predictor:
                 max_tile_scale=max_tile_scale,
                 compile=compile,
                 body_mask=body_mask,
+                cpu_bf16=cpu_bf16,
             )
             previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
@@ -237,6 +243,7 @@ class Predictor:
             sources=[str(p) for p in paths],
             previous_stage=previous,
             body_mask=body_mask,
+            cpu_bf16=cpu_bf16,
         )
         log.info(
             "loaded %s (%s, folds %s) on %s",
@@ -347,7 +354,8 @@ class Predictor:
         background = gap if self.regions else [0.0, *gap[1:]]
         total = torch.zeros(0)
         # threads / cuDNN benchmarking only for this call: the process keeps its own settings
-        with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
+        precision = autocast(self.device, self.cpu_bf16)
+        with inference_settings(self.device), torch.inference_mode(), precision:
             for i, net in enumerate(self.networks):
                 logits = window(  # (K, Z, Y, X) float32
                     net,
