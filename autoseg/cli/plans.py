@@ -94,9 +94,10 @@ def register_plan_commands(app: typer.Typer, guard: Callable[[Any], Any]) -> Non
             str,
             typer.Option(
                 "--storage",
-                help="Preprocessed arrays: npy (fastest) or blosc2 (compressed, extra).",
+                help="Preprocessed arrays: auto (blosc2 above 2 GiB, else npy), npy (fastest) or "
+                "blosc2 (compressed, extra).",
             ),
-        ] = "npy",
+        ] = "auto",
         name: Annotated[
             str | None,
             typer.Option(

@@ -83,6 +83,17 @@ def predict(
             "patch; default 1.25 in 3D, 1 in 2D).",
         ),
     ] = None,
+    body_mask: Annotated[
+        bool,
+        typer.Option(
+            "--body-mask/--no-body-mask",
+            help="CT: skip the tiles that hold no body (air is background).",
+        ),
+    ] = True,
+    cpu_bf16: Annotated[
+        bool,
+        typer.Option("--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on a bf16-capable CPU."),
+    ] = False,
     part: Annotated[int, typer.Option("--part", min=0, help="This process's share (0-based).")] = 0,
     parts: Annotated[
         int,
@@ -168,6 +179,8 @@ def predict(
         postprocess=postprocess,
         max_tile_scale=tile_scale,  # None: the predictor's default for 2D / 3D
         compile=compile,
+        body_mask=body_mask,
+        cpu_bf16=cpu_bf16,
     )
     if dicom is not None:
         _predict_dicom(predictor, inputs, output, dicom, overwrite, save_probabilities, part, parts)

@@ -48,8 +48,13 @@ class CasePredictor(Protocol):
 
     def preprocess(self, image: Image, case_id: str = "") -> tuple[np.ndarray, Any]: ...
 
+    def body(self, image: Image, props: Any) -> np.ndarray | None: ...
+
     def predict_preprocessed(
-        self, array: np.ndarray, progress: Callable[[int, int], None] | None = None
+        self,
+        array: np.ndarray,
+        body: np.ndarray | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray: ...
 
     def finalize(self, probs: np.ndarray, props: Any) -> tuple[np.ndarray, np.ndarray]: ...
@@ -174,9 +179,10 @@ def predict_folder(
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any]:
+    def load(files: list[Path], case: str) -> tuple[Geometry, np.ndarray, Any, Any]:
         image = read_image(files)
-        return (image.geometry, *predictor.preprocess(image, case))  # the image is let go
+        array, props = predictor.preprocess(image, case)
+        return image.geometry, array, props, predictor.body(image, props)  # image let go
 
     def export(
         probs: np.ndarray, props: Any, geometry: Geometry, case: str, out: Path
@@ -234,7 +240,7 @@ def predict_folder(
             case, files, out, pending = reads.popleft()
             prefetch()
             try:
-                geometry, array, props = pending.result()
+                geometry, array, props, body = pending.result()
                 del pending  # the future would keep the arrays alive
             except AutosegError as exc:
                 log.warning("case %s not predicted: %s", case, exc)
@@ -244,9 +250,11 @@ def predict_folder(
                 continue
             bar.reset(tiles, total=None, description=f"{case} tiles")
             probs = predictor.predict_preprocessed(
-                array, progress=lambda done, total: bar.update(tiles, completed=done, total=total)
+                array,
+                body,
+                progress=lambda done, total: bar.update(tiles, completed=done, total=total),
             )
-            del array
+            del array, body
             writes.append(writer.submit(export, probs, props, geometry, case, out))
             del probs  # the export holds it, until it is written
             writes[-1].add_done_callback(lambda _: bar.advance(task))

@@ -33,6 +33,7 @@ from autoseg.inference.folder import PredictionReport, predict_folder
 from autoseg.inference.postprocess import PostprocessingDecision, apply_postprocessing
 from autoseg.inference.sliding_window import (
     DEFAULT_TILE_SCALE,
+    SKIPPED_LOGIT_GAP,
     TileProgress,
     default_tile_batch,
     inference_tile_size,
@@ -41,6 +42,7 @@ from autoseg.inference.sliding_window import (
 )
 from autoseg.networks.compiled import compile_with_fallback, use_compile
 from autoseg.networks.unet import build_network
+from autoseg.preprocessing.body_mask import body_mask, ct_channels
 from autoseg.preprocessing.preprocess import preprocess_image, restore_probabilities
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,11 @@ class Predictor:
         sources: where each state dict came from, named in errors (default ``fold <k>``).
         previous_stage: for a cascade stage, gives a case's previous-stage label map on its
             own grid (``from_folder`` runs the previous stage's model).
+        body_mask: with CT-normalised channels, skip the tiles that hold no body
+            (``autoseg.preprocessing.body_mask``: air around the patient is predicted
+            background without running the network); no effect on other images.
+        cpu_bf16: bf16 autocast on a bf16-capable CPU (CUDA always uses bf16); off by
+            default, so CPU labels are those of fp32.
 
     Raises:
         AutosegError: a cascade stage without ``previous_stage``, or weights that do not fit.
@@ -95,8 +102,11 @@ class Predictor:
         folds: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
         previous_stage: PreviousStage | None = None,
+        body_mask: bool = True,
+        cpu_bf16: bool = False,
     ) -> None:
         self.plans = plans
+        self.cpu_bf16 = cpu_bf16
         if isinstance(configuration, str):
             configuration = plans.configuration(configuration)
         self.configuration: Configuration = configuration
@@ -130,9 +140,10 @@ class Predictor:
             example = torch.zeros(
                 (batch, self.network_channels, *configuration.patch_size), device=self.device
             )
-            with autocast(self.device):
+            with autocast(self.device, self.cpu_bf16):
                 self.networks = [compile_with_fallback(net, example) for net in self.networks]
         self.postprocessing = postprocessing
+        self.body_channels = ct_channels(configuration) if body_mask else ()
 
     @classmethod
     def from_folder(
@@ -147,6 +158,8 @@ class Predictor:
         tile_batch: int | None = None,
         max_tile_scale: float | None = None,
         compile: bool | None = None,
+        body_mask: bool = True,
+        cpu_bf16: bool = False,
     ) -> Predictor:
         """Load the trained folds of a model folder.
 
@@ -155,7 +168,8 @@ class Predictor:
             folds: fold names or numbers; None: ``ModelFolder.default_folds`` (the 5
                 cross-validation folds when all are trained, else ``all``; the log says which).
             checkpoint: ``final``, ``best``, ``latest`` or a checkpoint file name.
-            device, tta, step, tile_batch, max_tile_scale, compile: as for the constructor.
+            device, tta, step, tile_batch, max_tile_scale, compile, body_mask, cpu_bf16: as
+                for the constructor.
             postprocess: apply ``postprocessing.json`` when the model folder has one.
 
         Raises:
@@ -215,6 +229,8 @@ class Predictor:
                 tile_batch=tile_batch,
                 max_tile_scale=max_tile_scale,
                 compile=compile,
+                body_mask=body_mask,
+                cpu_bf16=cpu_bf16,
             )
             previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
@@ -231,6 +247,8 @@ class Predictor:
             folds=chosen,
             sources=[str(p) for p in paths],
             previous_stage=previous,
+            body_mask=body_mask,
+            cpu_bf16=cpu_bf16,
         )
         log.info(
             "loaded %s (%s, folds %s) on %s",
@@ -283,6 +301,26 @@ class Predictor:
         array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
         return array, props
 
+    def body(self, image: Image, props: Any) -> np.ndarray | None:
+        """Where tiles must run for ``image``: its dilated body on the network grid, or None.
+
+        None (every tile runs) unless the configuration has CT-normalised channels and the
+        predictor was built with ``body_mask``.
+
+        Args:
+            image: the raw image, as given to ``preprocess``.
+            props: the ``CaseProperties`` that ``preprocess`` returned for it.
+        """
+        if not self.body_channels:
+            return None
+        return body_mask(
+            image.array,
+            image.geometry.spacing,
+            self.body_channels,
+            props.crop_bbox,
+            props.shape_after_resample,
+        )
+
     def tile_batch(self, tile: Sequence[int]) -> int:
         """Network inputs per forward pass for tiles of shape ``tile`` (see the constructor)."""
         return self._tile_batch or default_tile_batch(tile, self.device)
@@ -300,12 +338,17 @@ class Predictor:
         )
 
     def predict_preprocessed(
-        self, array: np.ndarray, progress: TileProgress | None = None
+        self,
+        array: np.ndarray,
+        body: np.ndarray | None = None,
+        progress: TileProgress | None = None,
     ) -> np.ndarray:
         """Softmax probabilities on the network grid, logits averaged over folds and mirrors.
 
         Args:
             array: preprocessed ``(C, Z, Y, X)`` float32.
+            body: bool ``(Z, Y, X)`` from ``body``: tiles without a True voxel are skipped and
+                the voxels only they cover are background. None: every tile runs.
             progress: called with ``(tiles done, tiles)`` over all folds after every forward
                 pass (``autoseg.inference.folder`` shows it).
 
@@ -317,9 +360,14 @@ class Predictor:
         window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
         mirror_axes = tuple(range(config.ndim)) if self.tta else ()
         tile = self.tile_size(array.shape[1:])
+        keep = None if body is None else torch.from_numpy(body).to(self.device)
+        # skipped voxels: background ahead (softmax), or every region off (sigmoid)
+        gap = [-SKIPPED_LOGIT_GAP] * self.num_classes
+        background = gap if self.regions else [0.0, *gap[1:]]
         total = torch.zeros(0)
         # threads / cuDNN benchmarking only for this call: the process keeps its own settings
-        with inference_settings(self.device), torch.inference_mode(), autocast(self.device):
+        precision = autocast(self.device, self.cpu_bf16)
+        with inference_settings(self.device), torch.inference_mode(), precision:
             folds = len(self.networks)
             for i, net in enumerate(self.networks):
                 fold_progress = None
@@ -334,6 +382,8 @@ class Predictor:
                     mirror_axes=mirror_axes,
                     tile_batch=self.tile_batch(tile),
                     progress=fold_progress,
+                    keep=keep,
+                    background=background,
                 )
                 if i and total.device != logits.device:  # a fold ran out of device memory
                     total, logits = total.cpu(), logits.cpu()
@@ -391,7 +441,8 @@ class Predictor:
             probability channel i belongs to label value ``plans.predicted_labels[i]``.
         """
         array, props = self.preprocess(image)
-        return self.finalize(self.predict_preprocessed(array), props)
+        probs = self.predict_preprocessed(array, self.body(image, props))
+        return self.finalize(probs, props)
 
     def predict_array(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """Segment a numpy volume (Python API).

@@ -24,6 +24,12 @@ stride. A Hippocampus image just over the patch then takes one window instead of
 (docs/benchmarks.md: 20 windows -> 10 for the benchmark's 10 cases; fold-0 CV Dice of a trained
 3d_fullres model 0.8353 with the patch, 0.8349 widened). ``max_scale=1`` keeps the patch.
 
+A tile mask (``keep``, a bool map over the image: for CT the body, from
+``autoseg.preprocessing.body_mask``) limits the tiling to its bounding box (the tiles are spread
+over the box as over a cropped image, as the nonzero crop does for MRI) and skips every tile
+that holds no True voxel: the network never sees them, and a voxel no run tile covers gets the
+``background`` logits. Every True voxel is covered only by tiles that run.
+
 Model loading, folds and folders of cases live in ``autoseg.inference.predictor``; input files in
 ``autoseg.inference.inputs``; devices in ``autoseg.device``.
 """
@@ -49,7 +55,9 @@ __all__ = [
     "default_tile_batch",
     "gaussian_importance_map",
     "inference_tile_size",
+    "keep_positions",
     "mirror_combinations",
+    "run_corners",
     "sliding_window_logits",
     "sliding_window_logits_slices",
     "sliding_window_positions",
@@ -63,6 +71,9 @@ TileProgress = Callable[[int, int], None]
 # 3d_fullres Hippocampus network: the 8 mirrorings of a 36x52x36 tile in one pass took 0.84x the
 # CPU time of four passes of 2, same logits; docs/benchmarks.md); this bounds the activations.
 CPU_VOXELS_PER_FORWARD = 2**20
+
+#: a skipped voxel's logits: the background class this much above every other class
+SKIPPED_LOGIT_GAP = 30.0
 
 
 def default_tile_batch(tile: Sequence[int], device: torch.device) -> int:
@@ -165,6 +176,62 @@ def sliding_window_positions(
     return list(itertools.product(*per_axis))
 
 
+def keep_positions(
+    image_shape: Sequence[int],
+    tile_shape: Sequence[int],
+    step: float,
+    keep: torch.Tensor | np.ndarray | None,
+) -> list[tuple[int, ...]]:
+    """Tile corners laid over the bounding box of ``keep`` (the whole image without it).
+
+    The box is widened to at least a tile per axis (inside the image); the tiles are spread
+    over it as ``sliding_window_positions`` spreads them over an image, then shifted to it. An
+    empty ``keep`` gives no tiles.
+    """
+    if keep is None:
+        return sliding_window_positions(image_shape, tile_shape, step)
+    box = []
+    for axis in range(len(image_shape)):
+        others = tuple(a for a in range(len(image_shape)) if a != axis)
+        hits = torch.as_tensor(keep).any(dim=others) if others else torch.as_tensor(keep)
+        found = torch.nonzero(hits).flatten()
+        if found.numel() == 0:
+            return []
+        lo, hi, size, tile = int(found[0]), int(found[-1]) + 1, image_shape[axis], tile_shape[axis]
+        if size <= tile:  # one tile covers the axis (the image is padded to it)
+            lo, hi = 0, size
+        elif hi - lo < tile:  # widen around the box's centre, inside the image
+            lo = min(max(0, (lo + hi - tile) // 2), size - tile)
+            hi = lo + tile
+        box.append((lo, hi))
+    extent = [hi - lo for lo, hi in box]
+    return [
+        tuple(c + lo for c, (lo, _) in zip(corner, box, strict=True))
+        for corner in sliding_window_positions(extent, tile_shape, step)
+    ]
+
+
+def run_corners(
+    corners: Sequence[tuple[int, ...]],
+    tile_shape: Sequence[int],
+    keep: torch.Tensor | np.ndarray | None,
+) -> list[tuple[int, ...]]:
+    """The tile corners whose tile holds at least one True voxel of ``keep`` (all without it).
+
+    Args:
+        corners: tile start corners over the image.
+        tile_shape: the tile's shape.
+        keep: bool map of the image's spatial shape, or None.
+    """
+    if keep is None:
+        return list(corners)
+    return [
+        corner
+        for corner in corners
+        if keep[tuple(slice(c, c + t) for c, t in zip(corner, tile_shape, strict=True))].any()
+    ]
+
+
 def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
     """Every subset of ``mirror_axes`` (the empty one first): 2**len(mirror_axes) flips."""
     axes = tuple(sorted(set(mirror_axes)))
@@ -201,6 +268,8 @@ def _accumulate_tiles(
     tile_batch: int,
     importance: torch.Tensor,
     progress: TileProgress | None = None,
+    keep: torch.Tensor | None = None,
+    background: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Weighted average of the network's logits over tiles of ``image``.
 
@@ -214,11 +283,15 @@ def _accumulate_tiles(
         tile_batch: network inputs per forward pass (mirrored copies count).
         importance: float32 ``tile_shape`` weights on the image's device.
         progress: called with (tiles whose every flip is done, tiles) after each forward pass.
+        keep: bool ``S`` map; tiles without a True voxel are skipped (None: run every tile).
+        background: K logits for voxels that no run tile covers (default: 0 for class 0,
+            ``-SKIPPED_LOGIT_GAP`` for the others).
 
     Returns:
         float32 ``(K, *S)`` logits on the image's device (in host memory after an
         out-of-memory error on the device).
     """
+    corners = run_corners(corners, tile_shape, keep)
     spatial = tuple(image.shape[1:])
     logits, weight = _accumulators(num_classes, spatial, image.device)
     jobs = [(corner, flip) for corner in corners for flip in flips]  # tile-major
@@ -240,7 +313,18 @@ def _accumulate_tiles(
             else:
                 batch = max(1, batch // 2)
                 log.debug("out of memory again: %d tile(s) per pass", batch)
-    return logits.div_(weight)  # in place: no second (K, *S) array
+    if keep is None:
+        return logits.div_(weight)  # in place: no second (K, *S) array
+    empty = weight == 0  # covered by skipped tiles only
+    weight[empty] = 1.0
+    logits.div_(weight)
+    if background is None:
+        background = [0.0] + [-SKIPPED_LOGIT_GAP] * (num_classes - 1)
+    if len(background) != num_classes:
+        raise ValueError(f"{len(background)} background logits for {num_classes} classes")
+    for k, value in enumerate(background):
+        logits[k].masked_fill_(empty, float(value))
+    return logits
 
 
 def _accumulators(
@@ -324,6 +408,8 @@ def sliding_window_logits(
     tile_batch: int = 4,
     use_gaussian: bool = True,
     progress: TileProgress | None = None,
+    keep: torch.Tensor | None = None,
+    background: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Logits of ``network`` over a whole image by overlapping, Gaussian-weighted tiles.
 
@@ -341,6 +427,10 @@ def sliding_window_logits(
         use_gaussian: weight tiles by ``gaussian_importance_map``; False weights them equally.
         progress: called with ``(tiles done, tiles)`` after every forward pass (a tile is done
             when all its mirrorings are).
+        keep: bool ``S`` map on the image's device (the CT body); tiles holding no True voxel
+            are not run. None: every tile runs.
+        background: K logits for voxels that only skipped tiles cover (default: class 0 ahead
+            by ``SKIPPED_LOGIT_GAP``; give all-negative values for sigmoid regions).
 
     Returns:
         float32 ``(K, *S)`` logits on ``image.device``. An image smaller than the patch is padded
@@ -352,7 +442,8 @@ def sliding_window_logits(
     if any(a < 0 or a >= ndim for a in mirror_axes):
         raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..{ndim - 1}")
     padded, crop = _pad_to_patch(image, patch_size)
-    corners = sliding_window_positions(padded.shape[1:], patch_size, step)
+    keep = _pad_keep(keep, image.shape[1:], patch_size)
+    corners = keep_positions(padded.shape[1:], patch_size, step, keep)
     importance = _importance(patch_size, use_gaussian, image.device)
     with torch.inference_mode():
         logits = _accumulate_tiles(
@@ -365,6 +456,8 @@ def sliding_window_logits(
             tile_batch,
             importance,
             progress,
+            keep,
+            background,
         )
     return logits[(slice(None), *crop)]
 
@@ -380,6 +473,8 @@ def sliding_window_logits_slices(
     tile_batch: int = 4,
     use_gaussian: bool = True,
     progress: TileProgress | None = None,
+    keep: torch.Tensor | None = None,
+    background: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Logits of a 2D network over every Z-slice of a volume.
 
@@ -397,6 +492,7 @@ def sliding_window_logits_slices(
         tile_batch: network inputs per forward pass.
         use_gaussian: weight tiles by the 2D Gaussian importance map.
         progress: called with ``(tiles done, tiles)`` (over every slice) after each pass.
+        keep, background: as for ``sliding_window_logits`` (``keep`` is ``(Z, Y, X)``).
 
     Returns:
         float32 ``(K, Z, Y, X)`` logits on ``volume.device``; identical (up to rounding) to
@@ -408,10 +504,14 @@ def sliding_window_logits_slices(
         raise ValueError(f"mirror axes {tuple(mirror_axes)} outside 0..1 (Y, X)")
     tile_shape = (1, *patch_size)
     padded, crop = _pad_to_patch(volume, tile_shape)
+    keep = _pad_keep(keep, volume.shape[1:], tile_shape)
+    in_plane = keep_positions(
+        padded.shape[2:], patch_size, step, None if keep is None else keep.any(dim=0)
+    )
     corners = [
         (z, *corner)
         for z in range(padded.shape[1])
-        for corner in sliding_window_positions(padded.shape[2:], patch_size, step)
+        for corner in in_plane  # one layout for every slice: over the body's in-plane box
     ]
     importance = _importance(patch_size, use_gaussian, volume.device)[None]  # (1, Y, X)
 
@@ -433,8 +533,30 @@ def sliding_window_logits_slices(
             tile_batch,
             importance,
             progress,
+            keep,
+            background,
         )
     return logits[(slice(None), *crop)]
+
+
+def _pad_keep(
+    keep: torch.Tensor | None, spatial: Sequence[int], tile_shape: Sequence[int]
+) -> torch.Tensor | None:
+    """``keep`` padded (with False) as ``_pad_to_patch`` pads the image."""
+    if keep is None:
+        return None
+    if tuple(keep.shape) != tuple(spatial):
+        raise ValueError(f"keep {tuple(keep.shape)} does not match the image {tuple(spatial)}")
+    keep = keep.bool()
+    if all(s >= t for s, t in zip(spatial, tile_shape, strict=True)):
+        return keep
+    shape = [max(s, t) for s, t in zip(spatial, tile_shape, strict=True)]
+    padded = torch.zeros(shape, dtype=torch.bool, device=keep.device)
+    place = tuple(
+        slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, spatial, strict=True)
+    )  # where _pad_to_patch puts the image
+    padded[place] = keep
+    return padded
 
 
 def _importance(

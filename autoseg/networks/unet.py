@@ -336,3 +336,28 @@ def _build_resenc(config: Configuration, in_channels: int, num_classes: int) -> 
     return EncoderDecoder(
         ResidualEncoder(ops, config, in_channels), UNetDecoder(ops, config, num_classes)
     )
+
+
+def forward_flops(
+    config: Configuration, in_channels: int, num_classes: int, tile: Sequence[int] | None = None
+) -> int:
+    """Floating-point operations of one forward pass of one tile (multiply-adds count 2).
+
+    Counted by ``torch.utils.flop_counter`` on a network built on the meta device: no weights
+    are allocated and nothing is computed, so a full-size CT tile costs milliseconds.
+
+    Args:
+        config: the configuration whose network to count.
+        in_channels: input channels (cascade inputs included).
+        num_classes: output classes.
+        tile: the input's spatial shape; default the configuration's patch.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = tuple(int(s) for s in (tile or config.patch_size))
+    with torch.device("meta"):
+        net = build_network(config, in_channels, num_classes, deep_supervision=False).eval()
+        x = torch.empty((1, in_channels, *shape))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return int(counter.get_total_flops())

@@ -8,6 +8,7 @@ home folder untouched.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,15 +22,29 @@ from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
 from autoseg.planners import Budget, available_planners, get_planner, planner_settings
 from autoseg.planners.overrides import Overrides, check_name, override_plans, plans_diff
-from autoseg.planning.fingerprint import compute_fingerprint
+from autoseg.planning.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.planning.transfer import plans_from as transfer_plans
 from autoseg.preprocessing.cache import dataset_sources, invalidate_markers
 from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder, run_preprocessing
-from autoseg.preprocessing.storage import check_storage
+from autoseg.preprocessing.resample import target_shape
+from autoseg.preprocessing.storage import check_storage, choose_storage
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import remove_temp_files
 
 log = logging.getLogger(__name__)
+
+
+def preprocessed_bytes(fingerprint: Fingerprint, plans: Plans) -> int:
+    """Bytes the preprocessed data takes as npy: per preprocessed folder (data identifier),
+    every case's crop resampled to the folder's spacing, float32 per channel + uint8 labels."""
+    folders = {c.data_identifier or c.name: c for c in plans.configurations.values()}
+    per_voxel = 4 * len(plans.channels) + 1
+    total = 0
+    for config in folders.values():
+        for case in fingerprint.cases:
+            shape = target_shape(case.shape_after_crop, case.spacing, config.spacing)
+            total += math.prod(shape) * per_voxel
+    return total
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ def plan_dataset(
     replan: bool = False,
     plans_from: str | None = None,
     border_weights: bool = False,
-    storage: str = "npy",
+    storage: str = "auto",
     overrides: Overrides | None = None,
 ) -> PlanSummary:
     """Check and fingerprint DATASET, plan it with ``planner`` and preprocess its cases
@@ -98,6 +113,8 @@ def plan_dataset(
         replan: start the dataset's work folder afresh (its plans, fingerprint, splits and
             preprocessed data are removed first): needed when another dataset folder of the
             same name was planned in this home before.
+        storage: ``auto`` (npy, or blosc2 for large data: ``choose_storage``), ``npy`` or
+            ``blosc2``.
         plans_from: a dataset folder or name, already planned with ``planner``, whose network
             topology the configurations take (``autoseg.planning.transfer.plans_from``), so that its
             trained weights fit for ``train --pretrained``.
@@ -110,7 +127,8 @@ def plan_dataset(
             planner is unknown, or another dataset of this name is planned in the home (without
             ``replan``); nothing is written then.
     """
-    check_storage(storage)  # before anything is written
+    if storage != "auto":
+        check_storage(storage)  # before anything is written
     t0 = time.perf_counter()
     home_dir = resolve_home(home)
     dirs = resolve_dataset(dataset, home_dir, same_source=not replan)
@@ -148,6 +166,8 @@ def plan_dataset(
         automatic.to_json(dirs.plans(planner))
     plans.to_json(dirs.plans(plans.plans_name))
     if preprocess:
+        storage = choose_storage(storage, preprocessed_bytes(fingerprint, plans))
+        log.info("preprocessed arrays stored as %s", storage)
         run_preprocessing(
             spec, plans, list(plans.configurations), dirs.work, workers, sources, storage
         )

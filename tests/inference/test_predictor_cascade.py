@@ -109,6 +109,9 @@ def test_the_previous_stage_predicts_with_the_cascade_settings(
         return net
 
     def recording(net, image, tile, num_classes, **kwargs):
+        assert kwargs.pop("keep") is None  # not CT: no body mask
+        kwargs.pop("background")
+        kwargs.pop("progress")  # the tile counter of predict's progress
         calls.append({"tile": tuple(tile), **kwargs})
         return window(net, image, tile, num_classes, **kwargs)
 
