@@ -29,7 +29,7 @@ def test_patience_stops_with_a_final_checkpoint_and_says_why(tmp_path: Path, mon
     plan_dataset(str(dataset), home=home, planner="default", gpu_memory_gb=8.0, workers=1)
     dice = iter([0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.01])  # never better than epoch 0
 
-    def falling(self):
+    def falling(self, advance=None):
         value = next(dice)
         return 1.0 - value, [value] * len(self.label_names)
 
