@@ -4,6 +4,7 @@ many folds exist must be taken on all five, never on the first one validated."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.data.io import read_array, write_label
 from autoseg.data.model_folder import ModelFolder
 from autoseg.data.paths import DatasetDirs
-from autoseg.data.plans import Configuration, Normalization, Plans
+from autoseg.data.plans import Plans
 from autoseg.errors import AutosegError
 from autoseg.evaluation import crossval
 from autoseg.evaluation.crossval import (
@@ -25,6 +26,7 @@ from autoseg.evaluation.ensemble import evaluate_cv_ensembles
 from autoseg.evaluation.evaluate import evaluate_arrays
 from autoseg.inference.cascade import cv_predictions
 from autoseg.serial import to_dict
+from tests.inference.test_predict import tiny_config
 from tests.reliability_helpers import save_nifti
 
 LABELS = {0: "background", 1: "blob"}
@@ -72,16 +74,7 @@ def _fake_model(home: Path, config: str, folds: list[int], noisy: bool = False) 
     component) to every prediction."""
     folder = ModelFolder(home / "D" / "models" / "default" / config)
     folder.path.mkdir(parents=True)
-    configuration = Configuration(
-        name=config,
-        spacing=(1.0, 1.0, 1.0),
-        patch_size=(8, 8, 8),
-        batch_size=2,
-        strides=((1, 1, 1), (2, 2, 2)),
-        kernel_sizes=((3, 3, 3), (3, 3, 3)),
-        features_per_stage=(4, 8),
-        normalization=(Normalization("zscore"),),
-    )
+    configuration = dataclasses.replace(tiny_config(), name=config)
     plans = Plans("D", "default", 8.0, 8, ("MRI",), LABELS, {config: configuration})
     plans.to_json(folder.plans)
     for k in folds:
@@ -168,16 +161,8 @@ def test_cv_ensembles_take_only_configurations_with_five_folds(
 def test_cascade_inputs_need_all_five_lowres_folds(tmp_path: Path, n_folds: int) -> None:
     _fake_model(tmp_path, "3d_lowres", list(range(n_folds)))
     dirs = DatasetDirs(name="D", raw=None, work=tmp_path / "D")
-    config = Configuration(
-        name="3d_cascade_fullres",
-        spacing=(1.0, 1.0, 1.0),
-        patch_size=(8, 8, 8),
-        batch_size=2,
-        strides=((1, 1, 1), (2, 2, 2)),
-        kernel_sizes=((3, 3, 3), (3, 3, 3)),
-        features_per_stage=(4, 8),
-        normalization=(Normalization("zscore"),),
-        previous_stage="3d_lowres",
+    config = dataclasses.replace(
+        tiny_config(), name="3d_cascade_fullres", previous_stage="3d_lowres"
     )
     plans = Plans("D", "default", 8.0, 8, ("MRI",), LABELS, {config.name: config})
     if n_folds < 5:

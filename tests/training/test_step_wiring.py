@@ -6,26 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoseg.data.plans import Configuration, Normalization
+from autoseg.data.plans import Configuration
 from autoseg.training.step import OptimizerSettings, TrainingStep
+from tests.inference.test_predict import tiny_config
 
 
 def _config() -> Configuration:
-    return Configuration(
-        name="3d_fullres",
-        spacing=(1.0, 1.0, 1.0),
-        patch_size=(8, 8, 8),
-        batch_size=2,
-        strides=((1, 1, 1), (2, 2, 2)),
-        kernel_sizes=((3, 3, 3), (3, 3, 3)),
-        features_per_stage=(4, 8),
-        normalization=(Normalization("zscore"),),
-    )
+    return tiny_config("3d_fullres")  # patch 16^3, two stages
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    image = torch.randn(2, 1, 8, 8, 8, generator=gen)
+    image = torch.randn(2, 1, 16, 16, 16, generator=gen)
     target = (image > 0.5).long()
     return image, target
 
