@@ -304,11 +304,7 @@ class DeviceAugmentation:
     def _augment(
         self, image: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        g, ndim = self.params, len(self.patch)
-        batch, channels = image.shape[:2]
-        matrices, modified = spatial_matrices(g, batch, ndim)
-        mode = "cubic" if self.cubic else "bilinear"
-        image, target = apply_spatial(image.float(), target, matrices, modified, self.patch, mode)
+        image, target = self.spatial(image.float(), target)
         image = self.noise(image)
         image = self.blur(image)
         image = self.brightness(image)
@@ -317,6 +313,14 @@ class DeviceAugmentation:
         image = self.gamma(image, invert=True)
         image = self.gamma(image, invert=False)
         return self.mirror(image, target)
+
+    def spatial(
+        self, image: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate and scale regions into patches (new tensors; see ``apply_spatial``)."""
+        matrices, modified = spatial_matrices(self.params, len(image), len(self.patch))
+        mode = "cubic" if self.cubic else "bilinear"
+        return apply_spatial(image, target, matrices, modified, self.patch, mode)
 
     def _channels(self, p_sample: float, p_channel: float, shape: torch.Size) -> torch.Tensor:
         """``(B, C)`` bool: the sample is drawn with ``p_sample``, then each channel with

@@ -71,19 +71,23 @@ def cubic_grid_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         grid: ``(n, *out, ndim)`` normalised (x, y[, z]) coordinates, as ``grid_sample``.
 
     Returns:
-        ``(n, C, *out)``. Coefficients beyond the edges count as 0, so points outside the
-        input fade to 0 within two voxels (scipy's ``constant`` mode cuts them to 0 there).
+        ``(n, C, *out)``: as scipy's ``constant`` mode, the spline with mirrored edges inside
+        the input's extent and 0 at points outside it.
     """
     coeffs = spline_coefficients(x)
+    for dim in range(2, x.dim()):  # two mirrored coefficients each side feed the edge voxels
+        coeffs = coeffs.index_select(dim, _mirror_index(coeffs.shape[dim], 2, x.device))
     sizes = torch.tensor(x.shape[2:][::-1], dtype=grid.dtype, device=grid.device)  # (x, y, z)
-    scale = (sizes - 1).clamp_min(1) / 2
-    v = (grid + 1) * scale  # voxel coordinates
+    v = (grid + 1) * ((sizes - 1) / 2)  # voxel coordinates in the input
+    inside = ((v > -1e-4) & (v < sizes - 1 + 1e-4)).all(-1)
     i = torch.floor(v)
     t = v - i
     w0, w1 = (1 - t) ** 3 / 6, (3 * t**3 - 6 * t**2 + 4) / 6
     w2, w3 = (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6, t**3 / 6
     g = (w0 + w1, w2 + w3)
-    h = ((i - 1 + w1 / g[0]) / scale - 1, (i + 1 + w3 / g[1]) / scale - 1)  # normalised
+    padded = sizes + 4
+    # the two linear fetch points per axis, normalised on the padded coefficients
+    h = tuple((p + 2) * 2 / (padded - 1) - 1 for p in (i - 1 + w1 / g[0], i + 1 + w3 / g[1]))
     ndim = grid.shape[-1]
     out = None
     for corner in range(2**ndim):
@@ -95,7 +99,7 @@ def cubic_grid_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         )
         term = fetch * weight[:, None]
         out = term if out is None else out + term
-    return out
+    return out * inside[:, None]
 
 
 @lru_cache(maxsize=256)
