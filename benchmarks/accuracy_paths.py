@@ -144,9 +144,9 @@ def summarise(rows: list[dict]) -> str:
     """A markdown table: per path and snapshot, mean (sd) Dice over seeds and the timings."""
     rows = list({(r["path"], r["seed"], r["snapshot"]): r for r in rows}.values())  # last wins
     lines = [
-        "| path | iterations | seeds | train s | s/it | mean Dice (sd) | "
+        "| path | iterations | seeds | train s | s/it | train loss (last 10) | mean Dice (sd) | "
         "label 1 | label 2 | per seed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in dict.fromkeys(r["path"] for r in rows):
         for snap in sorted({r["snapshot"] for r in rows}, key=int):
@@ -161,6 +161,7 @@ def summarise(rows: list[dict]) -> str:
             seeds = ", ".join(f"{r['seed']}: {m:.3f}" for r, m in zip(mine, means, strict=True))
             lines.append(
                 f"| {path} | {its} | {len(mine)} | {secs:.0f} | {secs / its:.2f} | "
+                f"{statistics.mean(r['loss10'] for r in mine):.3f} | "
                 f"{np.mean(means):.3f} ({sd:.3f}) | {per_label[0]:.3f} | {per_label[1]:.3f} | "
                 f"{seeds} |"
             )
