@@ -65,7 +65,7 @@ def _snapshot(step: TrainingStep) -> dict[str, torch.Tensor]:
 def train(args, plans, config, folder, split, path: str, seed: int, on_snapshot) -> dict:
     """One training run; ``on_snapshot(shot)`` scores each snapshot while the clocks stop."""
     augmentation, bf16 = PATHS[path]
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     step = TrainingStep(
         config,
         input_channels(plans, config),
@@ -126,9 +126,9 @@ def train(args, plans, config, folder, split, path: str, seed: int, on_snapshot)
     return {"losses": losses}
 
 
-def score(plans, config, weights, cases) -> list[float]:
+def score(plans, config, weights, cases, device: str = "cpu") -> list[float]:
     """Mean Dice per foreground label of ``weights`` over ``cases`` (image, reference)."""
-    predictor = Predictor([weights], plans, config, device="cpu", tta=False)
+    predictor = Predictor([weights], plans, config, device=device, tta=False)
     labels = plans.foreground_labels
     dice = np.zeros((len(cases), len(labels)))
     for i, (image, ref) in enumerate(cases):
@@ -187,6 +187,7 @@ def main() -> None:
     )
     parser.add_argument("--val-cases", type=int, default=0, help="first N (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 is always on CUDA)")
     parser.add_argument("--summary", action="store_true", help="only print the table")
     args = parser.parse_args()
     args.snapshots = [int(x) for x in args.snapshots.split(",") if x]
@@ -230,7 +231,7 @@ def main() -> None:
                 continue
 
             def record(shot: dict, path: str = path, seed: int = seed) -> None:
-                dice = score(plans, config, shot["weights"], cases)
+                dice = score(plans, config, shot["weights"], cases, args.device)
                 row = {
                     "path": path,
                     "seed": seed,
