@@ -14,9 +14,13 @@ image's mean / std / percentiles, the mean intensity inside each label and in th
 image), the foreground's centre of mass in the patch, and whether the labels hold only label
 values. Printed: mean and standard deviation per path and the difference in standard errors.
 
+``--per-transform`` applies each transform alone to the same un-augmented regions in both
+paths and compares the texture (roughness, std) of what comes out.
+
 Usage (after ``autoseg plan DATASET --home HOME``)::
 
     python benchmarks/augment_stats.py DATASET --home HOME [--batches 300] [--seed 0]
+    python benchmarks/augment_stats.py DATASET --home HOME --per-transform --batches 60
 """
 
 from __future__ import annotations
@@ -147,6 +151,70 @@ def compare(stats: dict[str, dict[str, np.ndarray]]) -> list[dict]:
     return rows
 
 
+_TRANSFORMS = (
+    "spatial",
+    "noise",
+    "blur",
+    "brightness",
+    "contrast",
+    "low_resolution",
+    "gamma_inv",
+    "gamma",
+)  # batchgenerators' pipeline order (mirroring left out: no texture change)
+
+
+def per_transform(loader: BatchLoader, patch: tuple[int, ...], batches: int, seed: int) -> None:
+    """Each transform alone, both paths, on the same regions: roughness and std per sample."""
+    from autoseg.augment import training_transforms
+
+    reference = dict(zip(_TRANSFORMS, training_transforms(patch).transforms, strict=False))
+    aug = DeviceAugmentation(patch, torch.device("cpu"), seed=seed)
+    device = {
+        "noise": aug.noise,
+        "blur": aug.blur,
+        "brightness": aug.brightness,
+        "contrast": aug.contrast,
+        "low_resolution": aug.low_resolution,
+        "gamma_inv": lambda x: aug.gamma(x, True),
+        "gamma": lambda x: aug.gamma(x, False),
+    }
+    np.random.seed(seed)
+    out: dict[str, dict[str, list]] = {t: {"cpu": [], "device": []} for t in _TRANSFORMS}
+    for _ in range(batches):
+        batch = next(loader)
+        image, seg = batch["image"], batch["target"]
+        lo = [(r - p) // 2 for r, p in zip(image.shape[2:], patch, strict=True)]
+        inner = [slice(a, a + p) for a, p in zip(lo, patch, strict=True)]
+        crop = (slice(None), slice(None), *inner)
+        for name in _TRANSFORMS:
+            if name == "spatial":
+                ref = reference[name](data=image.copy(), seg=seg.astype(np.float32))["data"]
+                dev = aug.spatial(torch.from_numpy(image), torch.from_numpy(seg))[0].numpy()
+            else:
+                ref = reference[name](data=image[crop].copy(), seg=seg[crop].astype(np.float32))
+                ref = ref["data"]
+                dev = device[name](torch.from_numpy(image[crop].copy())).numpy()
+            out[name]["cpu"].append(ref)
+            out[name]["device"].append(dev)
+    print(f"each transform alone, {batches} batches, seed {seed}")
+    print("| transform | roughness cpu / device | z | std cpu / device | z |")
+    print("|---|---|---|---|---|")
+    for name in _TRANSFORMS:
+        a, b = (np.concatenate(out[name][k]) for k in ("cpu", "device"))
+        cells = []
+        for fn in (_roughness, lambda x: x[:, 0].reshape(len(x), -1).std(1)):
+            u, v = fn(a), fn(b)
+            z = (v.mean() - u.mean()) / np.sqrt(u.var() / len(u) + v.var() / len(v))
+            cells.append(f"{u.mean():.4f} / {v.mean():.4f} | {z:+.1f}")
+        print(f"| {name} | {' | '.join(cells)} |")
+
+
+def _roughness(image: np.ndarray) -> np.ndarray:
+    n = len(image)
+    steps = [np.abs(np.diff(image[:, 0], axis=a + 1)).reshape(n, -1).mean(1) for a in range(3)]
+    return np.mean(steps, 0) / np.maximum(image[:, 0].reshape(n, -1).std(1), 1e-6)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset")
@@ -157,6 +225,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--per-transform", action="store_true", help="each transform alone on the same regions"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -167,6 +238,12 @@ def main() -> None:
     folder, cases = preprocessed_cases(dirs, config)
     split = select_split(dirs, args.fold, cases)
     labels = tuple(int(k) for k in plans.foreground_labels)
+    if args.per_transform:
+        with BatchLoader(
+            folder, split.train, config, seed=args.seed, augmentation="device"
+        ) as loader:
+            per_transform(loader, tuple(config.patch_size), args.batches, args.seed)
+        return
     cpu_loader = BatchLoader(folder, split.train, config, seed=args.seed, augmentation="cpu")
     dev_loader = BatchLoader(folder, split.train, config, seed=args.seed, augmentation="device")
     # the same sampler seed: the same cases and regions as the cpu loader, un-augmented
