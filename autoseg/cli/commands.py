@@ -46,7 +46,7 @@ AugmentationOpt = Annotated[
     typer.Option(
         "--augmentation",
         help="Where training augmentation runs: cpu (batchgenerators), device (torch on the "
-        "training device) or auto (device on CUDA and on the CPU).",
+        "training device) or auto (device on CUDA, cpu on the CPU).",
     ),
 ]
 CpuBf16Opt = Annotated[

@@ -69,14 +69,14 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path, mo
     assert_clean_failure(cli(*train), "3d_lowres", "fold(s) 0, 1, 2, 3, 4")
 
     _fake_lowres_cv(home, root, plans)
-    result = cli(*train)  # the default augmentation: on the device (here the CPU)
+    result = cli(*train, "--augmentation", "device")  # torch's path (here on the CPU)
     assert result.exit_code == 0, result.output
     model = ModelFolder(home / root.name / "models/default" / CASCADE)
     ckpt = load_checkpoint(model.checkpoint("0"))
     assert ckpt.meta.in_channels == 1 + 2  # the image and one channel per foreground label
     assert ckpt.meta.augmentation == "device"
     fold_1 = [a if a != "0" else "1" for a in train]
-    result = cli(*fold_1, "--augmentation", "cpu", "--no-validate")  # batchgenerators' path
+    result = cli(*fold_1, "--no-validate")  # the default on the CPU: batchgenerators' path
     assert result.exit_code == 0, result.output
     assert load_checkpoint(model.checkpoint("1")).meta.augmentation == "cpu"
     config = plans.configuration(CASCADE)

@@ -8,8 +8,8 @@ network trains on (CUDA or CPU). The loader crops the enlarged region of
 
 1. spatial: per sample, rotation (p 0.2; +-30 deg about each axis in 3D, +-180 deg in 2D) and
    scaling (p 0.2; 0.7-1.4, half the draws below 1) as ONE affine ``grid_sample`` of the region
-   into the patch, about the region's centre, zeros outside: image trilinear, labels nearest
-   (never interpolated). Samples drawn with neither are centre-cropped, untouched;
+   into the patch, about the region's centre, zeros outside: image cubic B-spline, labels
+   nearest (never interpolated). Samples drawn with neither are centre-cropped, untouched;
 2. gaussian noise (p 0.1, std uniform in [0, 0.1], one std per sample);
 3. gaussian blur (p 0.2 per sample, 0.5 per channel, sigma 0.5-1 per channel, the same on every
    axis, kernel truncated at 4 sigma, edges mirrored as scipy's ``reflect``);
@@ -17,14 +17,16 @@ network trains on (CUDA or CPU). The loader crops the enlarged region of
 5. contrast (p 0.15, a factor 0.75-1.25 per channel about the channel's mean, half the draws
    below 1, clipped to the channel's former range);
 6. low-resolution simulation (p 0.25 per sample, 0.5 per channel, zoom 0.5-1 per channel on
-   every axis: nearest down, linear up);
+   every axis: nearest down, cubic up);
 7. gamma on the inverted image (p 0.1), then gamma (p 0.3): gamma 0.7-1.5 per channel (half the
    draws below 1) on the channel rescaled to [0, 1], mean and std restored;
 8. mirroring, each axis with p 0.5 independently, image and labels together.
 
-Where the device path differs from batchgenerators: the image is interpolated linearly, not
-with cubic splines, in the spatial transform and in the low-resolution upsampling (torch offers
-no cubic 3D resampling); the random streams differ, so only the distributions agree (tested).
+Where the device path differs from batchgenerators: the random streams, so only the
+distributions agree (tested, and measured on real batches by benchmarks/augment_stats.py). The
+image is interpolated with cubic B-splines as batchgenerators does
+(``autoseg.training.augment.spline_device``);
+linear interpolation (``cubic=False``, cheaper) left the images measurably smoother.
 
 Randomness: parameters come from a CPU ``torch.Generator``, noise fields from one on the device,
 both seeded by ``reseed(seed)``; the same seed, batch and device give the same output.
@@ -47,6 +49,7 @@ from autoseg.training.augment.pipeline import (
     ROTATION_3D,
     SCALE_RANGE,
 )
+from autoseg.training.augment.spline_device import cubic_grid_sample, cubic_resize
 
 P_NOISE, NOISE_STD = 0.1, (0.0, 0.1)
 P_BLUR, P_BLUR_CHANNEL, BLUR_SIGMA = 0.2, 0.5, (0.5, 1.0)
@@ -57,16 +60,17 @@ P_GAMMA_INVERTED, P_GAMMA, GAMMA = 0.1, 0.3, (0.7, 1.5)
 P_MIRROR = 0.5
 
 AUGMENTATION_CHOICES = ("cpu", "device", "auto")
-# What ``auto`` picks on the CPU: the faster of the two in benchmarks/augment_cpu.py
-# (docs/benchmarks.md).
-AUTO_ON_CPU = "device"
+# What ``auto`` picks on the CPU: batchgenerators, the path with a measured Dice record. On
+# the CPU both paths cost about the same per batch (0.19 and 0.16 core-s, ~5% of a step), so
+# Dice per second is Dice per iteration (docs/benchmarks.md, "Accuracy of the training paths").
+AUTO_ON_CPU = "cpu"
 
 
 def resolve_augmentation(name: str, device: torch.device) -> str:
     """``cpu`` or ``device`` for an ``--augmentation`` value on a training device.
 
-    ``auto`` is the device path on CUDA, and on the CPU whichever the data-path benchmark
-    measured faster (``AUTO_ON_CPU``).
+    ``auto`` is the device path on CUDA (batchgenerators cannot keep a GPU busy), and on the
+    CPU ``AUTO_ON_CPU`` (batchgenerators).
 
     Raises:
         AutosegError: a value other than cpu, device or auto.
@@ -158,8 +162,9 @@ def apply_spatial(
             offsets (from the region centre).
         modified: ``(B,)`` bool; the others are centre-cropped without resampling.
         patch: output size.
-        image_mode: ``grid_sample`` mode of the image (``bilinear`` = linear in 2D and 3D);
-            labels always use ``nearest``.
+        image_mode: ``cubic`` (B-spline, as batchgenerators' order 3) or a ``grid_sample``
+            mode of the image (``bilinear`` = linear in 2D and 3D); labels always use
+            ``nearest``.
 
     Returns:
         ``(image (B, C, *patch), target (B, 1, *patch))``, target in its input dtype.
@@ -180,9 +185,12 @@ def apply_spatial(
     theta = torch.cat([theta, torch.zeros(len(idx), ndim, 1, dtype=theta.dtype)], 2)
     base = _base_grid(patch, image.device)
     grid = (base @ theta.to(image.device, base.dtype).transpose(1, 2)).view(len(idx), *patch, ndim)
-    out_image[idx] = F.grid_sample(
-        image[idx], grid, mode=image_mode, padding_mode="zeros", align_corners=True
-    )
+    if image_mode == "cubic":
+        out_image[idx] = cubic_grid_sample(image[idx], grid)
+    else:
+        out_image[idx] = F.grid_sample(
+            image[idx], grid, mode=image_mode, padding_mode="zeros", align_corners=True
+        )
     labels = F.grid_sample(
         target[idx].to(image.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=True
     )
@@ -246,6 +254,8 @@ class DeviceAugmentation:
         cpu_threads: on the CPU, torch threads while augmenting (None: leave torch's setting).
             One by default: these are many small operations, and on a busy machine the idle
             threads' spinning cost several times the work (docs/benchmarks.md).
+        cubic: interpolate the image with cubic B-splines as batchgenerators does; False:
+            linearly (cheaper, smoother images: docs/benchmarks.md).
 
     The transform methods (``noise`` ... ``mirror``) change the tensors they are given in place
     and return them; ``__call__`` gives them the fresh patch tensors of the spatial step, so
@@ -258,8 +268,10 @@ class DeviceAugmentation:
         device: torch.device,
         seed: int = 0,
         cpu_threads: int | None = 1,
+        cubic: bool = True,
     ) -> None:
         self.patch = tuple(int(p) for p in patch_size)
+        self.cubic = cubic
         self.device = torch.device(device)
         self.cpu_threads = cpu_threads if self.device.type == "cpu" else None
         self.reseed(seed)
@@ -301,10 +313,7 @@ class DeviceAugmentation:
     def _augment(
         self, image: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        g, ndim = self.params, len(self.patch)
-        batch, channels = image.shape[:2]
-        matrices, modified = spatial_matrices(g, batch, ndim)
-        image, target = apply_spatial(image.float(), target, matrices, modified, self.patch)
+        image, target = self.spatial(image.float(), target)
         image = self.noise(image)
         image = self.blur(image)
         image = self.brightness(image)
@@ -313,6 +322,14 @@ class DeviceAugmentation:
         image = self.gamma(image, invert=True)
         image = self.gamma(image, invert=False)
         return self.mirror(image, target)
+
+    def spatial(
+        self, image: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate and scale regions into patches (new tensors; see ``apply_spatial``)."""
+        matrices, modified = spatial_matrices(self.params, len(image), len(self.patch))
+        mode = "cubic" if self.cubic else "bilinear"
+        return apply_spatial(image, target, matrices, modified, self.patch, mode)
 
     def _channels(self, p_sample: float, p_channel: float, shape: torch.Size) -> torch.Tensor:
         """``(B, C)`` bool: the sample is drawn with ``p_sample``, then each channel with
@@ -369,7 +386,8 @@ class DeviceAugmentation:
         return image
 
     def low_resolution(self, image: torch.Tensor) -> torch.Tensor:
-        """Down- (nearest) and up-sample (linear) chosen channels by a zoom per channel."""
+        """Down- (nearest) and up-sample (cubic; linear without ``cubic``) chosen channels by a
+        zoom per channel."""
         chosen = self._channels(P_LOWRES, P_LOWRES_CHANNEL, image.shape)
         zoom = _uniform(self.params, chosen.numel(), *LOWRES_ZOOM).view(chosen.shape)
         if not chosen.any():
@@ -381,7 +399,11 @@ class DeviceAugmentation:
             small = [max(1, int(round(s * z))) for s in spatial]  # numpy's round: half to even
             x = image[b, c][None, None]
             x = F.interpolate(x, size=small, mode="nearest-exact")
-            image[b, c] = F.interpolate(x, size=list(spatial), mode=mode, align_corners=False)[0, 0]
+            if self.cubic:
+                image[b, c] = cubic_resize(x[0, 0], spatial)
+            else:
+                up = F.interpolate(x, size=list(spatial), mode=mode, align_corners=False)
+                image[b, c] = up[0, 0]
         return image
 
     def gamma(self, image: torch.Tensor, invert: bool) -> torch.Tensor:
