@@ -46,9 +46,9 @@ from autoseg.inference.predictor import Predictor
 from autoseg.networks.unet import build_network
 from autoseg.preprocessing.preprocess import load_case
 from autoseg.serial import dump_json, remove_temp_files, to_dict
+from autoseg.training.fold_setup import default_workers, preprocessed_cases
 from autoseg.training.loader import BatchLoader
 from autoseg.training.step import TrainingStep
-from autoseg.training.train import default_workers, preprocessed_cases
 
 log = logging.getLogger(__name__)
 
