@@ -21,7 +21,7 @@ from autoseg.data.splits import NUM_FOLDS, Split, fold_cases, load_or_create_spl
 from autoseg.device import cpu_count
 from autoseg.errors import AutosegError
 from autoseg.preprocessing.cache import complete_cases, require_unchanged
-from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
+from autoseg.preprocessing.case_store import plans_key, preprocessed_folder
 from autoseg.training.losses.options import DEFAULT_LOSS
 from autoseg.training.step import OptimizerSettings
 

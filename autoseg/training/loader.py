@@ -49,7 +49,7 @@ import numpy as np
 
 from autoseg.data.plans import Configuration
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.preprocess import PreprocessedCase, load_case
+from autoseg.preprocessing.case_store import PreprocessedCase, load_case
 from autoseg.preprocessing.weightmap import load_weight_map
 from autoseg.training.augment.cascade import previous_stage_channels
 from autoseg.training.augment.pipeline import sample_size, training_transforms

@@ -19,7 +19,7 @@ from autoseg.evaluation.evaluate import evaluate_arrays
 from autoseg.evaluation.metrics import case_metrics
 from autoseg.evaluation.report import Evaluation
 from autoseg.planning.fingerprint import inspect_case
-from autoseg.preprocessing.preprocess import PreprocessedCase
+from autoseg.preprocessing.case_store import PreprocessedCase
 from autoseg.training.loader import _Sampler
 from autoseg.training.losses.dice_ce import DiceCELoss, dice_counts
 from tests.reliability_helpers import cli, shrink_network, tiny_dataset

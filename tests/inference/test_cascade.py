@@ -15,7 +15,7 @@ from autoseg.data.model_folder import ModelFolder
 from autoseg.data.plans import Plans
 from autoseg.networks.unet import build_network
 from autoseg.planners import Budget, get_planner
-from autoseg.preprocessing.preprocess import load_case, preprocessed_folder
+from autoseg.preprocessing.case_store import load_case, preprocessed_folder
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import to_dict
 from autoseg.training.augment.cascade import previous_stage_channels
