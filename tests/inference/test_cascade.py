@@ -103,7 +103,7 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path, mo
     # with border weight maps too: labels, weights and previous stage share the label channels
     # (not perturbed here, to see them moved together: tests/training/test_cascade_augment.py)
     monkeypatch.setattr(
-        "autoseg.training.loader.previous_stage_channels",
+        "autoseg.training.sampler.previous_stage_channels",
         lambda previous, labels, rng: previous_stage_channels(previous, labels, None),
     )
     ensure_weight_maps(data, ["case_000"])

@@ -33,7 +33,8 @@ from autoseg.planners.rules import (
     shrink_step,
     target_spacing,
 )
-from autoseg.training.loader import BatchLoader, forced_foreground_count
+from autoseg.training.loader import BatchLoader
+from autoseg.training.sampler import forced_foreground_count
 
 ONE = (1, 1, 1)
 ALL = (2, 2, 2)
