@@ -51,6 +51,14 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "autoseg/inference/sliding_window.py",
         ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
     ),
+    "tiles": (
+        "autoseg/inference/tiles.py",
+        ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
+    ),
+    "tile_accumulation": (
+        "autoseg/inference/tile_accumulation.py",
+        ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
+    ),
     "predictor": (
         "autoseg/inference/predictor.py",
         (

@@ -31,15 +31,9 @@ from autoseg.errors import AutosegError
 from autoseg.inference.cascade import PreviousStage, input_channels, previous_stage_input
 from autoseg.inference.folder import PredictionReport, predict_folder
 from autoseg.inference.postprocess import PostprocessingDecision, apply_postprocessing
-from autoseg.inference.sliding_window import (
-    DEFAULT_TILE_SCALE,
-    SKIPPED_LOGIT_GAP,
-    TileProgress,
-    default_tile_batch,
-    inference_tile_size,
-    sliding_window_logits,
-    sliding_window_logits_slices,
-)
+from autoseg.inference.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.inference.tile_accumulation import SKIPPED_LOGIT_GAP, TileProgress
+from autoseg.inference.tiles import DEFAULT_TILE_SCALE, default_tile_batch, inference_tile_size
 from autoseg.networks.compiled import compile_with_fallback, use_compile
 from autoseg.networks.unet import build_network
 from autoseg.preprocessing.body_mask import body_mask, ct_channels
