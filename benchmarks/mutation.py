@@ -67,6 +67,22 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
             "tests/inference/test_predictor_cascade.py",
         ),
     ),
+    "case_stages": (
+        "autoseg/inference/case_stages.py",
+        (
+            "tests/inference/test_pinned_prediction.py",
+            "tests/inference/test_predictor.py",
+            "tests/inference/test_predictor_cascade.py",
+        ),
+    ),
+    "fold_loading": (
+        "autoseg/inference/fold_loading.py",
+        (
+            "tests/inference/test_pinned_prediction.py",
+            "tests/inference/test_predictor.py",
+            "tests/inference/test_predictor_cascade.py",
+        ),
+    ),
     "postprocess": (
         "autoseg/inference/postprocess.py",
         ("tests/inference/test_postprocess.py", "tests/inference/test_pinned_postprocess.py"),
