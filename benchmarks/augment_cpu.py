@@ -33,8 +33,8 @@ import torch
 from autoseg.data.paths import resolve_dataset, resolve_home
 from autoseg.data.plans import Plans
 from autoseg.training.augment.pipeline_device import DeviceAugmentation
+from autoseg.training.fold_setup import preprocessed_cases
 from autoseg.training.loader import BatchLoader
-from autoseg.training.train import preprocessed_cases
 
 
 def _tensors(batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

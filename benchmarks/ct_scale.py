@@ -35,11 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic_ct  # noqa: E402 - the generator beside this script
 
 from autoseg.data.plans import Configuration  # noqa: E402
-from autoseg.inference.sliding_window import (  # noqa: E402
-    inference_tile_size,
-    keep_positions,
-    run_corners,
-)
+from autoseg.inference.tiles import inference_tile_size, keep_positions, run_corners
 from autoseg.networks.unet import forward_flops  # noqa: E402
 from autoseg.planning.fingerprint import (  # noqa: E402
     CaseFingerprint,

@@ -51,8 +51,32 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "autoseg/inference/sliding_window.py",
         ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
     ),
+    "tiles": (
+        "autoseg/inference/tiles.py",
+        ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
+    ),
+    "tile_accumulation": (
+        "autoseg/inference/tile_accumulation.py",
+        ("tests/inference/test_pinned_prediction.py", "tests/inference/test_sliding_window.py"),
+    ),
     "predictor": (
         "autoseg/inference/predictor.py",
+        (
+            "tests/inference/test_pinned_prediction.py",
+            "tests/inference/test_predictor.py",
+            "tests/inference/test_predictor_cascade.py",
+        ),
+    ),
+    "case_stages": (
+        "autoseg/inference/case_stages.py",
+        (
+            "tests/inference/test_pinned_prediction.py",
+            "tests/inference/test_predictor.py",
+            "tests/inference/test_predictor_cascade.py",
+        ),
+    ),
+    "fold_loading": (
+        "autoseg/inference/fold_loading.py",
         (
             "tests/inference/test_pinned_prediction.py",
             "tests/inference/test_predictor.py",

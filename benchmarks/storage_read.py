@@ -26,8 +26,8 @@ from pathlib import Path
 
 from autoseg.data.paths import resolve_dataset, resolve_home
 from autoseg.data.plans import Plans
+from autoseg.training.fold_setup import preprocessed_cases
 from autoseg.training.loader import BatchLoader
-from autoseg.training.train import preprocessed_cases
 
 
 def _per_batch(folder: Path, ids: list[str], config, augmentation: str, batches: int, seed: int):

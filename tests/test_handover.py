@@ -17,8 +17,9 @@ from autoseg.errors import AutosegError
 from autoseg.inference.inputs import group_input_files, refuse_outputs_that_are_inputs
 from autoseg.inference.predictor import Predictor
 from autoseg.planning.runner import plan_dataset
+from autoseg.training.fold_setup import TrainSettings
 from autoseg.training.step import TrainingStep
-from autoseg.training.train import TrainSettings, train_fold
+from autoseg.training.train import train_fold
 from tests.reliability_helpers import (
     SHAPE_IJK,
     assert_clean_failure,

@@ -18,7 +18,8 @@ from autoseg.data.paths import resolve_dataset
 from autoseg.data.plans import Plans
 from autoseg.inference.predictor import Predictor
 from autoseg.planning.runner import plan_dataset
-from autoseg.training.train import TrainSettings, train_fold
+from autoseg.training.fold_setup import TrainSettings
+from autoseg.training.train import train_fold
 
 SHAPE = (24, 24, 24)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from autoseg.data.checkpoint import load_checkpoint
-from autoseg.preprocessing.preprocess import load_case
+from autoseg.preprocessing.case_store import load_case
 from tests.reliability_helpers import (
     autoseg_command,
     child_env,

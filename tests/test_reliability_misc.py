@@ -377,7 +377,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     if stage == "preprocess":
         from autoseg.data.dataset import load_dataset
         from autoseg.data.plans import Plans
-        from autoseg.preprocessing.preprocess import run_preprocessing
+        from autoseg.preprocessing.dataset_run import run_preprocessing
         plans = Plans.from_json(folder / "model" / "plans.json")
         spec = load_dataset(folder / "dataset")
         run_preprocessing(spec, plans, ["3d_fullres"], folder / "work", workers=1)

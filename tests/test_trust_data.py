@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from autoseg.preprocessing.preprocess import load_case
+from autoseg.preprocessing.case_store import load_case
 from tests.reliability_helpers import (
     assert_clean_failure,
     cli,
@@ -105,7 +105,7 @@ def test_a_case_removed_from_the_dataset_is_not_trained_on(tmp_path: Path):
     assert plan(root, home).exit_code == 0
     from autoseg.data.plans import Plans
     from autoseg.preprocessing.cache import complete_cases
-    from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
+    from autoseg.preprocessing.case_store import plans_key, preprocessed_folder
 
     plans = Plans.from_json(home / root.name / "plans.json")
     config = plans.configurations["3d_fullres"]
@@ -169,16 +169,16 @@ def test_more_than_256_labels_are_refused_before_anything_is_written(tmp_path: P
 def test_a_plan_that_fails_in_preprocessing_leaves_nothing_train_accepts(tmp_path, monkeypatch):
     root = tiny_dataset(tmp_path / "Task85_Fails", n_cases=5)
     home = tmp_path / "home"
-    import autoseg.preprocessing.preprocess as preprocess
+    import autoseg.preprocessing.dataset_run as dataset_run
 
-    real = preprocess.preprocess_case
+    real = dataset_run.preprocess_case
 
     def fails_on_the_last(case, *args):
         if case.case_id == "case_004":
-            raise preprocess.AutosegError("simulated failure")
+            raise dataset_run.AutosegError("simulated failure")
         return real(case, *args)
 
-    monkeypatch.setattr(preprocess, "preprocess_case", fails_on_the_last)
+    monkeypatch.setattr(dataset_run, "preprocess_case", fails_on_the_last)
     assert_clean_failure(plan(root, home), "case_004", "simulated failure")
     assert (home / root.name / "plans.json").is_file()  # plans and 4 cases written, not the 5th
     for command in (

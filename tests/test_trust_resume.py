@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from autoseg.data.checkpoint import load_checkpoint
-from autoseg.training.train import poly_lr
+from autoseg.training.fold_setup import poly_lr
 from tests.reliability_helpers import assert_clean_failure, cli, shrink_network, snapshot
 from tests.reliability_helpers import tiny_dataset as _tiny
 

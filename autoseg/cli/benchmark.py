@@ -44,11 +44,11 @@ from autoseg.device import resolve_device
 from autoseg.errors import AutosegError
 from autoseg.inference.predictor import Predictor
 from autoseg.networks.unet import build_network
-from autoseg.preprocessing.preprocess import load_case
+from autoseg.preprocessing.case_store import load_case
 from autoseg.serial import dump_json, remove_temp_files, to_dict
+from autoseg.training.fold_setup import default_workers, preprocessed_cases
 from autoseg.training.loader import BatchLoader
 from autoseg.training.step import TrainingStep
-from autoseg.training.train import default_workers, preprocessed_cases
 
 log = logging.getLogger(__name__)
 

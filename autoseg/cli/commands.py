@@ -241,7 +241,8 @@ def train(
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.data.plans import Plans
     from autoseg.data.splits import parse_fold
-    from autoseg.training.train import TrainSettings, train_fold
+    from autoseg.training.fold_setup import TrainSettings
+    from autoseg.training.train import train_fold
 
     dirs = resolve_dataset(dataset, resolve_home(home))
     plans = Plans.from_json(dirs.require_plans(planner))

@@ -28,8 +28,9 @@ from autoseg.evaluation.evaluate import evaluate_folders
 from autoseg.evaluation.overlay import save_overlay as draw_overlay
 from autoseg.inference.predictor import Predictor, predict_folder
 from autoseg.planning.runner import plan_dataset
+from autoseg.training.fold_setup import TrainSettings
 from autoseg.training.step import OptimizerSettings
-from autoseg.training.train import TrainSettings, train_fold
+from autoseg.training.train import train_fold
 
 log = logging.getLogger(__name__)
 DEMO_DATASET = "Hippocampus"

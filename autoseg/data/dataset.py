@@ -27,7 +27,6 @@ from typing import Any
 
 from autoseg.data.bitmaps import ENDINGS as MICROSCOPY_ENDINGS
 from autoseg.data.bitmaps import is_sidecar
-from autoseg.data.dataset_json import MAX_LABEL_VALUE as MAX_LABEL_VALUE  # for preprocess.py
 from autoseg.data.dataset_json import (
     DatasetProblems,
     channel_names,

@@ -25,7 +25,8 @@ from autoseg.data.model_folder import CV_FOLDS, ModelFolder
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Configuration, Plans
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.preprocess import CaseProperties, preprocess_image
+from autoseg.preprocessing.case_store import CaseProperties
+from autoseg.preprocessing.preprocess import preprocess_image
 from autoseg.serial import atomic_output, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.cascade import input_channels
 from autoseg.inference.postprocess import PostprocessingDecision
 from autoseg.inference.predictor import Predictor
-from autoseg.inference.sliding_window import DEFAULT_TILE_SCALE, inference_tile_size
+from autoseg.inference.tiles import DEFAULT_TILE_SCALE, inference_tile_size
 from autoseg.networks.unet import build_network
 from autoseg.serial import atomic_output, dumps, from_dict, remove_temp_files
 

@@ -8,6 +8,10 @@ spacing and uncropped shape) -> argmax -> label values -> post-processing.
 
 ``predict_folder`` (``autoseg.inference.folder``, re-exported here) runs a folder of cases through
 a ``Predictor``.
+
+This module owns ``Predictor`` (its settings, networks and public methods). Reading and checking
+the folds of a model folder is ``autoseg.inference.fold_loading``; the stages of one case
+``autoseg.inference.case_stages``.
 """
 
 from __future__ import annotations
@@ -20,37 +24,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoseg.data.checkpoint import load_checkpoint
 from autoseg.data.io import Geometry, Image
-from autoseg.data.model_folder import ModelFolder, checkpoint_file, named_folds
 from autoseg.data.plans import Configuration, Plans
-from autoseg.data.recipe import check_fold_recipe
-from autoseg.data.regions import regions_to_labels
-from autoseg.device import autocast, inference_settings, resolve_device
+from autoseg.device import autocast, resolve_device
 from autoseg.errors import AutosegError
-from autoseg.inference.cascade import PreviousStage, input_channels, previous_stage_input
+from autoseg.inference.cascade import PreviousStage, input_channels
+from autoseg.inference.case_stages import CaseStagesMixin
+from autoseg.inference.fold_loading import load_folds
 from autoseg.inference.folder import PredictionReport, predict_folder
-from autoseg.inference.postprocess import PostprocessingDecision, apply_postprocessing
-from autoseg.inference.sliding_window import (
-    DEFAULT_TILE_SCALE,
-    SKIPPED_LOGIT_GAP,
-    TileProgress,
-    default_tile_batch,
-    inference_tile_size,
-    sliding_window_logits,
-    sliding_window_logits_slices,
-)
+from autoseg.inference.postprocess import PostprocessingDecision
+from autoseg.inference.tiles import DEFAULT_TILE_SCALE
 from autoseg.networks.compiled import compile_with_fallback, use_compile
 from autoseg.networks.unet import build_network
-from autoseg.preprocessing.body_mask import body_mask, ct_channels
-from autoseg.preprocessing.preprocess import preprocess_image, restore_probabilities
+from autoseg.preprocessing.body_mask import ct_channels
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PredictionReport", "Predictor", "predict_folder"]
 
 
-class Predictor:
+class Predictor(CaseStagesMixin):
     """Trained networks of one configuration, ready to predict; their logits are averaged.
 
     Build it from objects (a benchmark, a notebook) or load it with ``Predictor.from_folder``.
@@ -177,46 +170,8 @@ class Predictor:
                 does not match the plans (a fold trained with other plans than the folder's
                 ``plans.json`` is refused, naming the fold: ``autoseg.data.recipe``).
         """
-        # resolved: MODEL/fold_0/.. is MODEL (its name is the configuration), not '..'
-        folder = ModelFolder(Path(model_folder).resolve())
-        if not folder.path.is_dir():
-            raise AutosegError(f"{folder.path}: model folder not found")
-        if not folder.plans.is_file():
-            raise folder.not_a_model("no plans.json")
-        available = folder.folds_with(checkpoint)
-        if not available:
-            raise folder.not_a_model(f"no fold_<k>/{checkpoint_file(checkpoint)}")
-        chosen = folder.default_folds(checkpoint) if folds is None else named_folds(folds)
-        missing = [f for f in chosen if f not in available]
-        if missing:
-            raise AutosegError(
-                f"{folder.path}: no {checkpoint_file(checkpoint)} for fold(s) "
-                f"{', '.join(missing)}; available: {', '.join(available)}"
-            )
-        try:
-            plans = Plans.from_json(folder.plans)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise AutosegError(f"{folder.plans}: not valid autoseg plans ({exc})") from exc
-        paths = [folder.checkpoint(fold, checkpoint) for fold in chosen]
-        checkpoints = [load_checkpoint(path, map_location="cpu") for path in paths]
-        names = {c.meta.configuration or folder.name for c in checkpoints}
-        if len(names) > 1:
-            raise AutosegError(
-                f"{folder.path}: folds trained with different configurations {names}"
-            )
-        config = plans.configuration(names.pop())
-        for fold, path, ckpt in zip(chosen, paths, checkpoints, strict=True):
-            check_fold_recipe(folder, plans, config.name, fold, path, ckpt.meta)
-            for key, planned in (
-                ("num_classes", plans.num_classes),
-                ("in_channels", input_channels(plans, config)),
-            ):
-                recorded = getattr(ckpt.meta, key)
-                if recorded is not None and recorded != planned:
-                    raise AutosegError(f"{path}: {key} {recorded} differs from plans.json")
-        decision = None
-        if postprocess and folder.postprocessing.is_file():
-            decision = PostprocessingDecision.from_json(folder.postprocessing)
+        loaded = load_folds(model_folder, folds, checkpoint, postprocess)
+        folder, config, chosen = loaded.folder, loaded.configuration, loaded.folds
         previous = None
         if config.previous_stage:  # the previous stage's model folder beside this one
             low = cls.from_folder(
@@ -234,18 +189,18 @@ class Predictor:
             )
             previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
-            [c.model_state for c in checkpoints],
-            plans,
+            list(loaded.weights),
+            loaded.plans,
             config,
             device=device,
             tta=tta,
             step=step,
-            postprocessing=decision,
+            postprocessing=loaded.postprocessing,
             tile_batch=tile_batch,
             max_tile_scale=max_tile_scale,
             compile=compile,
             folds=chosen,
-            sources=[str(p) for p in paths],
+            sources=[str(p) for p in loaded.paths],
             previous_stage=previous,
             body_mask=body_mask,
             cpu_bf16=cpu_bf16,
@@ -273,160 +228,6 @@ class Predictor:
             ) from exc
         net.deep_supervision = False
         return net.to(self.device).eval()
-
-    # ------------------------------------------------------------------ one case, in stages
-
-    def preprocess(self, image: Image, case_id: str = "") -> tuple[np.ndarray, Any]:
-        """Crop, resample and normalise ``image`` as in training (``case_id`` names it in errors).
-
-        Returns:
-            The network-grid array ``(C, Z', Y', X')`` and its ``CaseProperties``.
-
-        Raises:
-            AutosegError: the image has the wrong number of channels, or NaN/Inf voxels.
-        """
-        if image.array.shape[0] != self.in_channels:
-            raise AutosegError(
-                f"image has {image.array.shape[0]} channel(s); the model takes "
-                f"{self.in_channels} ({', '.join(self.plans.channels)})"
-            )
-        # a float64 running sum needs no copy of the image; it is finite iff every voxel is
-        if not np.isfinite(image.array.sum(dtype=np.float64)):
-            bad = int(image.array.size - np.count_nonzero(np.isfinite(image.array)))
-            raise AutosegError(f"{bad} NaN or Inf voxel(s) in the image")
-        if self.previous_stage is not None:  # a cascade: + the previous stage, one-hot
-            labels = self.plans.foreground_labels
-            config = self.configuration
-            return previous_stage_input(image, config, self.previous_stage, labels, case_id)
-        array, _, props = preprocess_image(image, self.configuration, case_id=case_id)
-        return array, props
-
-    def body(self, image: Image, props: Any) -> np.ndarray | None:
-        """Where tiles must run for ``image``: its dilated body on the network grid, or None.
-
-        None (every tile runs) unless the configuration has CT-normalised channels and the
-        predictor was built with ``body_mask``.
-
-        Args:
-            image: the raw image, as given to ``preprocess``.
-            props: the ``CaseProperties`` that ``preprocess`` returned for it.
-        """
-        if not self.body_channels:
-            return None
-        return body_mask(
-            image.array,
-            image.geometry.spacing,
-            self.body_channels,
-            props.crop_bbox,
-            props.shape_after_resample,
-        )
-
-    def tile_batch(self, tile: Sequence[int]) -> int:
-        """Network inputs per forward pass for tiles of shape ``tile`` (see the constructor)."""
-        return self._tile_batch or default_tile_batch(tile, self.device)
-
-    def tile_size(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """The sliding-window tile for a preprocessed image of spatial ``shape`` (Z, Y, X).
-
-        The patch, widened (within ``max_tile_scale``, to a multiple of the network's total
-        stride) on axes where one tile then covers the image; see ``inference_tile_size``.
-        """
-        config = self.configuration
-        spatial = tuple(shape)[-config.ndim :]  # 2D: the in-plane (Y, X) of each slice
-        return inference_tile_size(
-            spatial, config.patch_size, config.total_stride(), self.max_tile_scale
-        )
-
-    def predict_preprocessed(
-        self,
-        array: np.ndarray,
-        body: np.ndarray | None = None,
-        progress: TileProgress | None = None,
-    ) -> np.ndarray:
-        """Softmax probabilities on the network grid, logits averaged over folds and mirrors.
-
-        Args:
-            array: preprocessed ``(C, Z, Y, X)`` float32.
-            body: bool ``(Z, Y, X)`` from ``body``: tiles without a True voxel are skipped and
-                the voxels only they cover are background. None: every tile runs.
-            progress: called with ``(tiles done, tiles)`` over all folds after every forward
-                pass (``autoseg.inference.folder`` shows it).
-
-        Returns:
-            float32 ``(K, Z, Y, X)`` probabilities (host memory).
-        """
-        config = self.configuration
-        image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
-        window = sliding_window_logits_slices if config.ndim == 2 else sliding_window_logits
-        mirror_axes = tuple(range(config.ndim)) if self.tta else ()
-        tile = self.tile_size(array.shape[1:])
-        keep = None if body is None else torch.from_numpy(body).to(self.device)
-        # skipped voxels: background ahead (softmax), or every region off (sigmoid)
-        gap = [-SKIPPED_LOGIT_GAP] * self.num_classes
-        background = gap if self.regions else [0.0, *gap[1:]]
-        total = torch.zeros(0)
-        # threads / cuDNN benchmarking only for this call: the process keeps its own settings
-        precision = autocast(self.device, self.cpu_bf16)
-        with inference_settings(self.device), torch.inference_mode(), precision:
-            folds = len(self.networks)
-            for i, net in enumerate(self.networks):
-                fold_progress = None
-                if progress is not None:  # tiles of all folds: fold i's come after i * tiles
-                    fold_progress = lambda d, t, i=i: progress(i * t + d, folds * t)  # noqa: E731
-                logits = window(  # (K, Z, Y, X) float32
-                    net,
-                    image,
-                    tile,
-                    self.num_classes,
-                    step=self.step,
-                    mirror_axes=mirror_axes,
-                    tile_batch=self.tile_batch(tile),
-                    progress=fold_progress,
-                    keep=keep,
-                    background=background,
-                )
-                if i and total.device != logits.device:  # a fold ran out of device memory
-                    total, logits = total.cpu(), logits.cpu()
-                total = logits if i == 0 else total.add_(logits)
-                del logits
-            # mean over folds and softmax in place: (K, Z, Y, X) is the largest array here
-            probs = total.div_(len(self.networks))
-            if self.regions:  # one sigmoid per region
-                return probs.sigmoid_().cpu().numpy()
-            probs -= probs.amax(dim=0, keepdim=True)
-            probs = probs.exp_()
-            probs /= probs.sum(dim=0, keepdim=True)
-        return probs.cpu().numpy()
-
-    def finalize(self, probs: np.ndarray, props: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Back to the original grid, then label values and post-processing.
-
-        Args:
-            probs: ``(K, Z', Y', X')`` probabilities on the network grid.
-            props: the case's ``CaseProperties`` from ``preprocess``.
-
-        Returns:
-            ``(labels (Z, Y, X), probabilities (K, Z, Y, X) float32)`` on the input's grid;
-            labels hold the dataset's label values (uint8 when they fit).
-        """
-        if self.regions:  # outside the crop no region: a zero channel takes the background's 1
-            padded = np.concatenate([np.zeros_like(probs[:1]), probs])
-            restored = np.asarray(restore_probabilities(padded, props)[1:], dtype=np.float32)
-            labels = regions_to_labels(restored, self.regions)
-            if self.postprocessing is not None:
-                labels = apply_postprocessing(labels, self.postprocessing)
-            return labels, restored
-        restored = np.asarray(restore_probabilities(probs, props), dtype=np.float32)
-        dtype = (
-            np.uint8 if self.label_values.max() < 256 and self.label_values.min() >= 0 else np.int32
-        )
-        values = self.label_values.astype(dtype)
-        labels = np.empty(restored.shape[1:], dtype=dtype)  # (Z, Y, X)
-        for z in range(labels.shape[0]):  # slice by slice: no int64 index of the whole volume
-            labels[z] = values[np.argmax(restored[:, z], axis=0)]
-        if self.postprocessing is not None:
-            labels = apply_postprocessing(labels, self.postprocessing)
-        return labels, restored
 
     # ------------------------------------------------------------------ public API
 

@@ -25,7 +25,8 @@ from autoseg.planners.overrides import Overrides, check_name, override_plans, pl
 from autoseg.planning.fingerprint import Fingerprint, compute_fingerprint
 from autoseg.planning.transfer import plans_from as transfer_plans
 from autoseg.preprocessing.cache import dataset_sources, invalidate_markers
-from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder, run_preprocessing
+from autoseg.preprocessing.case_store import plans_key, preprocessed_folder
+from autoseg.preprocessing.dataset_run import run_preprocessing
 from autoseg.preprocessing.resample import target_shape
 from autoseg.preprocessing.storage import check_storage, choose_storage
 from autoseg.preprocessing.weightmap import ensure_weight_maps

@@ -9,7 +9,7 @@ largest one (the body, or both legs; a patient table apart from the body goes); 
 in 3D and slice by slice along every axis (lungs and bowel gas are inside the body); dilated
 by ``BODY_MARGIN_MM`` plus the coarse grid's own uncertainty. The result is mapped onto the
 network grid of the preprocessed image, where the sliding window skips every tile that holds
-no body voxel (``autoseg.inference.sliding_window``).
+no body voxel (``autoseg.inference.tiles``: ``keep_positions``, ``run_corners``).
 """
 
 from __future__ import annotations

@@ -15,18 +15,19 @@ resumed from a checkpoint sees the same batches as an uninterrupted one.
 
 Multi-GPU / multi-node: started by ``torchrun``, each process trains on its share of the batch
 (DistributedDataParallel); rank 0 alone writes files.
+
+This module owns the loop (``_Trainer``: setup, epochs, validation pseudo-Dice, end of fold).
+The settings, the fold's cases and the process group are ``autoseg.training.fold_setup``;
+checkpoints and resuming ``autoseg.training.checkpointing``; stop signals and patience
+``autoseg.training.stopping``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import os
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,173 +36,39 @@ import torch.distributed as dist
 from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from autoseg import __version__
-from autoseg.data.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from autoseg.data.model_folder import CHECKPOINTS, ModelFolder
+from autoseg.data.model_folder import ModelFolder
 from autoseg.data.paths import DatasetDirs
 from autoseg.data.plans import Configuration, Plans
-from autoseg.data.recipe import check_new_fold, check_resume, recipe_digest, refuse_resume_elsewhere
-from autoseg.data.splits import NUM_FOLDS, Split, fold_cases, load_or_create_splits
+from autoseg.data.recipe import check_new_fold
 from autoseg.device import autocast, cpu_count, resolve_device, use_cpu_share
 from autoseg.errors import AutosegError
 from autoseg.evaluation.validation import validate_fold
 from autoseg.inference.cascade import input_channels, prepare_previous_stage
 from autoseg.networks.compiled import compile_with_fallback, use_compile
-from autoseg.planning.transfer import load_pretrained, pretrained_checkpoint
-from autoseg.preprocessing.cache import complete_cases, require_unchanged
-from autoseg.preprocessing.preprocess import plans_key, preprocessed_folder
+from autoseg.planning.transfer import pretrained_checkpoint
 from autoseg.preprocessing.weightmap import ensure_weight_maps
-from autoseg.serial import remove_temp_files, to_dict
 from autoseg.terminal import Heartbeat
 from autoseg.training.augment.elastic import AUGMENTATIONS, ELASTIC
+from autoseg.training.checkpointing import CheckpointingMixin
+from autoseg.training.fold_setup import (
+    TrainSettings,
+    default_workers,
+    init_distributed,
+    poly_lr,
+    preprocessed_cases,
+    select_split,
+)
 from autoseg.training.loader import BatchLoader
-from autoseg.training.losses.options import DEFAULT_LOSS, build_loss, loss_needs_weights
+from autoseg.training.losses.options import build_loss, loss_needs_weights
 from autoseg.training.progress import History, add_file_log, write_progress
-from autoseg.training.step import OptimizerSettings, TrainingStep
+from autoseg.training.step import TrainingStep
 from autoseg.training.stopping import StoppingMixin, StopRequests
 from autoseg.training.tracking import TrackedRun, check_tracking, open_tracker
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """The training budget and run options.
-
-    Attributes:
-        epochs: number of epochs.
-        iterations: training iterations per epoch.
-        val_iterations: validation batches per epoch for the online pseudo-Dice.
-        device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
-        seed: seeds the data order and augmentation, and the network's initial weights.
-        workers: background augmentation processes (None: a choice by device).
-        augmentation: ``cpu`` (batchgenerators in the loader), ``device`` (torch on the
-            training device, ``autoseg.training.augment.pipeline_device``) or ``auto`` (device on
-            CUDA; on the CPU
-            what ``autoseg.training.augment.pipeline_device.AUTO_ON_CPU`` says).
-        resume: continue from ``checkpoint_latest.pt``.
-        checkpoint_every: save ``checkpoint_latest.pt`` every this many epochs (and at least
-            every 5 minutes, and at the end).
-        validate: predict and score the validation cases at the end of the fold.
-        optimizer: the optimiser's settings.
-        pretrained: a checkpoint or model folder whose compatible weights start the training
-            (``autoseg.planning.transfer``); not used when resuming.
-        cpu_bf16: on a CPU with native bf16 instructions, run the network under bf16 autocast
-            (about 2x faster, loss curve unchanged within noise); False keeps fp32.
-        loss: registered loss name (``autoseg.training.losses.options``: ``dice_ce``, ``focal``,
-            ``dice_focal``, ``border_ce``), with deep supervision.
-        augment: optional augmentations on top of nnU-Net's (``elastic``); the configuration's
-            ``augmentations`` (a planner setting) are added.
-        tracking: ``none``, ``tensorboard`` or ``mlflow`` (``autoseg.training.tracking``):
-            per-epoch figures (MLflow: also parameters and the fold's files).
-        tracking_uri: where MLflow runs go; None: ``$MLFLOW_TRACKING_URI``, else
-            ``file:<home>/mlruns``.
-        compile: ``torch.compile`` the network, falling back to eager with one log line if the
-            first step fails (``autoseg.networks.compiled``); None = on CUDA only.
-        patience: stop early when the smoothed (EMA) validation pseudo-Dice has not improved
-            for this many epochs, saving the final checkpoint as usual; None = never.
-        replace: when the model folder holds folds trained with other plans, move it aside
-            (``autoseg.data.recipe.check_new_fold``) instead of refusing.
-    """
-
-    epochs: int = 1000
-    iterations: int = 250
-    val_iterations: int = 50
-    device: str = "auto"
-    seed: int = 0
-    workers: int | None = None
-    augmentation: str = "auto"
-    resume: bool = False
-    checkpoint_every: int = 5
-    validate: bool = True
-    optimizer: OptimizerSettings = OptimizerSettings()  # noqa: RUF009 - frozen, immutable
-    pretrained: str | None = None
-    cpu_bf16: bool = True
-    loss: str = DEFAULT_LOSS
-    augment: tuple[str, ...] = ()
-    tracking: str = "none"
-    tracking_uri: str | None = None
-    compile: bool | None = None
-    patience: int | None = None
-    replace: bool = False
-
-
-def poly_lr(initial: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
-    """Polynomial decay: ``initial * (1 - epoch / epochs) ** exponent``."""
-    return initial * (1 - epoch / epochs) ** exponent
-
-
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(), device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank), device
-
-
-def default_workers(device: torch.device) -> int:
-    """Background augmentation processes when none are asked for: on CUDA all CPUs but one
-    (at most 12), on the CPU none (the network needs the cores)."""
-    return min(12, max(1, cpu_count() - 1)) if device.type == "cuda" else 0
-
-
-def preprocessed_cases(dirs: DatasetDirs, config: Configuration) -> tuple[Path, list[str]]:
-    """The preprocessed-data folder of a configuration and its case ids (sorted).
-
-    Raises:
-        AutosegError: the folder is not completely preprocessed with the configuration's
-            settings (never planned, or the last plan failed or was stopped), or the dataset's
-            files changed since (``cache.require_unchanged``).
-    """
-    folder = preprocessed_folder(dirs.work, config)
-    cases = complete_cases(folder, plans_key(config), dirs.name)
-    require_unchanged(dirs)
-    return folder, cases
-
-
-def select_split(dirs: DatasetDirs, fold: str, case_ids: list[str]) -> Split:
-    """The training and validation cases of ``fold``.
-
-    Fold ``all`` trains on every case and needs no splits (any number of cases will do); fold
-    ``k`` reads ``splits.json`` (creating the 5-fold splits when there is none).
-
-    Raises:
-        AutosegError: too few cases for cross-validation, or fold ``k`` of the splits file has
-            no training or no validation cases.
-    """
-    if fold == "all":
-        return fold_cases([], fold, case_ids)
-    if len(case_ids) < NUM_FOLDS and not dirs.splits.is_file():
-        raise AutosegError(
-            f"fold {fold}: {len(case_ids)} case(s) are too few for {NUM_FOLDS}-fold "
-            f"cross-validation (at least {NUM_FOLDS} needed); train fold 'all' instead, or "
-            f"write your own {dirs.splits}"
-        )
-    split = fold_cases(load_or_create_splits(dirs.splits, case_ids), fold, case_ids)
-    for cases, what in ((split.train, "training"), (split.val, "validation")):
-        if not cases:
-            raise AutosegError(
-                f"{dirs.splits}: fold {fold} has no {what} cases; edit the file or train fold 'all'"
-            )
-    return split
-
-
-class _Trainer(StoppingMixin):
+class _Trainer(CheckpointingMixin, StoppingMixin):
     """State of one fold's training; ``run`` is the only entry point."""
 
     def __init__(
@@ -217,7 +84,7 @@ class _Trainer(StoppingMixin):
         self.model = ModelFolder(dirs.model_folder(plans.plans_name, config_name))
         self.fold_dir = self.model.fold_dir(fold)
         self.device = resolve_device(settings.device)
-        self.dist, self.device = _init_distributed(self.device)
+        self.dist, self.device = init_distributed(self.device)
         if not self.dist.main:  # one voice: rank 0 logs and writes
             logging.getLogger("autoseg").setLevel(logging.WARNING)
         self.num_classes = plans.num_classes
@@ -284,94 +151,6 @@ class _Trainer(StoppingMixin):
         self.start_iteration, self.resumed_losses = 0, ()  # a run stopped by a signal
         self._stop = StopRequests()
         self._published = False
-
-    def _meta(self, epoch: int, iteration: int = 0, losses=()) -> CheckpointMeta:
-        return CheckpointMeta(
-            configuration=self.config.name,
-            fold=self.fold,
-            epoch=epoch,
-            num_classes=self.num_classes,
-            in_channels=self.in_channels,
-            plans=to_dict(self.plans),
-            settings=to_dict(self.settings),
-            history=self.history.to_dict(),
-            augmentation=self.step.augmentation,
-            loss=self.settings.loss,
-            autoseg_version=__version__,
-            iteration=iteration,
-            iteration_losses=tuple(losses),
-            recipe=recipe_digest(self.plans, self.config.name),
-        )
-
-    def _save(self, checkpoint: str, epoch: int, iteration: int = 0, losses=()) -> None:
-        """Save a checkpoint (``final``, ``best`` or ``latest``); rank 0 only.
-
-        ``iteration`` and ``losses``: the part of epoch ``epoch + 1`` already trained (a stop
-        signal arrived there).
-
-        The model folder's ``plans.json`` is published with the first checkpoint: a run that
-        fails before one leaves nothing that looks like a model.
-        """
-        if not self.dist.main:
-            return
-        if not self._published:
-            remove_temp_files(self.model.plans)  # of a killed run
-            self.plans.to_json(self.model.plans)
-            self._published = True
-        save_checkpoint(
-            self.model.checkpoint(self.fold, checkpoint),
-            self.step.network.state_dict(),
-            self.step.optimizer.state_dict(),
-            self._meta(epoch, iteration, losses),
-        )
-
-    def _restore(self) -> None:
-        latest = self.model.checkpoint(self.fold, "latest")
-        final = self.model.checkpoint(self.fold, "final")
-        if not self.settings.resume:
-            if latest.exists() or final.exists():
-                raise AutosegError(
-                    f"{self.fold_dir}: this fold was already trained (or started); pass --resume "
-                    "to continue it, or delete the folder to train it again"
-                )
-            return
-        source = latest if latest.exists() else final if final.exists() else None
-        if source is None:
-            refuse_resume_elsewhere(self.model, self.fold)  # --planner other than the run's
-            log.info("nothing to resume in %s: starting at epoch 0", self.fold_dir)
-            return
-        ckpt = load_checkpoint(source, map_location=self.device)
-        if ckpt.meta.configuration != self.config.name:
-            raise AutosegError(f"{source}: checkpoint of another configuration")
-        check_resume(source, ckpt.meta, to_dict(self.settings), ckpt.meta.epoch + 1)
-        recorded_epochs = ckpt.meta.settings.get("epochs")
-        if isinstance(recorded_epochs, int) and recorded_epochs < self.settings.epochs:
-            lr = poly_lr(
-                self.settings.optimizer.initial_lr, ckpt.meta.epoch + 1, self.settings.epochs
-            )
-            log.warning(
-                "extending the run from %d to %d epochs: the poly learning rate is recomputed "
-                "over %d epochs (epoch %d gets %.2e)",
-                recorded_epochs,
-                self.settings.epochs,
-                self.settings.epochs,
-                ckpt.meta.epoch + 1,
-                lr,
-            )
-        self.step.network.load_state_dict(ckpt.model_state)
-        if ckpt.optimizer_state is not None:
-            self.step.optimizer.load_state_dict(ckpt.optimizer_state)
-        self.start_epoch = ckpt.meta.epoch + 1
-        self.history = History.from_dict(ckpt.meta.history)
-        self.history.truncate(self.start_epoch)
-        log.info("resumed %s at epoch %d", source, self.start_epoch)
-        self._resume_inside_epoch(ckpt.meta)
-
-    def _load_pretrained(self, source: str) -> None:
-        report = load_pretrained(self.step.network, source, self.config.name)
-        log.info("pretrained weights from %s: %d tensors loaded", report.source, len(report.loaded))
-        for key, why in report.reinitialised:
-            log.info("  re-initialised %s (%s)", key, why)
 
     def _loader(self, cases: tuple[str, ...], seed: int, augment: bool) -> BatchLoader:
         per_rank = max(1, math.ceil(self.config.batch_size / self.dist.world))
@@ -481,17 +260,6 @@ class _Trainer(StoppingMixin):
             uri=s.tracking_uri,
             home=self.dirs.work.parent,
         )
-
-    def _remove_unfinished(self) -> None:
-        """After a failure before any checkpoint: remove what the run wrote (log, progress)."""
-        if any(self.model.checkpoint(self.fold, c).exists() for c in CHECKPOINTS):
-            return  # something to resume from: keep the fold as it is
-        shutil.rmtree(self.fold_dir, ignore_errors=True)
-        if not any(self.model.folds_with(c) for c in CHECKPOINTS):
-            self.model.plans.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # only when empty
-                self.model.path.rmdir()
-                self.model.path.parent.rmdir()
 
     def _epochs(self) -> None:
         s = self.settings

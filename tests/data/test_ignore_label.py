@@ -19,9 +19,9 @@ from autoseg.evaluation.evaluate import evaluate_arrays
 from autoseg.evaluation.metrics import case_metrics
 from autoseg.evaluation.report import Evaluation
 from autoseg.planning.fingerprint import inspect_case
-from autoseg.preprocessing.preprocess import PreprocessedCase
-from autoseg.training.loader import _Sampler
+from autoseg.preprocessing.case_store import PreprocessedCase
 from autoseg.training.losses.dice_ce import DiceCELoss, dice_counts
+from autoseg.training.sampler import PatchSampler
 from tests.reliability_helpers import cli, shrink_network, tiny_dataset
 
 
@@ -112,7 +112,7 @@ def test_fingerprint_and_sampling_leave_ignore_out(tmp_path: Path) -> None:
         "3d_fullres", (1.0,) * 3, (8, 8, 8), 2, ((1, 1, 1),), ((3, 3, 3),), (4,),
         (Normalization("zscore"),),
     )  # fmt: skip
-    sampler = _Sampler(tmp_path, ("c",), config, False, 1.0, ignore_label=2)
+    sampler = PatchSampler(tmp_path, ("c",), config, False, 1.0, ignore_label=2)
     sampler.reseed(0, 0)
     only_ignore = {2: np.array([[1, 1, 1]], dtype=np.int32)}
     case_data = PreprocessedCase(np.zeros((1, 4, 4, 4)), None, only_ignore, None)

@@ -12,12 +12,9 @@ import torch
 
 from autoseg.data.io import Geometry, Image
 from autoseg.data.plans import Normalization
-from autoseg.inference.sliding_window import (
-    SKIPPED_LOGIT_GAP,
-    sliding_window_logits,
-    sliding_window_logits_slices,
-    sliding_window_positions,
-)
+from autoseg.inference.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.inference.tile_accumulation import SKIPPED_LOGIT_GAP
+from autoseg.inference.tiles import sliding_window_positions
 from tests.inference.test_predictor import make_plans, predictor
 
 

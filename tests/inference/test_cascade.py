@@ -15,7 +15,7 @@ from autoseg.data.model_folder import ModelFolder
 from autoseg.data.plans import Plans
 from autoseg.networks.unet import build_network
 from autoseg.planners import Budget, get_planner
-from autoseg.preprocessing.preprocess import load_case, preprocessed_folder
+from autoseg.preprocessing.case_store import load_case, preprocessed_folder
 from autoseg.preprocessing.weightmap import ensure_weight_maps
 from autoseg.serial import to_dict
 from autoseg.training.augment.cascade import previous_stage_channels
@@ -103,7 +103,7 @@ def test_cascade_trains_on_lowres_cv_and_predicts_both_stages(tmp_path: Path, mo
     # with border weight maps too: labels, weights and previous stage share the label channels
     # (not perturbed here, to see them moved together: tests/training/test_cascade_augment.py)
     monkeypatch.setattr(
-        "autoseg.training.loader.previous_stage_channels",
+        "autoseg.training.sampler.previous_stage_channels",
         lambda previous, labels, rng: previous_stage_channels(previous, labels, None),
     )
     ensure_weight_maps(data, ["case_000"])

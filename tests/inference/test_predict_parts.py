@@ -70,7 +70,7 @@ def test_tile_scale_reaches_the_predictor(
     model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from autoseg.inference.predictor import Predictor
-    from autoseg.inference.sliding_window import DEFAULT_TILE_SCALE
+    from autoseg.inference.tiles import DEFAULT_TILE_SCALE
 
     root, folder = model
     made: list[Predictor] = []

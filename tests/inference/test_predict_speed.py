@@ -10,7 +10,7 @@ import torch
 
 from autoseg.data.plans import Plans
 from autoseg.inference.predictor import Predictor
-from autoseg.inference.sliding_window import DEFAULT_TILE_SCALE, sliding_window_positions
+from autoseg.inference.tiles import DEFAULT_TILE_SCALE, sliding_window_positions
 from autoseg.networks.unet import build_network
 from tests.inference.test_predict import LABELS, tiny_config
 

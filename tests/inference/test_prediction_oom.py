@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.inference import sliding_window
+from autoseg.inference import tile_accumulation
 from autoseg.inference.sliding_window import sliding_window_logits
 from tests.inference.test_predictor import predictor
 from tests.inference.test_sliding_window import skewed_net
@@ -35,7 +35,7 @@ class RunsOutOfMemory(torch.nn.Module):
 
 @pytest.fixture(autouse=True)
 def _fresh_log_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sliding_window, "_oom_logged", [False])
+    monkeypatch.setattr(tile_accumulation, "_oom_logged", [False])
 
 
 def test_an_oom_mid_case_finishes_the_case_with_the_same_logits(caplog) -> None:

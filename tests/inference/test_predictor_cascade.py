@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import autoseg.inference.case_stages as case_stages_module
 import autoseg.inference.predictor as predictor_module
 from autoseg.data.checkpoint import CheckpointMeta, save_checkpoint
 from autoseg.data.io import Image
@@ -102,7 +103,7 @@ def test_the_previous_stage_predicts_with_the_cascade_settings(
     size, tiles up to 1.25 patches and no compilation on the CPU)."""
     root = _cascade_models(tmp_path, _cascade_plans())
     calls, compiled = [], []
-    window = predictor_module.sliding_window_logits
+    window = case_stages_module.sliding_window_logits
 
     def fake_compile(net: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
         compiled.append(tuple(example.shape))
@@ -115,7 +116,7 @@ def test_the_previous_stage_predicts_with_the_cascade_settings(
         calls.append({"tile": tuple(tile), **kwargs})
         return window(net, image, tile, num_classes, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "sliding_window_logits", recording)
+    monkeypatch.setattr(case_stages_module, "sliding_window_logits", recording)
     monkeypatch.setattr(predictor_module, "compile_with_fallback", fake_compile)
     stage = Predictor.from_folder(
         root / "3d_cascade_fullres", checkpoint="best", device="cpu", **settings

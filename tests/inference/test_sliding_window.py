@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.inference.sliding_window import (
+from autoseg.inference.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.inference.tiles import (
     CPU_VOXELS_PER_FORWARD,
     default_tile_batch,
     gaussian_importance_map,
     inference_tile_size,
     mirror_combinations,
-    sliding_window_logits,
-    sliding_window_logits_slices,
     sliding_window_positions,
 )
 
@@ -381,12 +380,13 @@ def test_slices_pad_in_plane_only_and_tile_every_slice() -> None:
 
 
 def test_importance_map_is_cached_per_patch_and_flag() -> None:
-    from autoseg.inference.sliding_window import _importance
+    from autoseg.inference.tiles import tile_importance
 
-    a, b = _importance((8, 6), True, torch.device("cpu")), _importance([8, 6], True, "cpu")
+    a = tile_importance((8, 6), True, torch.device("cpu"))
+    b = tile_importance([8, 6], True, "cpu")
     assert a is b  # made once
     np.testing.assert_array_equal(a.numpy(), gaussian_importance_map((8, 6)))
-    flat = _importance((8, 6), False, torch.device("cpu"))
+    flat = tile_importance((8, 6), False, torch.device("cpu"))
     assert flat.dtype == torch.float32 and (flat == 1).all() and flat.shape == (8, 6)
 
 

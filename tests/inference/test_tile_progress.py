@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.inference.sliding_window import (
-    sliding_window_logits,
-    sliding_window_logits_slices,
-    sliding_window_positions,
-)
+from autoseg.inference.sliding_window import sliding_window_logits, sliding_window_logits_slices
+from autoseg.inference.tiles import sliding_window_positions
 from tests.inference.test_predictor import predictor
 
 

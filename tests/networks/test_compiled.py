@@ -15,7 +15,8 @@ from autoseg.data.paths import resolve_dataset
 from autoseg.data.plans import Plans
 from autoseg.networks import compiled
 from autoseg.networks.compiled import CompiledModule, compile_with_fallback, use_compile
-from autoseg.training.train import TrainSettings, train_fold
+from autoseg.training.fold_setup import TrainSettings
+from autoseg.training.train import train_fold
 from tests.inference.test_predict_speed import _image, _predictor
 from tests.training.test_train import planned  # noqa: F401 F811 - the fixture
 

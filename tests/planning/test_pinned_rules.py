@@ -33,7 +33,8 @@ from autoseg.planners.rules import (
     shrink_step,
     target_spacing,
 )
-from autoseg.training.loader import BatchLoader, forced_foreground_count
+from autoseg.training.loader import BatchLoader
+from autoseg.training.sampler import forced_foreground_count
 
 ONE = (1, 1, 1)
 ALL = (2, 2, 2)
@@ -162,7 +163,7 @@ def _one_voxel_case(folder: Path, shape=(40, 40, 40)) -> str:
     np.save(folder / "c.img.npy", image)
     np.save(folder / "c.seg.npy", seg[None])
     np.savez(folder / "c.fg.npz", **{"1": np.array([[1, 2, 3]], dtype=np.int32)})
-    from autoseg.preprocessing.preprocess import CaseProperties
+    from autoseg.preprocessing.case_store import CaseProperties
     from autoseg.serial import dump_json
 
     props = CaseProperties("c", shape, ONE, tuple((0, s) for s in shape), shape, ONE, shape, "k")

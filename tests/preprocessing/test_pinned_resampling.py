@@ -15,7 +15,8 @@ import pytest
 import autoseg.preprocessing.resample as rs
 from autoseg.data.io import Geometry, Image
 from autoseg.data.plans import Configuration, Normalization
-from autoseg.preprocessing.preprocess import CaseProperties, preprocess_image, restore_probabilities
+from autoseg.preprocessing.case_store import CaseProperties
+from autoseg.preprocessing.preprocess import preprocess_image, restore_probabilities
 from autoseg.preprocessing.resample import resample, resample_labels, target_shape
 
 

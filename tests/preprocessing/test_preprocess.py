@@ -15,16 +15,18 @@ from autoseg.data.dataset import Case, DatasetSpec
 from autoseg.data.io import Geometry, Image
 from autoseg.data.plans import Configuration, Normalization, Plans
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.preprocess import (
+from autoseg.preprocessing.case_store import (
     CaseProperties,
-    class_locations,
     load_case,
-    normalize_channel,
     plans_key,
-    preprocess_image,
     preprocessed_folder,
+)
+from autoseg.preprocessing.dataset_run import run_preprocessing
+from autoseg.preprocessing.normalize import normalize_channel
+from autoseg.preprocessing.preprocess import (
+    class_locations,
+    preprocess_image,
     restore_probabilities,
-    run_preprocessing,
 )
 from autoseg.preprocessing.resample import resample, resample_labels, target_shape
 from tests.synthetic import write_dataset

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.preprocess import load_case, preprocessed_folder, run_preprocessing
+from autoseg.preprocessing.case_store import load_case, preprocessed_folder
+from autoseg.preprocessing.dataset_run import run_preprocessing
 from autoseg.preprocessing.storage import check_storage
 from autoseg.training.loader import BatchLoader
 from tests.preprocessing.test_preprocess import config, plans_of, spec_of

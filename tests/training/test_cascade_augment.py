@@ -246,7 +246,7 @@ def _cascade_data(tmp_path: Path) -> tuple[list[str], Path]:
 def _unperturbed(monkeypatch) -> None:
     original = cascade_augment.previous_stage_channels
     monkeypatch.setattr(
-        "autoseg.training.loader.previous_stage_channels",
+        "autoseg.training.sampler.previous_stage_channels",
         lambda previous, labels, rng: original(previous, labels, None),
     )
 

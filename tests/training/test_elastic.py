@@ -7,12 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from autoseg.preprocessing.preprocess import (
-    CaseProperties,
-    PreprocessedCase,
-    class_locations,
-    save_case,
-)
+from autoseg.preprocessing.case_store import CaseProperties, PreprocessedCase, save_case
+from autoseg.preprocessing.preprocess import class_locations
 from autoseg.preprocessing.weightmap import border_weight_map, ensure_weight_maps
 from autoseg.training.augment.elastic import ElasticTransform, displacement_field, warp
 from autoseg.training.augment.elastic_device import DeviceElastic

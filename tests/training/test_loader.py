@@ -16,7 +16,7 @@ import pytest
 
 from autoseg.data.plans import Configuration, Normalization
 from autoseg.errors import AutosegError
-from autoseg.preprocessing.preprocess import CaseProperties
+from autoseg.preprocessing.case_store import CaseProperties
 from autoseg.serial import dump_json
 from autoseg.training.augment.pipeline import sample_size
 from autoseg.training.loader import BatchLoader, WorkerError

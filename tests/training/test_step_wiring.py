@@ -127,7 +127,8 @@ def test_train_settings_optimizer_reaches_the_step(monkeypatch, tmp_path) -> Non
     from autoseg.data.plans import Plans
     from autoseg.planning.runner import plan_dataset
     from autoseg.training import train as train_module
-    from autoseg.training.train import TrainSettings, poly_lr, train_fold
+    from autoseg.training.fold_setup import TrainSettings, poly_lr
+    from autoseg.training.train import train_fold
     from tests.synthetic import write_dataset
 
     data = write_dataset(tmp_path / "Task98_Wiring", n_cases=5, shape_ijk=(20, 24, 16))

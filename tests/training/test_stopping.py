@@ -17,9 +17,10 @@ from autoseg.data.paths import resolve_dataset
 from autoseg.data.plans import Plans
 from autoseg.planning.runner import plan_dataset
 from autoseg.training import train as train_module
+from autoseg.training.fold_setup import TrainSettings
 from autoseg.training.step import TrainingStep
 from autoseg.training.stopping import PREEMPTED_EXIT_CODE, StopRequests, TrainingPreempted
-from autoseg.training.train import TrainSettings, train_fold
+from autoseg.training.train import train_fold
 from tests.synthetic import write_dataset
 
 NAME = "Task98_Signal"

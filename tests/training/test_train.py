@@ -19,7 +19,8 @@ from autoseg.device import autocast
 from autoseg.errors import AutosegError
 from autoseg.planning.runner import plan_dataset
 from autoseg.training.augment.pipeline_device import resolve_augmentation
-from autoseg.training.train import TrainSettings, poly_lr, train_fold
+from autoseg.training.fold_setup import TrainSettings, poly_lr
+from autoseg.training.train import train_fold
 from tests.synthetic import write_dataset
 
 

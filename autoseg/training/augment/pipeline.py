@@ -3,7 +3,7 @@
 The transforms and their probabilities follow nnU-Net's defaults (see docs and
 ``REFERENCE.md``): rotation, scaling, noise, blur, brightness, contrast, low-resolution
 simulation, gamma and mirroring. batchgenerators draws its random numbers from numpy's global
-``np.random`` state; ``autoseg.training.loader`` swaps a per-loader state in around each call so
+``np.random`` state; ``autoseg.training.sampler`` swaps a per-loader state in around each call so
 loaders
 stay deterministic and independent of each other.
 
