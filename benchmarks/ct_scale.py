@@ -56,6 +56,24 @@ NNUNET_3D = {  # nnU-Net v2.8.1's 3d_fullres plan for this data (docs/benchmarks
 }
 
 
+def nnunet_architecture(plans_file: Path | None) -> dict:
+    """nnU-Net's 3d_fullres patch and topology: from its own ``nnUNetPlans.json`` when given
+    (``nnUNetv2_plan_and_preprocess`` on the same data, see ``ct_vs_nnunet.sh``), else the plan
+    it made for the issue's CT set (``NNUNET_3D``)."""
+    if plans_file is None:
+        return dict(NNUNET_3D)
+    config = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]
+    arch = config["architecture"]["arch_kwargs"]
+    return {
+        "patch_size": tuple(config["patch_size"]),
+        "strides": tuple(tuple(s) for s in arch["strides"]),
+        "kernel_sizes": tuple(tuple(k) for k in arch["kernel_sizes"]),
+        "features_per_stage": tuple(arch["features_per_stage"]),
+        "blocks_per_stage": tuple(arch["n_conv_per_stage"]),
+        "spacing": tuple(config["spacing"]),
+    }
+
+
 def fingerprint(size: str, train: int, seed: int) -> Fingerprint:
     """The fingerprint ``autoseg plan`` takes from the generator's training cases (geometry
     only; CT intensity statistics of its foreground HU)."""
@@ -110,6 +128,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", default="0.5,0.6,0.75", help="steps to count, with the mask")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--nnunet-plans", type=Path, help="nnU-Net's nnUNetPlans.json for this data (its patch)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autoseg.planners.default import plan
@@ -123,12 +144,15 @@ def main() -> None:
     shape = target_shape(image.shape, spacing, full.spacing)
     box = tuple((0, n) for n in image.shape)
     keep = body_mask(image[None], spacing, (0,), box, shape)
+    image_shape = image.shape
     del image
     classes = plans.num_classes
     rows = []
 
-    def row(name: str, config: Configuration, tile: tuple[int, ...], step: float, mask) -> None:
-        tiles = count(config, shape, tile, step, mask)
+    def row(
+        name: str, config: Configuration, tile: tuple[int, ...], step: float, mask, grid=None
+    ) -> None:
+        tiles = count(config, grid or shape, tile, step, mask)
         flops = forward_flops(config, 1, classes, tile)
         rows.append(
             {
@@ -141,8 +165,11 @@ def main() -> None:
         )
         log.info("%s: %d tiles of %s", name, tiles, tile)
 
-    nn_config = dataclasses.replace(full, name="nnunet_3d_fullres", **NNUNET_3D)
-    row("nnU-Net 3d_fullres, step 0.5", nn_config, NNUNET_3D["patch_size"], 0.5, None)
+    nnunet = nnunet_architecture(args.nnunet_plans)
+    nn_spacing = nnunet.pop("spacing", full.spacing)  # nnU-Net's own target spacing
+    nn_config = dataclasses.replace(full, name="nnunet_3d_fullres", **nnunet)
+    nn_shape = target_shape(image_shape, spacing, nn_spacing)
+    row("nnU-Net 3d_fullres, step 0.5", nn_config, nnunet["patch_size"], 0.5, None, nn_shape)
     tile = inference_tile_size(shape, full.patch_size, full.total_stride())
     row("autoseg main: 3d_fullres, step 0.5", full, tile, 0.5, None)
     for step in (float(s) for s in args.steps.split(",")):
@@ -166,6 +193,10 @@ def main() -> None:
         "grid_3d_fullres": "x".join(map(str, shape)),
         "spacing_3d_fullres": full.spacing,
         "patch_3d_fullres": full.patch_size,
+        "nnunet_patch_3d_fullres": nnunet["patch_size"],
+        "nnunet_spacing_3d_fullres": nn_spacing,
+        "nnunet_grid_3d_fullres": "x".join(map(str, nn_shape)),
+        "nnunet_plans": str(args.nnunet_plans) if args.nnunet_plans else "issue's CT set",
         "body_fraction": round(float(keep.mean()), 3),
         "rows": rows,
     }
