@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic_ct  # noqa: E402 - the generator beside this script
 
-from autoseg.data.plans import Configuration  # noqa: E402
+from autoseg.data.plans import Configuration, Plans  # noqa: E402
 from autoseg.inference.tiles import inference_tile_size, keep_positions, run_corners
 from autoseg.networks.unet import forward_flops  # noqa: E402
 from autoseg.planning.fingerprint import (  # noqa: E402
@@ -80,6 +80,26 @@ def fingerprint(size: str, train: int, seed: int) -> Fingerprint:
     return Fingerprint("SyntheticCT", ("CT",), labels, tuple(cases), (stats,))
 
 
+def configurations(size: str, train: int, seed: int) -> tuple[Plans, Configuration, Configuration]:
+    """autoseg's default plans of the generator's set, their 3d_fullres, and nnU-Net's
+    3d_fullres architecture (``NNUNET_3D``) on the same grid and normalisation."""
+    from autoseg.planners.default import plan
+
+    plans = plan(fingerprint(size, train, seed))
+    full = plans.configuration("3d_fullres")
+    return plans, full, dataclasses.replace(full, name="nnunet_3d_fullres", **NNUNET_3D)
+
+
+def test_geometry(
+    size: str, train: int, seed: int
+) -> tuple[np.random.Generator, int, tuple[float, float, float]]:
+    """The first test case's generator, slice count and spacing (Z, Y, X) mm; the generator
+    continues into ``synthetic_ct.make_case``."""
+    rng = synthetic_ct.case_rng(seed, train)
+    slices, spacing = synthetic_ct.draw_geometry(rng, synthetic_ct.SIZES[size], True)
+    return rng, slices, spacing
+
+
 def _round_up(shape: tuple[int, ...], divisor: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(math.ceil(s / d) * d for s, d in zip(shape, divisor, strict=True))
 
@@ -112,13 +132,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from autoseg.planners.default import plan
-
-    plans = plan(fingerprint(args.size, args.train, args.seed))
-    full = plans.configuration("3d_fullres")
+    plans, full, nn_config = configurations(args.size, args.train, args.seed)
     preset = synthetic_ct.SIZES[args.size]
-    rng = synthetic_ct.case_rng(args.seed, args.train)  # the first test case
-    slices, spacing = synthetic_ct.draw_geometry(rng, preset, True)
+    rng, slices, spacing = test_geometry(args.size, args.train, args.seed)
     image, _ = synthetic_ct.make_case(rng, slices, spacing, preset)
     shape = target_shape(image.shape, spacing, full.spacing)
     box = tuple((0, n) for n in image.shape)
@@ -141,7 +157,6 @@ def main() -> None:
         )
         log.info("%s: %d tiles of %s", name, tiles, tile)
 
-    nn_config = dataclasses.replace(full, name="nnunet_3d_fullres", **NNUNET_3D)
     row("nnU-Net 3d_fullres, step 0.5", nn_config, NNUNET_3D["patch_size"], 0.5, None)
     tile = inference_tile_size(shape, full.patch_size, full.total_stride())
     row("autoseg main: 3d_fullres, step 0.5", full, tile, 0.5, None)
