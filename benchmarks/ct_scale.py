@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic_ct  # noqa: E402 - the generator beside this script
 
-from autoseg.data.plans import Configuration  # noqa: E402
+from autoseg.data.plans import Configuration, Plans  # noqa: E402
 from autoseg.inference.tiles import inference_tile_size, keep_positions, run_corners
 from autoseg.networks.unet import forward_flops  # noqa: E402
 from autoseg.planning.fingerprint import (  # noqa: E402
@@ -98,6 +98,31 @@ def fingerprint(size: str, train: int, seed: int) -> Fingerprint:
     return Fingerprint("SyntheticCT", ("CT",), labels, tuple(cases), (stats,))
 
 
+def configurations(
+    size: str, train: int, seed: int, nnunet_plans: Path | None = None
+) -> tuple[Plans, Configuration, Configuration]:
+    """autoseg's default plans of the generator's set, their 3d_fullres, and nnU-Net's
+    3d_fullres architecture (from ``nnunet_plans``, else ``NNUNET_3D``) with autoseg's
+    normalisation."""
+    from autoseg.planners.default import plan
+
+    plans = plan(fingerprint(size, train, seed))
+    full = plans.configuration("3d_fullres")
+    nnunet = nnunet_architecture(nnunet_plans)
+    nnunet.pop("spacing", None)
+    return plans, full, dataclasses.replace(full, name="nnunet_3d_fullres", **nnunet)
+
+
+def test_geometry(
+    size: str, train: int, seed: int
+) -> tuple[np.random.Generator, int, tuple[float, float, float]]:
+    """The first test case's generator, slice count and spacing (Z, Y, X) mm; the generator
+    continues into ``synthetic_ct.make_case``."""
+    rng = synthetic_ct.case_rng(seed, train)
+    slices, spacing = synthetic_ct.draw_geometry(rng, synthetic_ct.SIZES[size], True)
+    return rng, slices, spacing
+
+
 def _round_up(shape: tuple[int, ...], divisor: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(math.ceil(s / d) * d for s, d in zip(shape, divisor, strict=True))
 
@@ -133,13 +158,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from autoseg.planners.default import plan
-
-    plans = plan(fingerprint(args.size, args.train, args.seed))
-    full = plans.configuration("3d_fullres")
+    plans, full, nn_config = configurations(args.size, args.train, args.seed, args.nnunet_plans)
     preset = synthetic_ct.SIZES[args.size]
-    rng = synthetic_ct.case_rng(args.seed, args.train)  # the first test case
-    slices, spacing = synthetic_ct.draw_geometry(rng, preset, True)
+    rng, slices, spacing = test_geometry(args.size, args.train, args.seed)
     image, _ = synthetic_ct.make_case(rng, slices, spacing, preset)
     shape = target_shape(image.shape, spacing, full.spacing)
     box = tuple((0, n) for n in image.shape)
@@ -166,10 +187,9 @@ def main() -> None:
         log.info("%s: %d tiles of %s", name, tiles, tile)
 
     nnunet = nnunet_architecture(args.nnunet_plans)
-    nn_spacing = nnunet.pop("spacing", full.spacing)  # nnU-Net's own target spacing
-    nn_config = dataclasses.replace(full, name="nnunet_3d_fullres", **nnunet)
+    nn_spacing = nnunet.get("spacing", full.spacing)  # nnU-Net's own target spacing
     nn_shape = target_shape(image_shape, spacing, nn_spacing)
-    row("nnU-Net 3d_fullres, step 0.5", nn_config, nnunet["patch_size"], 0.5, None, nn_shape)
+    row("nnU-Net 3d_fullres, step 0.5", nn_config, nn_config.patch_size, 0.5, None, nn_shape)
     tile = inference_tile_size(shape, full.patch_size, full.total_stride())
     row("autoseg main: 3d_fullres, step 0.5", full, tile, 0.5, None)
     for step in (float(s) for s in args.steps.split(",")):

@@ -42,7 +42,15 @@ from autoseg.serial import atomic_output, dumps, from_dict, remove_temp_files
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OPSET", "TOLERANCE", "OnnxExport", "export_onnx", "onnx_network", "onnx_predictor"]
+__all__ = [
+    "OPSET",
+    "TOLERANCE",
+    "OnnxExport",
+    "export_onnx",
+    "onnx_network",
+    "onnx_predictor",
+    "write_onnx",
+]
 
 OPSET = 17
 #: the largest |ONNX - torch| logit difference accepted by the check after export (float32)
@@ -115,24 +123,11 @@ def export_onnx(
     net.deep_supervision = False
     net.eval()
     example = torch.zeros((1, channels, *config.patch_size))  # (1, C, *patch)
-    spatial = {2 + a: name for a, name in enumerate("zyx"[-config.ndim :])}
-    dynamic = {0: "batch", **spatial}
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_temp_files(output)  # of a killed export
     with atomic_output(output) as (_, tmp), warnings.catch_warnings():
-        # the TorchScript-based exporter: no onnxscript needed; its deprecation notice and the
-        # instance-norm training-mode note (eval uses the input's statistics either way) are noise
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            tmp,
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": dynamic, "logits": dynamic},
-            opset_version=OPSET,
-        )
+        write_onnx(net, example, tmp)
         graph = onnx.load(tmp)
         values = [r.value for r in plans.regions] if plans.regions else plans.predicted_labels
         meta = {
@@ -155,6 +150,35 @@ def export_onnx(
         diff = _check(tmp, net, [example.shape, (2, channels, *widest_tile(config))])
     log.info("exported fold %s of %s to %s", fold, folder.path, output)
     return OnnxExport(output, fold, diff)
+
+
+def write_onnx(net: torch.nn.Module, example: torch.Tensor, path: str | Path) -> None:
+    """Trace ``net`` into the graph ``export_onnx`` writes (no metadata, no check).
+
+    ``image`` ``(B, C, *S)`` -> ``logits`` ``(B, K, *S)`` float32, batch and spatial axes
+    dynamic, opset ``OPSET``. A benchmark exports a network object with it, no model folder.
+
+    Args:
+        net: the network in eval mode, ``deep_supervision`` off.
+        example: a ``(1, C, *patch)`` input to trace with.
+        path: the .onnx file (written in place).
+    """
+    ndim = example.ndim - 2
+    dynamic = {0: "batch", **{2 + a: name for a, name in enumerate("zyx"[-ndim:])}}
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter: no onnxscript needed; its deprecation notice and the
+        # instance-norm training-mode note (eval uses the input's statistics either way) are noise
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": dynamic, "logits": dynamic},
+            opset_version=OPSET,
+        )
 
 
 def widest_tile(config) -> tuple[int, ...]:
