@@ -141,6 +141,11 @@ def score(plans, config, weights, cases, device: str = "cpu") -> list[float]:
     return dice.mean(0).tolist()
 
 
+def mean_dice(row: dict) -> float:
+    """Mean foreground Dice of one row (rows carried over from docs/benchmarks.md keep only it)."""
+    return float(np.mean(row["dice"])) if row.get("dice") else float(row["mean_dice"])
+
+
 def summarise(rows: list[dict]) -> str:
     """A markdown table: per path and snapshot, mean (sd) Dice over seeds and the timings."""
     rows = list({(r["path"], r["seed"], r["snapshot"]): r for r in rows}.values())  # last wins
@@ -151,21 +156,56 @@ def summarise(rows: list[dict]) -> str:
     ]
     for path in dict.fromkeys(r["path"] for r in rows):
         for snap in sorted({r["snapshot"] for r in rows}, key=int):
-            mine = [r for r in rows if r["path"] == path and r["snapshot"] == snap]
+            mine = sorted(
+                (r for r in rows if r["path"] == path and r["snapshot"] == snap),
+                key=lambda r: r["seed"],
+            )
             if not mine:
                 continue
-            means = [float(np.mean(r["dice"])) for r in mine]
+            means = [mean_dice(r) for r in mine]
             sd = statistics.stdev(means) if len(means) > 1 else float("nan")
-            per_label = np.array([r["dice"] for r in mine]).mean(0)
+            labelled = [r["dice"] for r in mine if r.get("dice")]
+            per_label = np.array(labelled).mean(0) if labelled else (float("nan"),) * 2
+            note = "" if len(labelled) == len(mine) else f" ({len(labelled)} seeds)"
+            timed = [r["s"] for r in mine if r.get("s")]
+            secs = statistics.mean(timed) if timed else float("nan")
             its = int(snap)
-            secs = statistics.mean(r["s"] for r in mine)
             seeds = ", ".join(f"{r['seed']}: {m:.3f}" for r, m in zip(mine, means, strict=True))
             lines.append(
                 f"| {path} | {its} | {len(mine)} | {secs:.0f} | {secs / its:.2f} | "
                 f"{statistics.mean(r['loss10'] for r in mine):.3f} | "
-                f"{np.mean(means):.3f} ({sd:.3f}) | {per_label[0]:.3f} | {per_label[1]:.3f} | "
-                f"{seeds} |"
+                f"{np.mean(means):.3f} ({sd:.3f}) | {per_label[0]:.3f}{note} | "
+                f"{per_label[1]:.3f}{note} | {seeds} |"
             )
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict], pairs: list[tuple[str, str]]) -> str:
+    """Paired by seed (same cases, positions and initial weights): ``B - A`` for each pair of
+    ``PATH@ITERATIONS`` given as ``(A, B)``, with the paired t-test and the sign count."""
+    from scipy import stats
+
+    by_key = {(r["path"], int(r["snapshot"]), r["seed"]): mean_dice(r) for r in rows}
+    lines = [
+        "| B - A | seeds | mean difference (sd) | t | p (paired t) | B lower in | per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a, b in pairs:
+        (pa, ia), (pb, ib) = ((name.split("@")[0], int(name.split("@")[1])) for name in (a, b))
+        seeds = sorted(s for (p, i, s) in by_key if (p, i) == (pa, ia) and (pb, ib, s) in by_key)
+        diffs = np.array([by_key[(pb, ib, s)] - by_key[(pa, ia, s)] for s in seeds])
+        if len(diffs) < 2:
+            lines.append(f"| {b} - {a} | {len(diffs)} | (too few seeds) | | | | |")
+            continue
+        test = stats.ttest_rel(
+            [by_key[(pb, ib, s)] for s in seeds], [by_key[(pa, ia, s)] for s in seeds]
+        )
+        per_seed = ", ".join(f"{s}: {d:+.3f}" for s, d in zip(seeds, diffs, strict=True))
+        lines.append(
+            f"| {b} - {a} | {len(diffs)} | {diffs.mean():+.3f} ({diffs.std(ddof=1):.3f}) | "
+            f"{test.statistic:+.2f} | {test.pvalue:.2f} | {int((diffs < 0).sum())} of "
+            f"{len(diffs)} | {per_seed} |"
+        )
     return "\n".join(lines)
 
 
@@ -190,6 +230,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 is always on CUDA)")
     parser.add_argument("--summary", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="with --summary: paired differences, e.g. "
+        "cpu-bf16@120:device-bf16@120,cpu-fp32@60:cpu-bf16@120 (B - A per seed)",
+    )
     args = parser.parse_args()
     args.snapshots = [int(x) for x in args.snapshots.split(",") if x]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -201,6 +247,10 @@ def main() -> None:
             rows += [json.loads(line) for line in output.read_text().splitlines() if line]
     if args.summary:
         print(summarise(rows))
+        if args.compare:
+            pairs = [tuple(pair.split(":")) for pair in args.compare.split(",")]
+            print()
+            print(paired(rows, pairs))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
