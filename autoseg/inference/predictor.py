@@ -143,8 +143,9 @@ class Predictor(CaseStagesMixin):
             )
             with autocast(self.device, self.cpu_bf16):
                 self.networks = [compile_with_fallback(net, example) for net in self.networks]
-        if runtime == "openvino":
-            example = torch.zeros((1, self.network_channels, *configuration.patch_size))
+        if runtime == "openvino":  # traced at 2x the total stride: cheap, any tile runs after
+            small = [2 * s for s in configuration.total_stride()]
+            example = torch.zeros((1, self.network_channels, *small))
             self.networks = [
                 openvino_network(net, example, cpu_bf16, f"fold {fold}")
                 for net, fold in zip(self.networks, self.folds, strict=True)

@@ -100,6 +100,15 @@ def test_predict_runtime_openvino_labels_equal_torch(model: Path, tmp_path: Path
     assert len(np.unique(outputs["torch"])) > 1  # not a trivial all-background map
 
 
+def test_a_2d_model_runs_slice_by_slice(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    model2d = make_model(tmp_path, "2d", folds=("0",))
+    x = np.random.default_rng(1).normal(size=(1, 3, 19, 18)).astype(np.float32)
+    expected = Predictor.from_folder(model2d, device="cpu").predict_preprocessed(x)
+    got = Predictor.from_folder(model2d, runtime="openvino").predict_preprocessed(x)  # auto: CPU
+    assert float(np.abs(got - expected).max()) < 1e-5
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
