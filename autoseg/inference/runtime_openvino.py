@@ -104,6 +104,7 @@ class OpenVinoNetwork:
         precision: the ``INFERENCE_PRECISION_HINT`` every shape is compiled with (``f32``, or
             ``bf16`` when asked for on a CPU with native bf16).
         compiled: ``(input shape, threads) -> compiled model``, most recently used last.
+        source: the torch network ``model`` was converted from, kept alive with it.
     """
 
     def __init__(self, model: Any, bf16: bool = False, name: str = "network") -> None:
@@ -117,6 +118,7 @@ class OpenVinoNetwork:
             else:
                 log.info("OpenVINO: this CPU has no native bf16; %s runs in f32", name)
         self.compiled: OrderedDict[tuple[tuple[int, ...], int], Any] = OrderedDict()
+        self.source: torch.nn.Module | None = None  # kept alive with the model (see below)
 
     def compile(self, shape: tuple[int, ...], threads: int) -> Any:
         """The model compiled for the static input ``shape`` with ``threads`` (cached)."""
@@ -175,4 +177,6 @@ def openvino_network(
         warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python code
         model = ov.convert_model(network, example_input=example)
     log.info("OpenVINO: %s converted in %.1f s", name, time.perf_counter() - start)
-    return OpenVinoNetwork(model, bf16, name)
+    converted = OpenVinoNetwork(model, bf16, name)
+    converted.source = network  # the converted constants may share the torch weights' memory
+    return converted
