@@ -9,7 +9,7 @@ Conversion: ``openvino.convert_model(network, example_input=...)`` straight from
 torch network (deep supervision off, as ``Predictor`` builds it), once per fold. Going through
 autoseg's ONNX export (``autoseg.inference.onnx_export.write_onnx``) gives the same graph: the
 logits of both are identical at f32 and bf16, and so are their timings; it converts faster (about
-1.0 s against 3.2 s per fold for the CT network) but needs the ``onnx`` package beside openvino,
+1 s against 2-3 s per fold for the CT network) but needs the ``onnx`` package beside openvino,
 so the direct conversion is used and the extra stays one package.
 
 Compilation: for the CPU, with an explicit ``INFERENCE_PRECISION_HINT``: ``f32`` unless bf16 is
