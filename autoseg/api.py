@@ -156,6 +156,8 @@ def load_model(
     device: str = "auto",
     tta: bool = True,
     postprocess: bool = True,
+    cpu_bf16: bool = False,
+    runtime: str = "torch",
 ) -> Segmenter:
     """Load a trained model folder for prediction (no process-wide setting is changed).
 
@@ -167,14 +169,17 @@ def load_model(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         tta: mirroring test-time augmentation (8 passes in 3D).
         postprocess: apply the cross-validation's post-processing decision when there is one.
+        cpu_bf16: bf16 on a CPU with native bf16 (as ``predict --cpu-bf16``).
+        runtime: ``torch`` or ``openvino`` (as ``predict --runtime``: the CPU only, needs
+            ``pip install 'autoseg[openvino]'``).
 
     Returns:
         The :class:`Segmenter`.
 
     Raises:
         AutosegError: not a model folder, a missing fold or checkpoint, a fold trained with
-            other plans than the folder's plans.json (``autoseg.data.recipe``), or an unknown
-            device.
+            other plans than the folder's plans.json (``autoseg.data.recipe``), an unknown
+            device, or a runtime that cannot run here.
     """
     return Segmenter(
         Predictor.from_folder(
@@ -184,5 +189,7 @@ def load_model(
             device=device,
             tta=tta,
             postprocess=postprocess,
+            cpu_bf16=cpu_bf16,
+            runtime=runtime,
         )
     )

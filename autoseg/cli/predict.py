@@ -92,8 +92,19 @@ def predict(
     ] = True,
     cpu_bf16: Annotated[
         bool,
-        typer.Option("--cpu-bf16/--no-cpu-bf16", help="bf16 autocast on a bf16-capable CPU."),
+        typer.Option(
+            "--cpu-bf16/--no-cpu-bf16",
+            help="bf16 on a bf16-capable CPU (torch: autocast; openvino: its bf16 precision).",
+        ),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="What runs the network: torch, or openvino (CPU only; about 2x faster in fp32, "
+            "4x with --cpu-bf16; pip install 'autoseg[openvino]').",
+        ),
+    ] = "torch",
     part: Annotated[int, typer.Option("--part", min=0, help="This process's share (0-based).")] = 0,
     parts: Annotated[
         int,
@@ -145,9 +156,11 @@ def predict(
     from autoseg.data.paths import resolve_dataset, resolve_home
     from autoseg.errors import AutosegError
     from autoseg.inference.predictor import Predictor, predict_folder
+    from autoseg.inference.runtime_openvino import runtime_device
     from autoseg.inference.shards import check_part
 
     check_part(part, parts)
+    runtime_device(runtime, device, compile)  # an unknown or unavailable runtime: refused first
     for path in inputs:
         if not path.exists():
             raise AutosegError(f"{path}: input not found")
@@ -181,6 +194,7 @@ def predict(
         compile=compile,
         body_mask=body_mask,
         cpu_bf16=cpu_bf16,
+        runtime=runtime,
     )
     if dicom is not None:
         _predict_dicom(predictor, inputs, output, dicom, overwrite, save_probabilities, part, parts)

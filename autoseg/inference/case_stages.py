@@ -34,7 +34,8 @@ class CaseStagesMixin:
 
     Uses the predictor's ``plans``, ``configuration``, ``in_channels``, ``previous_stage``,
     ``body_channels``, ``device``, ``networks``, ``num_classes``, ``regions``, ``label_values``,
-    ``tta``, ``step``, ``max_tile_scale``, ``cpu_bf16``, ``postprocessing`` and ``_tile_batch``.
+    ``tta``, ``step``, ``max_tile_scale``, ``cpu_bf16``, ``runtime``, ``postprocessing`` and
+    ``_tile_batch``.
     """
 
     def preprocess(self, image: Image, case_id: str = "") -> tuple[np.ndarray, Any]:
@@ -127,7 +128,8 @@ class CaseStagesMixin:
         background = gap if self.regions else [0.0, *gap[1:]]
         total = torch.zeros(0)
         # threads / cuDNN benchmarking only for this call: the process keeps its own settings
-        precision = autocast(self.device, self.cpu_bf16)
+        # bf16 autocast for torch networks only (OpenVINO's precision is its compile hint)
+        precision = autocast(self.device, self.cpu_bf16 and self.runtime == "torch")
         with inference_settings(self.device), torch.inference_mode(), precision:
             folds = len(self.networks)
             for i, net in enumerate(self.networks):

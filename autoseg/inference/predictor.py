@@ -26,13 +26,14 @@ import torch
 
 from autoseg.data.io import Geometry, Image
 from autoseg.data.plans import Configuration, Plans
-from autoseg.device import autocast, resolve_device
+from autoseg.device import autocast
 from autoseg.errors import AutosegError
 from autoseg.inference.cascade import PreviousStage, input_channels
 from autoseg.inference.case_stages import CaseStagesMixin
 from autoseg.inference.fold_loading import load_folds
 from autoseg.inference.folder import PredictionReport, predict_folder
 from autoseg.inference.postprocess import PostprocessingDecision
+from autoseg.inference.runtime_openvino import openvino_network, runtime_device
 from autoseg.inference.tiles import DEFAULT_TILE_SCALE
 from autoseg.networks.compiled import compile_with_fallback, use_compile
 from autoseg.networks.unet import build_network
@@ -73,10 +74,16 @@ class Predictor(CaseStagesMixin):
             (``autoseg.preprocessing.body_mask``: air around the patient is predicted
             background without running the network); no effect on other images.
         cpu_bf16: bf16 autocast on a bf16-capable CPU (CUDA always uses bf16); off by
-            default, so CPU labels are those of fp32.
+            default, so CPU labels are those of fp32. With ``runtime="openvino"``: OpenVINO's
+            bf16 precision hint instead.
+        runtime: ``"torch"`` (eager, or compiled with ``compile``) or ``"openvino"``: each
+            network converted once to OpenVINO and run by its CPU plugin
+            (``autoseg.inference.runtime_openvino``; the ``openvino`` extra); CPU only, so
+            ``device="auto"`` means the CPU there.
 
     Raises:
-        AutosegError: a cascade stage without ``previous_stage``, or weights that do not fit.
+        AutosegError: a cascade stage without ``previous_stage``, weights that do not fit, or a
+            runtime that cannot run (unknown, OpenVINO on a GPU or not installed).
     """
 
     def __init__(
@@ -97,9 +104,10 @@ class Predictor(CaseStagesMixin):
         previous_stage: PreviousStage | None = None,
         body_mask: bool = True,
         cpu_bf16: bool = False,
+        runtime: str = "torch",
     ) -> None:
         self.plans = plans
-        self.cpu_bf16 = cpu_bf16
+        self.cpu_bf16, self.runtime = cpu_bf16, runtime
         if isinstance(configuration, str):
             configuration = plans.configuration(configuration)
         self.configuration: Configuration = configuration
@@ -108,7 +116,7 @@ class Predictor(CaseStagesMixin):
         self.previous_stage = previous_stage
         self.folds = tuple(folds) if folds is not None else tuple(map(str, range(len(weights))))
         sources = list(sources) if sources is not None else [f"fold {f}" for f in self.folds]
-        self.device = resolve_device(device)
+        self.device = runtime_device(runtime, device, compile)
         if not 0.0 < step <= 1.0:
             raise AutosegError(f"step size {step}: must lie in (0, 1] (a fraction of the patch)")
         if max_tile_scale is None:
@@ -135,6 +143,13 @@ class Predictor(CaseStagesMixin):
             )
             with autocast(self.device, self.cpu_bf16):
                 self.networks = [compile_with_fallback(net, example) for net in self.networks]
+        if runtime == "openvino":  # traced at 2x the total stride: cheap, any tile runs after
+            small = [2 * s for s in configuration.total_stride()]
+            example = torch.zeros((1, self.network_channels, *small))
+            self.networks = [
+                openvino_network(net, example, cpu_bf16, f"fold {fold}")
+                for net, fold in zip(self.networks, self.folds, strict=True)
+            ]
         self.postprocessing = postprocessing
         self.body_channels = ct_channels(configuration) if body_mask else ()
 
@@ -153,6 +168,7 @@ class Predictor(CaseStagesMixin):
         compile: bool | None = None,
         body_mask: bool = True,
         cpu_bf16: bool = False,
+        runtime: str = "torch",
     ) -> Predictor:
         """Load the trained folds of a model folder.
 
@@ -161,8 +177,8 @@ class Predictor(CaseStagesMixin):
             folds: fold names or numbers; None: ``ModelFolder.default_folds`` (the 5
                 cross-validation folds when all are trained, else ``all``; the log says which).
             checkpoint: ``final``, ``best``, ``latest`` or a checkpoint file name.
-            device, tta, step, tile_batch, max_tile_scale, compile, body_mask, cpu_bf16: as
-                for the constructor.
+            device, tta, step, tile_batch, max_tile_scale, compile, body_mask, cpu_bf16,
+                runtime: as for the constructor.
             postprocess: apply ``postprocessing.json`` when the model folder has one.
 
         Raises:
@@ -170,6 +186,7 @@ class Predictor(CaseStagesMixin):
                 does not match the plans (a fold trained with other plans than the folder's
                 ``plans.json`` is refused, naming the fold: ``autoseg.data.recipe``).
         """
+        runtime_device(runtime, device, compile)  # refused before the folds are read
         loaded = load_folds(model_folder, folds, checkpoint, postprocess)
         folder, config, chosen = loaded.folder, loaded.configuration, loaded.folds
         previous = None
@@ -186,6 +203,7 @@ class Predictor(CaseStagesMixin):
                 compile=compile,
                 body_mask=body_mask,
                 cpu_bf16=cpu_bf16,
+                runtime=runtime,
             )
             previous = lambda image, _case: low.predict_image(image)[0]  # noqa: E731
         predictor = cls(
@@ -204,13 +222,15 @@ class Predictor(CaseStagesMixin):
             previous_stage=previous,
             body_mask=body_mask,
             cpu_bf16=cpu_bf16,
+            runtime=runtime,
         )
         log.info(
-            "loaded %s (%s, folds %s) on %s",
+            "loaded %s (%s, folds %s) on %s%s",
             folder.path,
             predictor.configuration.name,
             ",".join(predictor.folds),
             predictor.device,
+            "" if runtime == "torch" else f" ({runtime})",
         )
         return predictor
 
