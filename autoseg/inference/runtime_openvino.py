@@ -1,7 +1,7 @@
 """``predict --runtime openvino``: the networks run by OpenVINO's CPU plugin instead of eager torch.
 
-On this project's 2-core AVX512-BF16 CPU one full-size CT tile (60x176x176, 1 thread) took 19.6 s
-in eager fp32 torch, 9.8 s in OpenVINO f32 and 4.9 s in OpenVINO bf16 (``benchmarks/
+On this project's 2-core AVX512-BF16 CPU one full-size CT tile (60x176x176, 1 thread) took 16.0 s
+in eager fp32 torch, 9.1 s in OpenVINO f32 and 4.5 s in OpenVINO bf16 (median of 3) (``benchmarks/
 tile_runtime.py``, issue 22). OpenVINO is an optional extra (``pip install 'autoseg[openvino]'``),
 imported only when this runtime is asked for.
 
