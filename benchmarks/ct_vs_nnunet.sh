@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # CT scale, autoseg beside nnU-Net v2 in ONE run on this machine (CPU): plan + preprocess time and
-# memory, preprocessed data on disk, and tiles x FLOPs per 400-slice test case with nnU-Net's own
-# plan for the same data (issue 22's table, rows 1, 2 and 4; the tile timings are
-# benchmarks/tile_runtime.py, the predict memory benchmarks/ct_predict_memory.py).
+# memory, preprocessed data on disk, tiles x FLOPs per 400-slice test case with nnU-Net's own
+# plan for the same data and, with TILES=1, one tile's time under each runtime for both networks
+# and the network time per case (issue 22's table; the predict memory is
+# benchmarks/ct_predict_memory.py).
 #
 # Usage: bash benchmarks/ct_vs_nnunet.sh NNUNET_VENV [OUT_DIR]
 #   NNUNET_VENV  a venv with nnunetv2 (benchmarks/setup_nnunet_venv.sh makes one)
 #   OUT_DIR      results.jsonl, disk.tsv, nnUNetPlans.json, ct_scale.json, table.md, logs/
 #                (default ./bench-ct-out)
 #   Environment: SIZE (full | small | tiny, default full), TRAIN (training cases, default 12),
-#                WORKERS (processes of either tool, default 2), AUTOSEG (default autoseg on PATH)
+#                WORKERS (processes of either tool, default 2), AUTOSEG (default autoseg on PATH),
+#                TILES (1: also time one tile per runtime, 1 thread, the two networks pinned to
+#                cores 0 and 1 side by side: about 8 minutes and 5 GB each at full size)
 #
 # Steps:
 #   1. benchmarks/synthetic_ct.py makes TRAIN cases of SIZE (seed 0) and converts them once for
@@ -20,7 +23,9 @@
 #      auto: blosc2 above 2 GiB of npy data). Each under benchlib run (wall, CPU, peak RSS/PSS of
 #      the process tree);
 #   3. bytes on disk of every preprocessed folder (du -sb), per configuration;
-#   4. benchmarks/ct_scale.py with nnU-Net's nnUNetPlans.json: tiles x FLOPs per test case.
+#   4. benchmarks/ct_scale.py with nnU-Net's nnUNetPlans.json: tiles x FLOPs per test case;
+#   5. with TILES=1: benchmarks/tile_runtime.py for both networks, then benchmarks/ct_case_time.py
+#      (tiles x seconds per tile).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -86,6 +91,16 @@ plans_arg=()
 python "$here/ct_scale.py" --size "$size" --train "$train" "${plans_arg[@]}" \
   --json "$out/ct_scale.json" > "$out/ct_scale.md"
 
+if [ "${TILES:-0}" = 1 ]; then
+  say "one tile per runtime, autoseg and nnU-Net side by side (1 thread each)"
+  variants=eager-fp32,eager-bf16,cl-fp32,cl-bf16,ort-fp32,ov-fp32,ov-bf16
+  taskset -c 0 python "$here/tile_runtime.py" --network autoseg --threads 1 --repeats 3 \
+    --variants "$variants" --json "$out/tile_autoseg.json" > "$out/logs/tile_autoseg.log" 2>&1 &
+  taskset -c 1 python "$here/tile_runtime.py" --network nnunet "${plans_arg[@]}" --threads 1 \
+    --repeats 3 --variants "$variants" --json "$out/tile_nnunet.json" > "$out/logs/tile_nnunet.log" 2>&1
+  wait
+fi
+
 {
   bench table "$results" --ratio autoseg-auto/peer --title "plan + preprocess, $train $size cases, $workers workers"
   echo
@@ -95,4 +110,12 @@ python "$here/ct_scale.py" --size "$size" --train "$train" "${plans_arg[@]}" \
               END {for (k in t) printf "| %s, all | %.1f MB |\n", k, t[k] / 1e6}' "$disk"
   echo
   cat "$out/ct_scale.md"
+  if [ -f "$out/tile_autoseg.json" ] && [ -f "$out/tile_nnunet.json" ]; then
+    echo
+    grep '^|' "$out/logs/tile_autoseg.log"
+    echo
+    grep '^|' "$out/logs/tile_nnunet.log"
+    echo
+    python "$here/ct_case_time.py" "$out/ct_scale.json" "$out/tile_autoseg.json" "$out/tile_nnunet.json"
+  fi
 } | tee "$out/table.md"
