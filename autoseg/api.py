@@ -156,7 +156,7 @@ def load_model(
     device: str = "auto",
     tta: bool = True,
     postprocess: bool = True,
-    cpu_bf16: bool = False,
+    cpu_bf16: bool = True,
     runtime: str = "torch",
 ) -> Segmenter:
     """Load a trained model folder for prediction (no process-wide setting is changed).
@@ -169,7 +169,8 @@ def load_model(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         tta: mirroring test-time augmentation (8 passes in 3D).
         postprocess: apply the cross-validation's post-processing decision when there is one.
-        cpu_bf16: bf16 on a CPU with native bf16 (as ``predict --cpu-bf16``).
+        cpu_bf16: bf16 on a CPU with native bf16 (as ``predict --cpu-bf16``, the default);
+            False predicts in fp32.
         runtime: ``torch`` or ``openvino`` (as ``predict --runtime``: the CPU only, needs
             ``pip install 'autoseg[openvino]'``).
 

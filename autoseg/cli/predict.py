@@ -94,9 +94,10 @@ def predict(
         bool,
         typer.Option(
             "--cpu-bf16/--no-cpu-bf16",
-            help="bf16 on a bf16-capable CPU (torch: autocast; openvino: its bf16 precision).",
+            help="bf16 on a bf16-capable CPU (torch: autocast; openvino: its bf16 precision); "
+            "--no-cpu-bf16 predicts in fp32.",
         ),
-    ] = False,
+    ] = True,
     runtime: Annotated[
         str,
         typer.Option(

@@ -73,9 +73,10 @@ class Predictor(CaseStagesMixin):
         body_mask: with CT-normalised channels, skip the tiles that hold no body
             (``autoseg.preprocessing.body_mask``: air around the patient is predicted
             background without running the network); no effect on other images.
-        cpu_bf16: bf16 autocast on a bf16-capable CPU (CUDA always uses bf16); off by
-            default, so CPU labels are those of fp32. With ``runtime="openvino"``: OpenVINO's
-            bf16 precision hint instead.
+        cpu_bf16: bf16 autocast on a bf16-capable CPU (CUDA always uses bf16); on by
+            default (about 2x faster at the same Dice: docs/benchmarks.md, issue 22), False
+            predicts in fp32. With ``runtime="openvino"``: OpenVINO's bf16 precision hint
+            instead.
         runtime: ``"torch"`` (eager, or compiled with ``compile``) or ``"openvino"``: each
             network converted once to OpenVINO and run by its CPU plugin
             (``autoseg.inference.runtime_openvino``; the ``openvino`` extra); CPU only, so
@@ -103,7 +104,7 @@ class Predictor(CaseStagesMixin):
         sources: Sequence[str] | None = None,
         previous_stage: PreviousStage | None = None,
         body_mask: bool = True,
-        cpu_bf16: bool = False,
+        cpu_bf16: bool = True,
         runtime: str = "torch",
     ) -> None:
         self.plans = plans
@@ -167,7 +168,7 @@ class Predictor(CaseStagesMixin):
         max_tile_scale: float | None = None,
         compile: bool | None = None,
         body_mask: bool = True,
-        cpu_bf16: bool = False,
+        cpu_bf16: bool = True,
         runtime: str = "torch",
     ) -> Predictor:
         """Load the trained folds of a model folder.

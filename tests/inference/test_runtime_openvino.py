@@ -34,8 +34,8 @@ def fold0(model: Path) -> dict[str, Predictor]:
     pytest.importorskip("openvino")
     kw = {"folds": ["0"], "device": "cpu"}
     return {
-        "torch": Predictor.from_folder(model, **kw),
-        "f32": Predictor.from_folder(model, runtime="openvino", **kw),
+        "torch": Predictor.from_folder(model, cpu_bf16=False, **kw),
+        "f32": Predictor.from_folder(model, runtime="openvino", cpu_bf16=False, **kw),
         "bf16": Predictor.from_folder(model, runtime="openvino", cpu_bf16=True, **kw),
     }
 
@@ -90,7 +90,19 @@ def test_predict_runtime_openvino_labels_equal_torch(model: Path, tmp_path: Path
     outputs = {}
     for runtime in ("torch", "openvino"):  # both folds, mirroring TTA, the widened tile
         out = tmp_path / runtime
-        args = ("-i", inputs, "-o", out, "-m", model, "--device", "cpu", "--runtime", runtime)
+        args = (
+            "-i",
+            inputs,
+            "-o",
+            out,
+            "-m",
+            model,
+            "--device",
+            "cpu",
+            "--runtime",
+            runtime,
+            "--no-cpu-bf16",
+        )
         result = cli("predict", *args)
         assert result.exit_code == 0, result.output
         assert ("OpenVINO: fold 1 converted in" in result.output) == (runtime == "openvino")
@@ -104,8 +116,10 @@ def test_a_2d_model_runs_slice_by_slice(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     model2d = make_model(tmp_path, "2d", folds=("0",))
     x = np.random.default_rng(1).normal(size=(1, 3, 19, 18)).astype(np.float32)
-    expected = Predictor.from_folder(model2d, device="cpu").predict_preprocessed(x)
-    got = Predictor.from_folder(model2d, runtime="openvino").predict_preprocessed(x)  # auto: CPU
+    expected = Predictor.from_folder(model2d, device="cpu", cpu_bf16=False).predict_preprocessed(x)
+    got = Predictor.from_folder(model2d, runtime="openvino", cpu_bf16=False).predict_preprocessed(
+        x
+    )  # auto: CPU
     assert float(np.abs(got - expected).max()) < 1e-5
 
 
