@@ -144,7 +144,8 @@ def test_predictor_tta_flips_every_spatial_axis(tmp_path: Path, name: str) -> No
     folder = _model_folder(tmp_path, name)
     ndim = 2 if name == "2d" else 3
     net = Asymmetric(ndim, 3).eval()
-    predictor = Predictor.from_folder(folder, device="cpu", tta=True)
+    # fp32: the sums below are compared to 1e-4 (bf16, the CPU default, is pinned elsewhere)
+    predictor = Predictor.from_folder(folder, device="cpu", tta=True, cpu_bf16=False)
     predictor.networks = [net]
     array = np.random.default_rng(2).normal(size=(1, 3 if ndim == 2 else 8, 8, 8))
     array = array.astype(np.float32)
@@ -166,6 +167,6 @@ def test_predictor_tta_flips_every_spatial_axis(tmp_path: Path, name: str) -> No
                 slices.append(torch.stack(runs).mean(0))
             expected = _softmax(torch.stack(slices, dim=1))
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
-    no_tta = Predictor.from_folder(folder, device="cpu", tta=False)
+    no_tta = Predictor.from_folder(folder, device="cpu", tta=False, cpu_bf16=False)
     no_tta.networks = [net]
     assert not np.allclose(no_tta.predict_preprocessed(array), expected, atol=1e-3)
