@@ -18,11 +18,11 @@ from pathlib import Path
 
 #: tile_runtime.py variant -> the ``autoseg predict`` flags that select it
 FLAGS = {
-    "eager-fp32": "(default runtime)",
-    "eager-bf16": "--cpu-bf16",
+    "eager-fp32": "--no-cpu-bf16",
+    "eager-bf16": "(the default on a bf16 CPU)",
     "ort-fp32": "(ONNX Runtime: not a predict runtime)",
-    "ov-fp32": "--runtime openvino",
-    "ov-bf16": "--runtime openvino --cpu-bf16",
+    "ov-fp32": "--runtime openvino --no-cpu-bf16",
+    "ov-bf16": "--runtime openvino",
 }
 
 

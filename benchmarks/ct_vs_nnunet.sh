@@ -94,10 +94,13 @@ python "$here/ct_scale.py" --size "$size" --train "$train" "${plans_arg[@]}" \
 if [ "${TILES:-0}" = 1 ]; then
   say "one tile per runtime, autoseg and nnU-Net side by side (1 thread each)"
   variants=eager-fp32,eager-bf16,cl-fp32,cl-bf16,ort-fp32,ov-fp32,ov-bf16
-  taskset -c 0 python "$here/tile_runtime.py" --network autoseg --threads 1 --repeats 3 \
-    --variants "$variants" --json "$out/tile_autoseg.json" > "$out/logs/tile_autoseg.log" 2>&1 &
-  taskset -c 1 python "$here/tile_runtime.py" --network nnunet "${plans_arg[@]}" --threads 1 \
-    --repeats 3 --variants "$variants" --json "$out/tile_nnunet.json" > "$out/logs/tile_nnunet.log" 2>&1
+  # each network's tile of the test case, as ct_scale.py counted it (same set, same plans)
+  tile_of() { python3 -c "import json, sys; print(next(r['tile'] for r in json.load(open(sys.argv[1]))['rows'] if r['setting'].startswith(sys.argv[2])))" "$out/ct_scale.json" "$1"; }
+  common=(--plan-size "$size" --train "$train" --threads 1 --repeats 3 --variants "$variants")
+  taskset -c 0 python "$here/tile_runtime.py" --network autoseg --tile "$(tile_of 'autoseg main')" \
+    "${common[@]}" --json "$out/tile_autoseg.json" > "$out/logs/tile_autoseg.log" 2>&1 &
+  taskset -c 1 python "$here/tile_runtime.py" --network nnunet --tile "$(tile_of 'nnU-Net')" \
+    "${plans_arg[@]}" "${common[@]}" --json "$out/tile_nnunet.json" > "$out/logs/tile_nnunet.log" 2>&1
   wait
 fi
 

@@ -131,15 +131,15 @@ def parse_tile(text: str) -> tuple[int, int, int]:
 
 
 def network_config(
-    name: str, seed: int, nnunet_plans: Path | None = None
+    name: str, seed: int, nnunet_plans: Path | None = None, size: str = "full", train: int = 12
 ) -> tuple[Configuration, int, tuple[int, ...]]:
-    """The configuration, classes and default tile of ``--network`` (ct_scale.py's plan; nnU-Net's
-    from its ``nnUNetPlans.json`` when given)."""
-    plans, full, nnunet = ct_scale.configurations("full", 12, seed, nnunet_plans)
+    """The configuration, classes and default tile of ``--network`` (ct_scale.py's plan of the
+    ``size`` set; nnU-Net's from its ``nnUNetPlans.json`` when given)."""
+    plans, full, nnunet = ct_scale.configurations(size, train, seed, nnunet_plans)
     if name == "nnunet":
         return nnunet, plans.num_classes, tuple(nnunet.patch_size)
-    _, slices, spacing = ct_scale.test_geometry("full", 12, seed)
-    edge = synthetic_ct.SIZES["full"].edge
+    _, slices, spacing = ct_scale.test_geometry(size, train, seed)
+    edge = synthetic_ct.SIZES[size].edge
     grid = target_shape((slices, edge, edge), spacing, full.spacing)
     return full, plans.num_classes, inference_tile_size(grid, full.patch_size, full.total_stride())
 
@@ -286,7 +286,9 @@ def measure(args: argparse.Namespace) -> dict:
     """Every requested variant on one network and tile: the result written with ``--json``."""
     torch.set_num_threads(args.threads)
     log.info("planning %s (ct_scale.py, full size, seed %d)", args.network, args.seed)
-    config, classes, tile = network_config(args.network, args.seed, args.nnunet_plans)
+    config, classes, tile = network_config(
+        args.network, args.seed, args.nnunet_plans, args.plan_size, args.train
+    )
     tile = args.tile or tile
     stride = config.total_stride()
     if any(t % s for t, s in zip(tile, stride, strict=True)):
@@ -384,6 +386,10 @@ def main() -> None:
     parser.add_argument("--case-size", choices=sorted(synthetic_ct.SIZES), default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--plan-size", choices=sorted(synthetic_ct.SIZES), default="full", help="set planned"
+    )
+    parser.add_argument("--train", type=int, default=12, help="training cases planned")
     parser.add_argument(
         "--nnunet-plans", type=Path, help="nnU-Net's nnUNetPlans.json (ct_vs_nnunet.sh keeps it)"
     )
