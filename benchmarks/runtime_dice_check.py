@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tile_dice_check import _dice  # noqa: E402 - the Dice of the widened-tile check
-
-from autoseg.data.io import read_array, read_image  # noqa: E402
-from autoseg.inference.predictor import Predictor  # noqa: E402
+from autoseg.data.io import read_array, read_image
+from autoseg.inference.postprocess import label_dice
+from autoseg.inference.predictor import Predictor
 
 VARIANTS = {
     "torch-fp32": {"runtime": "torch", "cpu_bf16": False},
@@ -72,7 +69,7 @@ def main() -> None:
             seconds = time.process_time() - start
             labels[name], _ = predictor.finalize(logits, props)
             row[name] = {
-                "dice": [_dice(labels[name], truth, v) for v in fg],
+                "dice": [label_dice(labels[name], truth, v) for v in fg],
                 "cpu_s": None if i == 0 else seconds,  # the first case warms up
                 "voxels_differing": int((labels[name] != labels["torch-fp32"]).sum()),
             }

@@ -17,16 +17,9 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
-
 from autoseg.data.io import read_array, read_image
+from autoseg.inference.postprocess import label_dice
 from autoseg.inference.predictor import Predictor
-
-
-def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
-    p, r = pred == label, ref == label
-    denom = int(p.sum() + r.sum())
-    return 1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom
 
 
 def main() -> None:
@@ -56,7 +49,7 @@ def main() -> None:
         labels = {}
         for name, predictor in (("patch", ref), ("widened", new)):
             labels[name], _ = predictor.finalize(predictor.predict_preprocessed(array), props)
-            row[name] = [_dice(labels[name], truth, v) for v in fg]
+            row[name] = [label_dice(labels[name], truth, v) for v in fg]
         row["voxels_differing"] = int((labels["patch"] != labels["widened"]).sum())
         rows.append(row)
         print(json.dumps(row), flush=True)

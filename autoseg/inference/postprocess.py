@@ -119,7 +119,7 @@ def apply_postprocessing(labels_array: np.ndarray, decision: PostprocessingDecis
     return np.array(labels_array, copy=True) if out is labels_array else out
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
+def label_dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
     """Dice of one label; 1 when absent from both (the rule of autoseg.evaluation.evaluate)."""
     p, r = pred == label, ref == label
     denominator = int(p.sum()) + int(r.sum())
@@ -161,10 +161,12 @@ def decide_postprocessing(
         if pred.shape != ref.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
         fg = keep_largest_component(pred, None)
-        before.append([_dice(pred, ref, v) for v in labels])
-        after_fg.append([_dice(fg, ref, v) for v in labels])
-        label_lcc_raw.append([_dice(keep_largest_component(pred, [v]), ref, v) for v in labels])
-        label_lcc_fg.append([_dice(keep_largest_component(fg, [v]), ref, v) for v in labels])
+        before.append([label_dice(pred, ref, v) for v in labels])
+        after_fg.append([label_dice(fg, ref, v) for v in labels])
+        label_lcc_raw.append(
+            [label_dice(keep_largest_component(pred, [v]), ref, v) for v in labels]
+        )
+        label_lcc_fg.append([label_dice(keep_largest_component(fg, [v]), ref, v) for v in labels])
     if not before:
         raise ValueError("no cases to decide post-processing on")
 
